@@ -1,0 +1,49 @@
+# deep-kmeans — every target installs what it needs first (`setup`), so on a fresh machine `make test` alone works.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.dkm-installed
+APT_PACKAGES := dataset-fashion-mnist chromium
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-deps test bench lab clean distclean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+setup: $(STAMP) system-deps  ## venv + pip install -e .[dev,energy]; Debian packages when root (idempotent)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,energy]'
+	@touch $(STAMP)
+
+system-deps:  ## Debian's dataset-fashion-mnist (offline data) and chromium (PNG export, browser tests)
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+	  echo "Not installed:$$missing (needs root and apt-get). Run:"; \
+	  echo "  sudo apt-get update && sudo apt-get install -y$$missing"; \
+	fi
+
+test: setup  ## run the whole test suite (pytest)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup  ## side-by-side speed ratios -> build/bench.json
+	$(BIN)/python bench/run.py
+
+lab: setup  ## open JupyterLab on the notebooks
+	$(BIN)/jupyter lab notebooks/
+
+clean:  ## remove build artefacts (keeps .venv, data/runs)
+	rm -rf build .pytest_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+distclean: clean  ## also remove the venv and cached runs
+	rm -rf $(VENV) data/runs

@@ -1,0 +1,198 @@
+"""Step 3 of the method: row-wise k-means weight sharing of every conv layer (paper §3.3)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ._checks import check_choice, check_float, check_int
+from .kmeans import kmeans
+from .models import conv_layers
+from .rows import to_rows
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "data" / "reference"
+OFFICIAL_JSON = "wrn16_4_official_sharing.json"
+
+
+@dataclass
+class SharedLayer:
+    """One shared conv layer: W is replaced by codebook[assignments] (rows of length s)."""
+
+    name: str                 # module name in the net, e.g. "block1.layer.0.conv1"
+    index: int                # position among the net's Conv2d layers (0-based, model order)
+    shape: tuple              # conv weight shape (C_out, C_in/groups, kh, kw)
+    codebook: torch.Tensor    # (K, s) float32 centers
+    assignments: torch.Tensor # (N,) int64, N = C_out·C_in/groups·kh
+    p: float = 0.0            # dominant-cluster fraction used (0: none)
+    bias_numel: int = 0       # size of the conv bias (kept uncompressed), 0 if none
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.codebook.shape[0])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.assignments.numel())
+
+    @property
+    def row_length(self) -> int:
+        return int(self.codebook.shape[1])
+
+    def counts(self) -> torch.Tensor:
+        """How many rows use each center (length K)."""
+        return torch.bincount(self.assignments, minlength=self.num_clusters)
+
+    def weight(self) -> torch.Tensor:
+        """The shared weight codebook[assignments] folded back to `shape`."""
+        return self.codebook[self.assignments].reshape(self.shape)
+
+
+@dataclass
+class ShareResult:
+    """Every shared layer by module name, plus the conv layers skipped with the reason."""
+
+    layers: dict = field(default_factory=dict)    # name -> SharedLayer
+    skipped: dict = field(default_factory=dict)   # name -> reason (str)
+
+
+def _per_layer(name: str, value, convs, default=None) -> list:
+    """Expand an int/float, a list by conv index, or a dict by name or index into one value per conv."""
+    names = [n for n, _ in convs]
+    if value is None or isinstance(value, (int, float)):
+        return [default if value is None else value] * len(convs)
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(convs):
+            raise ValueError(f"{name} has {len(value)} entries but the net has {len(convs)} conv layers: "
+                             f"allowed one entry per conv, or a dict by layer name/index")
+        return list(value)
+    if isinstance(value, dict):
+        out = [None] * len(convs)
+        for key, v in value.items():
+            out[_layer_index(name, key, names)] = v
+        return out
+    raise TypeError(f"{name} must be a number, a list (one per conv) or a dict by layer name/index, got {type(value).__name__}")
+
+
+def _layer_index(param: str, key, names: list) -> int:
+    """Index of a conv layer given by name or position; error lists what exists."""
+    if isinstance(key, str):
+        if key not in names:
+            raise ValueError(f"{param}: unknown layer name {key!r}: allowed names are {', '.join(names)}")
+        return names.index(key)
+    return check_int(f"{param} layer index", key, 0, len(names) - 1)
+
+
+def _skip_reason(conv: nn.Conv2d, k, n_rows: int, explicit: bool) -> str | None:
+    """Why this conv cannot or should not be shared (None: share it)."""
+    if k is None:
+        return "no K given for this layer"
+    if not torch.isfinite(conv.weight).all():
+        raise ValueError(f"the weight of conv {conv} has non-finite values: allowed finite weights only")
+    if k == n_rows:
+        return f"K={k} equals the number of rows N={n_rows}: left dense (the authors' convention)"
+    if k > n_rows and not explicit:
+        return f"K={k} exceeds the number of rows N={n_rows}: nothing to share"
+    return None
+
+
+def share(net: nn.Module, num_clusters=None, p=0.0, init: str = "kmeans++", exclude=(), seed: int = 1000,
+          max_iter: int = 100, tol: float = 1e-4, official: str | None = None) -> ShareResult:
+    """Row-wise k-means sharing of every Conv2d (paper §3.3): W ← codebook[assignments], in place.
+
+    num_clusters / p: one value for all layers, a list (one per conv, model order) or a dict by layer name
+    or index. official="45x"|"47x"|"50x" takes K and p from the authors' settings instead (WRN-16-4 only).
+    Layer i is clustered with seed `seed + i` (the authors use 1000 + layer index).
+    """
+    convs = conv_layers(net)
+    if official is not None:
+        num_clusters, p = official_per_layer(official, len(convs))
+    if num_clusters is None:
+        raise ValueError("num_clusters is required (an int, a list per conv or a dict), or pass official='45x'")
+    explicit = not isinstance(num_clusters, int)
+    ks = _per_layer("num_clusters", num_clusters, convs)
+    ps = _per_layer("p", p, convs, default=0.0)
+    excluded = {_layer_index("exclude", e, [n for n, _ in convs]) for e in exclude}
+    result = ShareResult()
+    for i, ((name, conv), k, p_i) in enumerate(zip(convs, ks, ps)):
+        rows = to_rows(conv.weight.detach())
+        reason = "excluded by the caller" if i in excluded else _skip_reason(conv, k, rows.shape[0], explicit)
+        if reason:
+            result.skipped[name] = reason
+            continue
+        check_int(f"num_clusters[{name}]", k, 1, rows.shape[0])
+        check_float(f"p[{name}]", p_i or 0.0, 0.0, 1.0, hi_open=True)
+        km = kmeans(rows, k, init=init, p=p_i or 0.0, max_iter=max_iter, tol=tol, seed=seed + i)
+        layer = SharedLayer(name, i, tuple(conv.weight.shape), km.codebook, km.assignments,
+                            float(p_i or 0.0), 0 if conv.bias is None else conv.bias.numel())
+        with torch.no_grad():
+            conv.weight.copy_(layer.weight())
+        result.layers[name] = layer
+    return result
+
+
+def official_per_layer(setting: str, num_convs: int) -> tuple[list, list]:
+    """Per-conv K and p lists of the authors' setting "45x" | "47x" | "50x" (data/reference/)."""
+    ref = load_official_reference()
+    check_choice("official", setting, ref["settings"])
+    if num_convs != len(ref["layers"]):
+        raise ValueError(f"official={setting!r} is defined for WRN-16-4 with {len(ref['layers'])} conv layers, "
+                         f"but the net has {num_convs}: allowed only a net with the official layer table")
+    s = ref["settings"][setting]
+    return list(s["K"]), list(s["p"])
+
+
+def load_official_reference() -> dict:
+    """The authors' released per-layer settings (data/reference/wrn16_4_official_sharing.json)."""
+    for path in (REFERENCE_DIR / OFFICIAL_JSON, Path(__file__).parent / "reference" / OFFICIAL_JSON):
+        if path.exists():
+            return json.loads(path.read_text())
+    raise FileNotFoundError(f"{OFFICIAL_JSON} not found in {REFERENCE_DIR} nor in the package")
+
+
+# ---- Deep Compression style fine-tuning of the centers, weights kept tied -------------------------
+
+class TiedWeight(nn.Module):
+    """Parametrization weight = codebook[assignments]: autograd sums the weight gradient over each cluster."""
+
+    def __init__(self, assignments: torch.Tensor, shape: tuple):
+        super().__init__()
+        self.register_buffer("assignments", assignments.clone())
+        self.shape = tuple(shape)
+
+    def forward(self, codebook):
+        # ∂L/∂c_k = Σ_{i: a(i)=k} ∂L/∂w_i  (Han et al. 2016, eq. 3) — the backward of this gather
+        return codebook[self.assignments].reshape(self.shape)
+
+    def right_inverse(self, weight):
+        # the least-squares codebook of a weight: each center is the mean of its rows
+        rows = to_rows(weight)
+        k = int(self.assignments.max()) + 1 if self.assignments.numel() else 0
+        sums = torch.zeros(k, rows.shape[1], dtype=rows.dtype).index_add_(0, self.assignments, rows)
+        counts = torch.bincount(self.assignments, minlength=k).clamp_min(1).unsqueeze(1)
+        return sums / counts
+
+
+def tie_centers(net: nn.Module, result: ShareResult) -> list[nn.Parameter]:
+    """Make each shared conv's weight a function of its codebook; return the codebooks to optimize."""
+    modules = dict(net.named_modules())
+    params = []
+    for name, layer in result.layers.items():
+        conv = modules[name]
+        parametrize.register_parametrization(conv, "weight", TiedWeight(layer.assignments, layer.shape))
+        with torch.no_grad():  # keep the exact codebook (unused centers included), not the recomputed means
+            conv.parametrizations.weight.original.copy_(layer.codebook.to(conv.parametrizations.weight.original))
+        params.append(conv.parametrizations.weight.original)
+    return params
+
+
+def untie_centers(net: nn.Module, result: ShareResult) -> None:
+    """Store the fine-tuned codebooks in `result` and turn the weights back into plain parameters."""
+    modules = dict(net.named_modules())
+    for name, layer in result.layers.items():
+        conv = modules[name]
+        layer.codebook = conv.parametrizations.weight.original.detach().clone()
+        parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)

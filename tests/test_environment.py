@@ -1,0 +1,44 @@
+"""The conda environment, pyproject.toml, Makefile and CI script agree with each other and with the README."""
+from pathlib import Path
+import tomllib
+
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _norm(req: str) -> tuple:
+    r = Requirement(req)
+    return (r.name.lower().replace("_", "-"), str(r.specifier))
+
+
+def test_environment_pip_section_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_norm(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    listed = {_norm(r) for r in pip if not r.startswith("-e")}
+    assert listed == wanted, f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
+    assert "-e ." in pip, "environment.yml must install the package itself"
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_pyproject_admits_the_pinned_torch():
+    deps = {Requirement(r).name: Requirement(r) for r in
+            tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    assert deps["torch"].specifier.contains("2.14.1")
+    assert deps["torchvision"].specifier.contains("0.29.1")
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci
+    assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_make_targets_depend_on_setup():
+    make = (ROOT / "Makefile").read_text()
+    for target in ("test", "bench", "lab"):
+        line = next(l for l in make.splitlines() if l.startswith(f"{target}:"))
+        assert "setup" in line.split(":", 1)[1], f"make {target} must depend on setup"

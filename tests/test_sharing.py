@@ -1,0 +1,146 @@
+"""Row-wise sharing: codebook[assignments] written back, per-layer K/p, skips with reasons, tied fine-tuning."""
+import pytest
+import torch
+from torch import nn
+
+from dkm.models import conv_layers, small_cnn, wide_resnet
+from dkm.rows import to_rows
+from dkm.sharing import official_per_layer, share, tie_centers, untie_centers
+
+
+class MixedConvs(nn.Module):
+    """3×3, strided, 1×1, grouped and depthwise convs, plus a Conv1d that cannot be row-shared."""
+
+    def __init__(self):
+        super().__init__()
+        self.c3 = nn.Conv2d(3, 8, 3, padding=1)
+        self.strided = nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False)
+        self.pointwise = nn.Conv2d(8, 16, 1)
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.depthwise(self.grouped(self.pointwise(self.strided(self.c3(x)))))
+        return self.fc(x.mean((2, 3)))
+
+
+def _distinct_rows(conv):
+    return torch.unique(to_rows(conv.weight.detach()), dim=0).shape[0]
+
+
+def test_every_conv_kind_is_shared_and_written_back():
+    torch.manual_seed(0)
+    net = MixedConvs()
+    result = share(net, num_clusters=4, seed=0)
+    assert set(result.layers) == {"c3", "strided", "pointwise", "grouped", "depthwise"} and not result.skipped
+    for name, conv in conv_layers(net):
+        layer = result.layers[name]
+        assert torch.equal(conv.weight.detach(), layer.codebook[layer.assignments].reshape(conv.weight.shape))
+        assert _distinct_rows(conv) <= 4
+        assert layer.row_length == conv.kernel_size[1]
+        # N = C_out · C_in/groups · kh
+        assert layer.num_rows == conv.out_channels * conv.in_channels // conv.groups * conv.kernel_size[0]
+    assert result.layers["c3"].bias_numel == 8 and result.layers["strided"].bias_numel == 0
+    net(torch.randn(2, 3, 16, 16))  # the shared net still runs
+
+
+def test_sharing_is_exact_when_rows_take_few_values():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(4, 6, 3, bias=False)
+    centers = torch.randn(3, 3)
+    with torch.no_grad():
+        conv.weight.copy_(centers[torch.randint(0, 3, (6 * 4 * 3,))].reshape(conv.weight.shape))
+    before = conv.weight.detach().clone()
+    net = nn.Sequential(conv)
+    share(net, num_clusters=3)
+    assert torch.allclose(conv.weight, before, atol=1e-6)
+
+
+def test_per_layer_k_by_name_and_index_and_exclude():
+    torch.manual_seed(0)
+    net = small_cnn(width=8)
+    result = share(net, num_clusters={"conv1": 2, 1: 3, "conv3": 5, 3: 6}, exclude=["conv3"])
+    assert {n: l.num_clusters for n, l in result.layers.items()} == {"conv1": 2, "conv2": 3, "conv4": 6}
+    assert result.skipped == {"conv3": "excluded by the caller"}
+    assert _distinct_rows(net.conv3) > 5
+
+
+def test_missing_or_oversized_k_is_skipped_with_a_reason():
+    net = small_cnn(width=8)  # conv1 has 8·1·3 = 24 rows
+    result = share(net, num_clusters={"conv2": 4})
+    assert result.skipped["conv1"] == "no K given for this layer"
+    result = share(small_cnn(width=8), num_clusters=24)
+    assert "equals the number of rows N=24" in result.skipped["conv1"]
+    result = share(small_cnn(width=8), num_clusters=30)
+    assert "exceeds the number of rows N=24" in result.skipped["conv1"]
+
+
+def test_dominant_cluster_fraction():
+    torch.manual_seed(0)
+    net = small_cnn(width=8)
+    result = share(net, num_clusters=5, p=[0.0, 0.5, 0.25, 0.0])
+    layer = result.layers["conv2"]
+    assert int((layer.assignments == 0).sum()) == int(layer.num_rows * 0.5)
+    assert result.layers["conv3"].p == 0.25
+
+
+def test_official_settings_on_wrn16_4():
+    torch.manual_seed(0)
+    net = wide_resnet(16, 4, 0.3, 3, 10, True)
+    ks, ps = official_per_layer("45x", 16)
+    result = share(net, official="45x", max_iter=3)
+    assert "equals the number of rows" in result.skipped["conv1"]  # K = 144 = 16·3·3
+    for (name, _), k, p in list(zip(conv_layers(net), ks, ps))[1:]:
+        layer = result.layers[name]
+        assert layer.num_clusters == k
+        assert int((layer.assignments == 0).sum()) >= int(layer.num_rows * p)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"num_clusters": {"nope": 3}}, "unknown layer name 'nope'"),
+    ({"num_clusters": {"conv2": 10_000}}, r"num_clusters\[conv2\]=10000 is out of range"),
+    ({"num_clusters": {"conv2": 0}}, r"num_clusters\[conv2\]=0"),
+    ({"num_clusters": 3, "p": 1.0}, r"p\[conv1\]=1.0 is out of range"),
+    ({"num_clusters": [3, 3]}, "num_clusters has 2 entries but the net has 4"),
+    ({"num_clusters": 3, "exclude": [7]}, "exclude layer index=7"),
+    ({"official": "45x"}, "defined for WRN-16-4"),
+    ({"official": "99x"}, "official='99x'"),
+    ({}, "num_clusters is required"),
+])
+def test_bad_input_names_the_parameter(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        share(small_cnn(width=8), **kwargs)
+
+
+def test_non_finite_weights_and_no_conv():
+    net = small_cnn(width=8)
+    with torch.no_grad():
+        net.conv2.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        share(net, num_clusters=3)
+    with pytest.raises(ValueError, match="no Conv2d"):
+        share(nn.Sequential(nn.Linear(2, 2)), num_clusters=3)
+
+
+def test_tied_centers_sum_gradients_per_cluster_and_stay_shared():
+    torch.manual_seed(0)
+    net = small_cnn(width=8)
+    result = share(net, num_clusters=4)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    # reference: gradient w.r.t. the shared weight, summed over each cluster by hand (Han et al. 2016, eq. 3)
+    nn.functional.cross_entropy(net(x), y).backward()
+    ref = {n: torch.zeros_like(l.codebook).index_add_(0, l.assignments, to_rows(dict(net.named_modules())[n].weight.grad))
+           for n, l in result.layers.items()}
+    net.zero_grad()
+    codebooks = tie_centers(net, result)
+    nn.functional.cross_entropy(net(x), y).backward()
+    for (name, layer), cb in zip(result.layers.items(), codebooks):
+        assert torch.allclose(cb.grad, ref[name], rtol=1e-4, atol=1e-6)
+    torch.optim.SGD(codebooks, lr=0.1).step()
+    untie_centers(net, result)
+    for name, layer in result.layers.items():
+        conv = dict(net.named_modules())[name]
+        assert isinstance(conv.weight, nn.Parameter)
+        assert torch.equal(conv.weight.detach(), layer.weight())
+        assert _distinct_rows(conv) <= 4
