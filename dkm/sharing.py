@@ -1,21 +1,18 @@
 """Step 3 of the method: row-wise k-means weight sharing of every conv layer (paper §3.3)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._checks import check_choice, check_float, check_int
+from ._checks import check_float, check_int
+from .accounting import official_settings
 from .kmeans import kmeans
 from .models import conv_layers
 from .rows import to_rows
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1] / "data" / "reference"
-OFFICIAL_JSON = "wrn16_4_official_sharing.json"
 
 
 @dataclass
@@ -136,21 +133,11 @@ def share(net: nn.Module, num_clusters=None, p=0.0, init: str = "kmeans++", excl
 
 def official_per_layer(setting: str, num_convs: int) -> tuple[list, list]:
     """Per-conv K and p lists of the authors' setting "45x" | "47x" | "50x" (data/reference/)."""
-    ref = load_official_reference()
-    check_choice("official", setting, ref["settings"])
-    if num_convs != len(ref["layers"]):
-        raise ValueError(f"official={setting!r} is defined for WRN-16-4 with {len(ref['layers'])} conv layers, "
+    settings = official_settings(setting)
+    if num_convs != len(settings["K"]):
+        raise ValueError(f"official={setting!r} is defined for WRN-16-4 with {len(settings['K'])} conv layers, "
                          f"but the net has {num_convs}: allowed only a net with the official layer table")
-    s = ref["settings"][setting]
-    return list(s["K"]), list(s["p"])
-
-
-def load_official_reference() -> dict:
-    """The authors' released per-layer settings (data/reference/wrn16_4_official_sharing.json)."""
-    for path in (REFERENCE_DIR / OFFICIAL_JSON, Path(__file__).parent / "reference" / OFFICIAL_JSON):
-        if path.exists():
-            return json.loads(path.read_text())
-    raise FileNotFoundError(f"{OFFICIAL_JSON} not found in {REFERENCE_DIR} nor in the package")
+    return settings["K"], settings["p"]
 
 
 # ---- Deep Compression style fine-tuning of the centers, weights kept tied -------------------------

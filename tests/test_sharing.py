@@ -105,7 +105,7 @@ def test_official_settings_on_wrn16_4():
     ({"num_clusters": [3, 3]}, "num_clusters has 2 entries but the net has 4"),
     ({"num_clusters": 3, "exclude": [7]}, "exclude layer index=7"),
     ({"official": "45x"}, "defined for WRN-16-4"),
-    ({"official": "99x"}, "official='99x'"),
+    ({"official": "99x"}, "official setting=.99x."),
     ({}, "num_clusters is required"),
 ])
 def test_bad_input_names_the_parameter(kwargs, match):
