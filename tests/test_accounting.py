@@ -181,7 +181,7 @@ def test_compression_table_rejects_mismatch():
     (lambda: acc.Convention("x", codebook_bits=0), "codebook_bits"),
     (lambda: acc.analytic_counts(10, 3, 1.5), "p"),
     (lambda: acc.analytic_counts(10, 0, 0.5), "num_clusters"),
-    (lambda: acc.official_settings("60x"), "name"),
+    (lambda: acc.official_settings("60x"), "official setting"),
     (lambda: acc.table_from_specs([{"in": 1, "out": 1, "k": 3}], {"K": [2, 2]}), "settings"),
 ])
 def test_bad_arguments(call, word):
