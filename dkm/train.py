@@ -1,0 +1,477 @@
+"""Training and evaluation loops: pre-training, and re-training with the k-means regularizer (paper §3.2, §5).
+
+Conventions (the contract the pipeline relies on):
+- SGD with momentum (optionally Nesterov) and weight decay on every parameter.
+  Loss = cross-entropy + regularizer.penalty(); regularizer.after_step() after every optimizer step.
+- The learning rate is set **per step**: `cosine` anneals lr → min_lr over all steps; `step`
+  multiplies lr by gamma at each epoch listed in `milestones` (so it changes only at epoch
+  boundaries); `constant` keeps lr. See `learning_rate`.
+- Data order is a function of (seed, epoch) only (`epoch_order`), so a resumed run skips the
+  batches it has already seen, exactly. A fresh run calls torch.manual_seed(seed) (dropout);
+  the net's initialization is the caller's. On CPU the same seed gives bit-identical weights
+  without torch.use_deterministic_algorithms; on CUDA, enable it yourself if you need that.
+- Counting: `step` = optimizer steps done (1-based in records), `epoch` = 0-based epoch index.
+- Checkpoints: `<checkpoint_dir>/checkpoint.pt`, written atomically (temp file in the same
+  directory, fsync, os.replace) after every epoch and every `checkpoint_every` steps.
+- Progress: one tqdm bar, shown only when interactive (stderr is a TTY and $CI unset;
+  $DKM_PROGRESS=0/1 overrides), or as `progress=True/False` asks. Nothing else is printed.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F_
+from torch import nn
+from torch.utils.data import default_collate
+from tqdm.auto import tqdm
+
+from ._checks import check_choice, check_float, check_int
+
+SCHEDULES = ("cosine", "step", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = "dkm.train.checkpoint"
+FORMAT_VERSION = 1
+HISTORY_VERSION = 1
+# config fields that may differ between an interrupted run and its resumption (no effect on the maths)
+RESUME_FREE = ("device", "threads", "log_every", "checkpoint_every")
+
+
+_KEYS = ("config", "step", "epoch", "batch", "seconds", "model", "optimizer", "scheduler", "regularizer", "rng",
+         "sums", "history")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed (corrupt, foreign, other version or config); names the file."""
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyper-parameter of one training run (paper §5: SGD, momentum 0.9, weight decay 5e-4)."""
+
+    epochs: int = 1
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    batch_size: int = 128
+    schedule: str = "cosine"
+    min_lr: float = 0.0            # cosine: the final learning rate
+    milestones: tuple = ()         # step: epochs at which lr is multiplied by gamma
+    gamma: float = 0.1             # step: the factor
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 50            # steps between history records
+    checkpoint_every: int = 0      # steps between mid-epoch checkpoints (0: only at epoch ends)
+    threads: int | None = None     # torch.set_num_threads(threads) if given; else left as is
+
+    def __post_init__(self):
+        check_int("epochs", self.epochs, 1)
+        check_float("lr", self.lr, 0.0, lo_open=True)
+        check_float("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        check_float("weight_decay", self.weight_decay, 0.0)
+        if _check_bool("nesterov", self.nesterov) and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0: allowed momentum in (0, 1) with nesterov")
+        check_int("batch_size", self.batch_size, 1)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_float("min_lr", self.min_lr, 0.0, self.lr)
+        object.__setattr__(self, "milestones", _check_milestones(self.milestones))
+        check_float("gamma", self.gamma, 0.0, 1.0, lo_open=True)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+        check_choice("device", self.device, DEVICES)
+        check_int("log_every", self.log_every, 1)
+        check_int("checkpoint_every", self.checkpoint_every, 0)
+        if self.threads is not None:
+            check_int("threads", self.threads, 1, 1024)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (milestones as a list)."""
+        return {**dataclasses.asdict(self), "milestones": list(self.milestones)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Inverse of `to_dict`; unknown keys are an error naming them."""
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown field(s) {unknown}: allowed {[f.name for f in dataclasses.fields(cls)]}")
+        return cls(**d)
+
+
+def _check_milestones(milestones) -> tuple:
+    if not isinstance(milestones, (list, tuple)):
+        raise TypeError(f"milestones must be a list of epochs, got {milestones!r}")
+    ms = tuple(check_int(f"milestones[{i}]", m, 1) for i, m in enumerate(milestones))
+    if any(a >= b for a, b in zip(ms, ms[1:])):
+        raise ValueError(f"milestones={list(ms)} is not allowed: epochs must be strictly increasing")
+    return ms
+
+
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate of the optimizer step with 0-based index `step` (module docstring)."""
+    if config.schedule == "cosine":
+        # lr_t = min_lr + (lr − min_lr)·(1 + cos(π·t/T))/2, T = total number of steps
+        total = config.epochs * steps_per_epoch
+        return config.min_lr + (config.lr - config.min_lr) * (1 + math.cos(math.pi * step / total)) / 2
+    if config.schedule == "step":
+        # lr·γ^(number of milestones ≤ current epoch)
+        epoch = step // steps_per_epoch
+        return config.lr * config.gamma ** sum(epoch >= m for m in config.milestones)
+    return config.lr
+
+
+def resolve_device(device="auto") -> torch.device:
+    """'auto' → CUDA when available, else CPU; 'cuda' without CUDA is an error."""
+    if isinstance(device, torch.device):
+        return device
+    check_choice("device", device, DEVICES)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' is not available (torch.cuda.is_available() is False): allowed 'auto' or 'cpu'")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def show_progress(progress=None) -> bool:
+    """progress=True/False as given; None → $DKM_PROGRESS if 0/1, else off under $CI or without a TTY."""
+    if progress is not None:
+        return _check_bool("progress", progress)
+    if os.environ.get("DKM_PROGRESS") in ("0", "1"):
+        return os.environ["DKM_PROGRESS"] == "1"
+    return not os.environ.get("CI") and sys.stderr is not None and sys.stderr.isatty()
+
+
+# ---------------------------------------------------------------- data order and batches
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of range(n) used in epoch `epoch`: a function of (seed, epoch) only."""
+    mixed = int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
+    return torch.randperm(n, generator=torch.Generator().manual_seed(mixed))
+
+
+def _batches(dataset, indices: torch.Tensor, batch_size: int):
+    """(X, y) for consecutive chunks of `indices`; a TensorDataset is indexed directly."""
+    tensors = getattr(dataset, "tensors", None)
+    for chunk in indices.split(batch_size):
+        if tensors is not None:
+            yield tensors[0][chunk], tensors[1][chunk]
+        else:
+            yield tuple(default_collate([dataset[i] for i in chunk.tolist()])[:2])
+
+
+def _check_dataset(name: str, dataset) -> int:
+    n = len(dataset) if hasattr(dataset, "__len__") else 0
+    if n < 1:
+        raise ValueError(f"{name} has {n} examples: allowed a dataset of at least 1 (X, y) pair")
+    return n
+
+
+@contextlib.contextmanager
+def _modes_kept(net: nn.Module):
+    """Restore every submodule's train/eval flag on exit."""
+    modes = [(m, m.training) for m in net.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+# ---------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(net: nn.Module, dataset, batch_size: int = 512, device="auto") -> dict:
+    """{'accuracy': top-1, 'loss': mean cross-entropy} in eval mode; the net is moved to `device` (§5)."""
+    batch_size, n = check_int("batch_size", batch_size, 1), _check_dataset("dataset", dataset)
+    device = resolve_device(device)
+    net.to(device)
+    correct, loss = torch.zeros((), device=device), torch.zeros((), dtype=torch.float64, device=device)
+    with _modes_kept(net):
+        net.eval()
+        for X, y in _batches(dataset, torch.arange(n), batch_size):
+            logits, y = net(X.to(device)), y.to(device)
+            loss += F_.cross_entropy(logits, y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
+    return {"accuracy": float(correct) / n, "loss": float(loss) / n}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, dataset, num_batches: int = 20, batch_size: int = 128,
+                          seed: int = 0, device="auto") -> nn.Module:
+    """Re-estimate BN running stats after sharing: the average over the first num_batches of epoch_order(n, seed, 0).
+
+    Only batch-norm layers run in train mode (dropout stays off, as at inference); momentum is
+    set to None (cumulative average: running_mean = mean of the batch means, running_var = mean of
+    the unbiased batch variances), then every mode and momentum is restored.
+    """
+    num_batches, batch_size = check_int("num_batches", num_batches, 1), check_int("batch_size", batch_size, 1)
+    n, seed = _check_dataset("dataset", dataset), check_int("seed", seed, 0, 2**63 - 1)
+    device = resolve_device(device)
+    bns = [m for m in net.to(device).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in bns]
+    with _modes_kept(net):
+        net.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        try:
+            for X, _ in _batches(dataset, epoch_order(n, seed, 0)[: num_batches * batch_size], batch_size):
+                net(X.to(device))
+        finally:
+            for m, momentum in zip(bns, momenta):
+                m.momentum = momentum
+    return net
+
+
+# ---------------------------------------------------------------- history
+@dataclass
+class History:
+    """Per-log-interval records (`steps`) and per-epoch records (`epochs`), JSON-serializable."""
+
+    # {step, epoch, loss, task_loss, penalty, lr}: loss terms averaged over the steps since the last record
+    steps: list = field(default_factory=list)
+    # {epoch, step, train_loss, train_accuracy, eval_accuracy, eval_loss, layer_errors, seconds}; train_* are
+    # running means over the epoch's batches in train mode (no extra pass); eval_* None without eval_set
+    epochs: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"format_version": HISTORY_VERSION, "steps": copy.deepcopy(self.steps), "epochs": copy.deepcopy(self.epochs)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        if not isinstance(d, dict) or d.get("format_version") != HISTORY_VERSION:
+            version = d.get("format_version") if isinstance(d, dict) else None
+            raise ValueError(f"history format_version={version!r}: allowed {HISTORY_VERSION}")
+        return cls(copy.deepcopy(d["steps"]), copy.deepcopy(d["epochs"]))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> "History":
+        return cls.from_dict(json.loads(text))
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_atomic(obj, path) -> None:
+    """torch.save to a temp file in the same directory, fsync, then os.replace: `path` is always whole."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files left by a run killed while writing (never the checkpoint itself)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def load_checkpoint(path, config: TrainConfig | None = None, map_location="cpu") -> dict:
+    """Load and validate a checkpoint of `train`; with `config`, also check it belongs to that config."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # any unreadable file: truncated, not a zip, a foreign pickle…
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to start over") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a {FORMAT} file (a foreign checkpoint?)")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format_version={ckpt.get('format_version')!r}: allowed {FORMAT_VERSION}")
+    missing = [k for k in _KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}: a damaged or hand-edited checkpoint")
+    if config is not None:
+        _check_same_config(path, ckpt["config"], config.to_dict())
+    return ckpt
+
+
+def _check_same_config(path: Path, saved: dict, current: dict) -> None:
+    keys = sorted((set(saved) | set(current)) - set(RESUME_FREE))
+    diffs = [f"{k}={saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in keys if saved.get(k) != current.get(k)]
+    if diffs:
+        raise CheckpointError(f"checkpoint {path} was written with another config: {'; '.join(diffs)}")
+
+
+# ---------------------------------------------------------------- the training loop
+def _zeros(device) -> torch.Tensor:
+    # running sums of [loss, task loss, penalty, #correct, #images, #steps]
+    return torch.zeros(6, dtype=torch.float64, device=device)
+
+
+class _Run:
+    """The state of one training run: everything a checkpoint holds."""
+
+    def __init__(self, net, train_set, config: TrainConfig, regularizer):
+        self.net, self.train_set, self.config, self.regularizer = net, train_set, config, regularizer
+        self.device = resolve_device(config.device)
+        self.n = _check_dataset("train_set", train_set)
+        self.steps_per_epoch = math.ceil(self.n / config.batch_size)
+        self.optimizer = torch.optim.SGD(net.to(self.device).parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay, nesterov=config.nesterov)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda t: learning_rate(config, t, self.steps_per_epoch) / config.lr)
+        self.history, self.step, self.epoch, self.batch, self.seconds = History(), 0, 0, 0, 0.0
+        self.interval, self.epoch_sums = _zeros(self.device), _zeros(self.device)
+
+    def state(self) -> dict:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config.to_dict(),
+                "step": self.step, "epoch": self.epoch, "batch": self.batch, "seconds": self.seconds,
+                "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "regularizer": None if self.regularizer is None else self.regularizer.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "cuda": cuda},
+                "sums": {"interval": self.interval, "epoch": self.epoch_sums}, "history": self.history.to_dict()}
+
+    def restore(self, ckpt: dict, path: Path) -> None:
+        if (ckpt["regularizer"] is None) != (self.regularizer is None):
+            had = "without" if ckpt["regularizer"] is None else "with"
+            raise CheckpointError(f"checkpoint {path} was written {had} a regularizer; this run differs")
+        backup = copy.deepcopy(self.net.state_dict())
+        try:
+            self.net.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            if self.regularizer is not None:
+                self.regularizer.load_state_dict(ckpt["regularizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            self.net.load_state_dict(backup)
+            raise CheckpointError(f"checkpoint {path} does not fit this net/regularizer: {e}") from e
+        self.step, self.epoch, self.batch, self.seconds = ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["seconds"]
+        self.interval, self.epoch_sums = (ckpt["sums"][k].to(self.device) for k in ("interval", "epoch"))
+        self.history = History.from_dict(ckpt["history"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+    def train_step(self, X, y) -> float:
+        """One SGD step on loss = CE + penalty; returns the learning rate it used."""
+        X, y = X.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        logits = self.net(X)
+        task = F_.cross_entropy(logits, y)
+        penalty = self.regularizer.penalty() if self.regularizer is not None else task.new_zeros(())
+        loss = task + penalty
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.regularizer is not None:
+            self.regularizer.after_step()
+        correct = (logits.detach().argmax(1) == y).sum()
+        sums = torch.stack([t.detach().double() for t in (loss, task, penalty, correct)])
+        row = torch.cat([sums, sums.new_tensor([len(y), 1.0])])
+        self.interval += row
+        self.epoch_sums += row
+        self.step, self.batch = self.step + 1, self.batch + 1
+        return lr
+
+    def log(self, lr: float, bar) -> None:
+        loss, task, penalty, _, _, count = self.interval.tolist()  # the only sync of a logging step
+        self.history.steps.append({"step": self.step, "epoch": self.epoch, "loss": loss / count,
+                                   "task_loss": task / count, "penalty": penalty / count, "lr": lr})
+        self.interval.zero_()
+        bar.set_postfix(epoch=self.epoch, loss=f"{loss / count:.4f}", refresh=False)
+
+    def end_epoch(self, eval_set, started: float) -> dict:
+        loss, _, _, correct, count, steps = self.epoch_sums.tolist()
+        record = {"epoch": self.epoch, "step": self.step, "train_loss": loss / steps, "train_accuracy": correct / count,
+                  "eval_accuracy": None, "eval_loss": None, "layer_errors": None,
+                  "seconds": self.seconds + time.perf_counter() - started}
+        if eval_set is not None:
+            result = evaluate(self.net, eval_set, device=self.device)
+            record.update(eval_accuracy=result["accuracy"], eval_loss=result["loss"])
+        if hasattr(self.regularizer, "layer_errors"):
+            record["layer_errors"] = {str(k): float(v) for k, v in self.regularizer.layer_errors().items()}
+        self.history.epochs.append(record)
+        self.epoch, self.batch, self.seconds = self.epoch + 1, 0, 0.0
+        self.epoch_sums.zero_()
+        return record
+
+    def run_epoch(self, bar, path, eval_set, on_epoch_end) -> None:
+        cfg, started = self.config, time.perf_counter()
+        order = epoch_order(self.n, cfg.seed, self.epoch)[self.batch * cfg.batch_size:]
+        for X, y in _batches(self.train_set, order, cfg.batch_size):
+            lr = self.train_step(X, y)
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.batch == self.steps_per_epoch:
+                self.log(lr, bar)
+            if path is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 \
+                    and self.batch < self.steps_per_epoch:
+                self.seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                save_atomic(self.state(), path)
+        record = self.end_epoch(eval_set, started)
+        if path is not None:
+            save_atomic(self.state(), path)
+        if on_epoch_end is not None:
+            on_epoch_end(copy.deepcopy(record))
+
+
+def _check_regularizer(regularizer) -> None:
+    missing = [m for m in ("penalty", "after_step", "state_dict", "load_state_dict") if not hasattr(regularizer, m)]
+    if missing:
+        raise TypeError(f"regularizer={type(regularizer).__name__} lacks {missing}: allowed None or an object with "
+                        "penalty(), after_step(), state_dict(), load_state_dict() (e.g. dkm.spectral.KMeansRegularizer)")
+
+
+def train(net: nn.Module, train_set, config: TrainConfig, regularizer=None, checkpoint_dir=None, resume: bool = True,
+          progress=None, eval_set=None, on_epoch_end=None) -> History:
+    """Train `net` in place (moved to config.device): SGD on CE + regularizer penalty (§3.2), checkpointed and resumable.
+
+    With `checkpoint_dir` and resume=True, a run continues from `<checkpoint_dir>/checkpoint.pt`
+    (a finished run returns at once); resume=False starts over and overwrites it. A checkpoint
+    that is corrupt, foreign or of another config raises CheckpointError before anything is
+    written. `on_epoch_end(record)` is called after each epoch's checkpoint. The net's
+    train/eval flags are restored on return.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if regularizer is not None:
+        _check_regularizer(regularizer)
+    _check_bool("resume", resume)
+    show = show_progress(progress)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    run = _Run(net, train_set, config, regularizer)
+    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
+    if path is not None and resume and path.exists():
+        run.restore(load_checkpoint(path, config, run.device), path)
+    else:
+        torch.manual_seed(config.seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
+    total = config.epochs * run.steps_per_epoch
+    with _modes_kept(net), tqdm(total=total, initial=run.step, desc="train", unit="step", disable=not show,
+                                leave=False, dynamic_ncols=True) as bar:
+        net.train()
+        while run.epoch < config.epochs:
+            run.run_epoch(bar, path, eval_set, on_epoch_end)
+    return run.history
