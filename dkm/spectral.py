@@ -1,0 +1,346 @@
+"""Step 2 of the method: the k-means regularizer λ/2·‖W(I − FFᵀ)‖²_F (paper §3.2).
+
+The k-means error of W ∈ R^{s×N} (columns = vectors) under an assignment is
+Tr(WᵀW) − Tr(FᵀWᵀWF) with F the normalized indicator (F_ik = 1/√n_k if a(i) = k).
+Two choices of F:
+
+- `spectral`: any F with FᵀF = I (Zha et al., NIPS 2001); the optimum is the top-K right
+  singular vectors of W (Ky Fan) and the relaxed error is Σ_{i>K} σ_i². Since rank(W) ≤ min(s, N),
+  it is identically zero — value and gradient — when K ≥ min(s, N) (kernel rows: s = 3, K ≥ 3).
+- `indicator`: the hard k-means indicator, so W F Fᵀ replaces each column by its cluster mean
+  and the term is the exact k-means error.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._checks import check_choice, check_finite, check_float, check_int
+from .rows import VIEWS, rank_bound, to_matrix
+
+MODES = ("spectral", "indicator")
+
+
+class DegenerateRelaxationWarning(UserWarning):
+    """A spectral F with K ≥ min(s, N): the relaxed term and its gradient are identically zero."""
+
+
+def _check_W(W: torch.Tensor) -> torch.Tensor:
+    if not isinstance(W, torch.Tensor) or W.dim() != 2:
+        raise ValueError(f"W must be a 2-D tensor s×N (columns are the vectors), got {getattr(W, 'shape', W)!r}")
+    return check_finite("W", W)
+
+
+def _check_assignments(assignments: torch.Tensor, n: int, num_clusters: int | None = None) -> torch.Tensor:
+    a = torch.as_tensor(assignments)
+    if a.dim() != 1 or a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool:
+        raise ValueError(f"assignments must be a 1-D integer tensor, got dtype {a.dtype} and shape {tuple(a.shape)}")
+    if n is not None and a.numel() != n:
+        raise ValueError(f"assignments has {a.numel()} entries: allowed exactly N={n} (one per column of W)")
+    hi = "" if num_clusters is None else f" < num_clusters={num_clusters}"
+    if a.numel() and (a.min() < 0 or (num_clusters is not None and a.max() >= num_clusters)):
+        raise ValueError(f"assignments has values in [{int(a.min())}, {int(a.max())}]: allowed 0 ≤ a{hi}")
+    return a.long()
+
+
+def cluster_means(W: torch.Tensor, assignments: torch.Tensor, num_clusters: int):
+    """Cluster means μ_k as an s×K matrix (empty clusters: zero column) and the counts n_k."""
+    sums = W.new_zeros(W.shape[0], num_clusters).index_add(1, assignments, W)
+    counts = torch.bincount(assignments, minlength=num_clusters)
+    return sums / counts.clamp(min=1).to(W.dtype), counts
+
+
+def kmeans_error(W: torch.Tensor, assignments: torch.Tensor) -> float:
+    """Σ_i ‖w_i − μ_{a(i)}‖², the k-means error by its definition (brute force, eq. 1)."""
+    W = _check_W(W)
+    a = _check_assignments(assignments, W.shape[1])
+    error = 0.0
+    for k in torch.unique(a):
+        cols = W[:, a == k]
+        error += float(((cols - cols.mean(dim=1, keepdim=True)) ** 2).sum())
+    return error
+
+
+def indicator_matrix(assignments: torch.Tensor, num_clusters: int, dtype=torch.float64) -> torch.Tensor:
+    """F ∈ R^{N×K}, F_ik = 1/√n_k if a(i) = k (empty clusters: zero column), so FᵀF = I on used clusters."""
+    K = check_int("num_clusters", num_clusters, lo=1)
+    a = _check_assignments(assignments, None, K)
+    counts = torch.bincount(a, minlength=K).to(dtype)
+    F = torch.zeros(a.numel(), K, dtype=dtype)
+    F[torch.arange(a.numel()), a] = counts[a].rsqrt()
+    return F
+
+
+@dataclass
+class IndicatorF:
+    """A normalized indicator F stored as its assignments: W F Fᵀ = each column → its cluster mean."""
+
+    assignments: torch.Tensor  # (N,) int64
+    num_clusters: int
+    inertia: float = float("nan")  # k-means error reported by k-means when F was computed
+
+    def dense(self, dtype=torch.float64) -> torch.Tensor:
+        """The N×K matrix F (only for small N: tests and figures)."""
+        return indicator_matrix(self.assignments, self.num_clusters, dtype)
+
+    def project(self, W: torch.Tensor) -> torch.Tensor:
+        """W F Fᵀ: column i replaced by μ_{a(i)} (index_add, never an N×K matrix)."""
+        a = self.assignments.to(W.device)
+        means, _ = cluster_means(W, a, self.num_clusters)
+        return means[:, a]
+
+
+def _project(W: torch.Tensor, F) -> torch.Tensor:
+    if isinstance(F, IndicatorF):
+        return F.project(W)
+    F = F.to(dtype=W.dtype, device=W.device)
+    return (W @ F) @ F.T
+
+
+def trace_form(W: torch.Tensor, F) -> torch.Tensor:
+    """Tr(WᵀW) − Tr(FᵀWᵀWF) = ‖W‖² − ‖WF‖² (eq. 2), without forming WᵀW (N×N)."""
+    if isinstance(F, IndicatorF):
+        # ‖WF‖² = Σ_k n_k‖μ_k‖² = ‖W F Fᵀ‖² for an indicator F
+        return (W * W).sum() - (F.project(W) ** 2).sum()
+    F = F.to(dtype=W.dtype, device=W.device)
+    return (W * W).sum() - ((W @ F) ** 2).sum()
+
+
+def residual(W: torch.Tensor, F) -> torch.Tensor:
+    """W(I − FFᵀ) = W − (WF)Fᵀ (indicator F: each column minus its cluster mean)."""
+    return W - _project(W, F)
+
+
+def _check_K(W: torch.Tensor, num_clusters) -> int:
+    return check_int("num_clusters", num_clusters, lo=1, hi=W.shape[1])
+
+
+def relaxed_bound(W: torch.Tensor, num_clusters: int) -> float:
+    """Σ_{i>K} σ_i², the optimum of the relaxation (Ky Fan): ≤ the k-means error of any assignment."""
+    K = _check_K(_check_W(W), num_clusters)
+    sigma = torch.linalg.svdvals(W.detach())
+    return float((sigma[K:] ** 2).sum())
+
+
+def _randomized_right_vectors(W, rank, oversample, n_iter, seed):
+    """Top right singular vectors of W: randomized range finder on Wᵀ (Halko et al. 2011, alg. 4.4, 5.1)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    width = min(rank + oversample, *W.shape)
+    omega = torch.randn(W.shape[0], width, generator=gen, dtype=W.dtype).to(W.device)
+    Q = torch.linalg.qr(W.T @ omega).Q  # N×l basis of range(Wᵀ)
+    for _ in range(n_iter):  # power iterations, re-orthonormalized
+        Q = torch.linalg.qr(W.T @ torch.linalg.qr(W @ Q).Q).Q
+    # W ≈ (WQ)Qᵀ and WQ = U Σ Vbᵀ  ⇒  right singular vectors ≈ Q Vb
+    _, _, Vbh = torch.linalg.svd(W @ Q, full_matrices=False)
+    return Q @ Vbh[:rank].T
+
+
+def spectral_F(W: torch.Tensor, num_clusters: int, randomized: bool = False, oversample: int = 10,
+               n_iter: int = 2, seed: int = 0) -> torch.Tensor:
+    """Top-K right singular vectors of W (N×min(K, s, N), orthonormal columns): the relaxed optimum (§3.2).
+
+    W has rank ≤ r = min(s, N), so at most r columns are meaningful: when K ≥ r, F holds the r
+    right singular vectors of the thin SVD, spans the whole row space of W, and W(I − FFᵀ) = 0.
+    """
+    W = _check_W(W).detach()
+    K = _check_K(W, num_clusters)
+    rank = min(K, *W.shape)
+    if randomized:
+        oversample = check_int("oversample", oversample, lo=0)
+        n_iter = check_int("n_iter", n_iter, lo=0)
+        return _randomized_right_vectors(W, rank, oversample, n_iter, check_int("seed", seed))
+    _, _, Vh = torch.linalg.svd(W, full_matrices=False)
+    return Vh[:rank].T.contiguous()
+
+
+def indicator_F(W: torch.Tensor, num_clusters: int, seed: int = 0, p: float = 0.0,
+                init_centers: torch.Tensor | None = None) -> IndicatorF:
+    """Normalized indicator F of hard k-means (dkm.kmeans, on CPU) of the columns of W, as assignments."""
+    from .kmeans import kmeans
+
+    W = _check_W(W).detach()
+    K = _check_K(W, num_clusters)
+    X = W.T.cpu() if W.dtype in (torch.float32, torch.float64) else W.T.cpu().float()
+    result = kmeans(X, K, p=p, seed=seed, init_centers=init_centers)
+    return IndicatorF(result.assignments.to(W.device), K, float(result.inertia))
+
+
+def warm_start(W: torch.Tensor, F: IndicatorF) -> torch.Tensor:
+    """Starting centers (K, s) for a refresh: the cluster means of W under the previous assignments."""
+    # Lloyd from these centers cannot end above the error of the previous assignments (empty: zero center)
+    return cluster_means(W.detach(), F.assignments.to(W.device), F.num_clusters)[0].T.cpu().double()
+
+
+class _Penalty(torch.autograd.Function):
+    """λ/2·Σ_l ‖W_l(I − F_lF_lᵀ)‖² as one autograd node (cheaper than autograd through every op)."""
+
+    @staticmethod
+    def forward(ctx, lam, view, Fs, *weights):
+        residuals = [residual(to_matrix(weight, view), F) for weight, F in zip(weights, Fs)]
+        ctx.lam, ctx.shapes = lam, [weight.shape for weight in weights]
+        ctx.save_for_backward(*residuals)
+        return lam / 2 * torch.stack([(R * R).sum() for R in residuals]).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        # grad of λ/2‖W(I−FFᵀ)‖² is λ·W(I−FFᵀ)(I−FFᵀ)ᵀ = λ·W(I−FFᵀ): I − FFᵀ is a symmetric projection
+        grads = (grad * ctx.lam * R.T.reshape(shape) for R, shape in zip(ctx.saved_tensors, ctx.shapes))
+        return (None, None, None, *grads)
+
+
+@dataclass
+class _Layer:
+    name: str
+    index: int            # position among the net's Conv2d layers (as SharedLayer.index)
+    module: nn.Conv2d
+    num_clusters: int
+    F: object = None      # spectral: N×r tensor; indicator: IndicatorF
+
+
+def _resolve(param: str, key, names: list) -> str:
+    """A layer given by name or by conv index → its name."""
+    if isinstance(key, str):
+        if key not in names:
+            raise ValueError(f"{param}: unknown layer name {key!r}: allowed Conv2d names {names}")
+        return key
+    return names[check_int(param, key, lo=0, hi=len(names) - 1)]
+
+
+def _select(net: nn.Module, layers):
+    """(every Conv2d name, [(conv index, name, module) of the chosen layers])."""
+    convs = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"net ({type(net).__name__}) has no nn.Conv2d layer: the regularizer acts on conv weights")
+    names = [name for name, _ in convs]
+    layers = [layers] if isinstance(layers, (str, int)) else layers
+    chosen = names if layers is None else [_resolve("layers", key, names) for key in layers]
+    if not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"layers={layers!r} must select at least one Conv2d, each once: "
+                         f"allowed names {names} or indices 0..{len(names) - 1}")
+    return names, [(names.index(name), name, convs[names.index(name)][1]) for name in chosen]
+
+
+def _per_layer_K(num_clusters, names: list, chosen: list) -> dict:
+    """num_clusters as {name: K} for every chosen layer (an int applies to all)."""
+    if not isinstance(num_clusters, dict):
+        return {name: num_clusters for name in chosen}
+    Ks = {_resolve("num_clusters", key, names): K for key, K in num_clusters.items()}
+    missing, extra = [n for n in chosen if n not in Ks], [n for n in Ks if n not in chosen]
+    if missing or extra:
+        raise ValueError(f"num_clusters={num_clusters!r} must give one K for each selected layer {chosen}: "
+                         f"missing {missing}, not selected {extra}")
+    return Ks
+
+
+class KMeansRegularizer:
+    """λ/2·Σ_layers ‖W(I − FFᵀ)‖²_F on chosen conv layers, F held fixed between refreshes (§3.2).
+
+    Normalization: the squared residuals are SUMMED (not averaged) over every vector of every chosen
+    layer, so with indicator F the penalty is exactly λ/2 × (total k-means error); the gradient
+    w.r.t. W is λ·W(I − FFᵀ). Call `after_step()` after each optimizer step: F is recomputed from
+    the current weights every `refresh_every` steps (spectral: K-truncated SVD; indicator: k-means++
+    with seed `seed` + conv index at construction, then Lloyd warm-started from the cluster means of
+    the previous assignments, so a refresh never raises a layer's k-means error). num_clusters: an
+    int, or {layer name or conv index: K} giving a K for every selected layer; layers: None (every
+    Conv2d) or a list of names / conv indices. A spectral F with K ≥ min(s, N) is degenerate (the
+    term is identically zero): a DegenerateRelaxationWarning is issued once per such layer.
+    """
+
+    def __init__(self, net, lam, num_clusters, mode="indicator", view="rows", refresh_every=50,
+                 layers=None, randomized=False, seed=0):
+        self.lam = check_float("lam", lam, lo=0.0)
+        self.mode = check_choice("mode", mode, MODES)
+        self.view = check_choice("view", view, VIEWS)
+        self.refresh_every = check_int("refresh_every", refresh_every, lo=1)
+        self.randomized, self.seed, self.step = bool(randomized), check_int("seed", seed), 0
+        names, chosen = _select(net, layers)
+        Ks = _per_layer_K(num_clusters, names, [name for _, name, _ in chosen])
+        self._layers = [_Layer(name, i, m, self._check_layer_K(name, m, Ks[name])) for i, name, m in chosen]
+        self.layer_names = [layer.name for layer in self._layers]
+        self.num_clusters = {layer.name: layer.num_clusters for layer in self._layers}
+        self._warned = set()
+        self.refresh()
+
+    def _check_layer_K(self, name, module, K) -> int:
+        n = to_matrix(module.weight, self.view).shape[1]
+        return check_int(f"num_clusters[{name!r}]", K, lo=1, hi=n)
+
+    def _matrix(self, layer: _Layer) -> torch.Tensor:
+        return to_matrix(layer.module.weight, self.view)
+
+    def penalty(self) -> torch.Tensor:
+        """λ/2·Σ_layers ‖W(I − FFᵀ)‖²_F, differentiable w.r.t. the weights (F fixed)."""
+        weights = [layer.module.weight for layer in self._layers]
+        return _Penalty.apply(self.lam, self.view, [layer.F for layer in self._layers], *weights)
+
+    def after_step(self) -> None:
+        """Count one optimizer step; refresh F at every multiple of `refresh_every`."""
+        self.step += 1
+        if self.step % self.refresh_every == 0:
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute every layer's F from the current weights (no grad)."""
+        for layer in self._layers:
+            W = check_finite(f"weight of layer {layer.name!r}", self._matrix(layer).detach())
+            seed = self.seed + layer.index
+            if self.mode == "indicator":
+                start = warm_start(W, layer.F) if isinstance(layer.F, IndicatorF) else None
+                layer.F = indicator_F(W, layer.num_clusters, seed=seed, init_centers=start)
+            else:
+                layer.F = spectral_F(W, layer.num_clusters, randomized=self.randomized, seed=seed)
+                self._warn_if_degenerate(layer)
+
+    def _warn_if_degenerate(self, layer: _Layer) -> None:
+        r = rank_bound(layer.module.weight.shape, self.view)
+        if layer.num_clusters < r or layer.name in self._warned:
+            return
+        self._warned.add(layer.name)
+        fix = f"use num_clusters < {r}, another view" if r > 1 else "use another view"
+        warnings.warn(f"layer {layer.name!r}: spectral F with num_clusters={layer.num_clusters} ≥ rank bound "
+                      f"min(s, N)={r} (view={self.view!r}): the relaxed k-means term and its gradient are "
+                      f"identically zero; {fix} or mode='indicator'", DegenerateRelaxationWarning, stacklevel=4)
+
+    def layer_errors(self) -> dict:
+        """{name: ‖W(I − FFᵀ)‖²} at the current weights (indicator F: the exact k-means error)."""
+        return {layer.name: float((residual(self._matrix(layer).detach(), layer.F) ** 2).sum())
+                for layer in self._layers}
+
+    def state_dict(self) -> dict:
+        """Step counter and every layer's F (spectral: the N×r matrix; indicator: the assignments)."""
+        layers = {}
+        for layer in self._layers:
+            F = layer.F
+            layers[layer.name] = ({"assignments": F.assignments.clone(), "num_clusters": F.num_clusters,
+                                   "inertia": F.inertia} if isinstance(F, IndicatorF) else {"F": F.clone()})
+        return {"step": self.step, "mode": self.mode, "view": self.view, "layers": layers}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the step counter and F saved by `state_dict` (same net layout, mode and view)."""
+        for key in ("mode", "view"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(f"state[{key!r}]={state.get(key)!r}: allowed only this regularizer's "
+                                 f"{key}={getattr(self, key)!r}")
+        if sorted(state["layers"]) != sorted(self.layer_names):
+            raise ValueError(f"state has layers {sorted(state['layers'])}: allowed exactly {sorted(self.layer_names)}")
+        step = check_int("state['step']", state["step"], lo=0)
+        new = {layer.name: self._load_F(layer, state["layers"][layer.name]) for layer in self._layers}
+        for layer in self._layers:
+            layer.F = new[layer.name]
+        self.step = step
+
+    def _load_F(self, layer: _Layer, saved: dict):
+        W = self._matrix(layer)
+        if self.mode == "indicator":
+            K = check_int(f"state num_clusters of {layer.name!r}", saved["num_clusters"],
+                          lo=layer.num_clusters, hi=layer.num_clusters)
+            a = _check_assignments(saved["assignments"], W.shape[1], K).to(W.device)
+            return IndicatorF(a, K, float(saved.get("inertia", float("nan"))))
+        F = saved["F"]
+        expected = (W.shape[1], min(layer.num_clusters, *W.shape))
+        if tuple(F.shape) != expected:
+            raise ValueError(f"state F of layer {layer.name!r} has shape {tuple(F.shape)}: allowed {expected}")
+        return F.to(dtype=W.dtype, device=W.device).clone()
