@@ -1,7 +1,7 @@
 """The command line: `python -m dkm <subcommand> --help` (also installed as `dkm`).
 
-Each subcommand lives next to the code it drives: its module provides
-`build_parser(parser)` (adds the options) and `cli_main(args) -> int` (exit status).
+Each subcommand lives next to the code it drives: its module provides a function that adds the
+options to an argparse parser and a function that runs it and returns the exit status.
 """
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import argparse
 import importlib
 import sys
 
-# name -> (module, one-line help)
+# name -> (module, parser builder, runner, one-line help)
 SUBCOMMANDS = {
-    "energy": ("dkm.energy", "per-layer energy estimate of a model, dense or shared"),
+    "pretrain": ("dkm.commands", "build_pretrain", "run_pretrain", "pre-train the profile's net (cached)"),
+    "retrain": ("dkm.commands", "build_retrain", "run_retrain", "re-train with the k-means regularizer, or the plain control"),
+    "share": ("dkm.commands", "build_share", "run_share", "share a net row-wise; print the per-layer table and CR"),
+    "evaluate": ("dkm.commands", "build_evaluate", "run_evaluate", "share and evaluate one configuration; append it to the results"),
+    "sweep": ("dkm.commands", "build_sweep", "run_sweep", "every method at every target CR and seed (the CR-accuracy grid)"),
+    "energy": ("dkm.energy", "build_parser", "cli_main", "per-layer energy estimate of a model, dense or shared"),
 }
 
 
@@ -20,10 +25,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dkm", description="Deep k-Means: re-train, share, measure.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_) in SUBCOMMANDS.items():
+    for name, (module, build, run, help_) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        importlib.import_module(module).build_parser(p)
-        p.set_defaults(_module=module)
+        getattr(importlib.import_module(module), build)(p)
+        p.set_defaults(_run=(module, run))
     return parser
 
 
@@ -32,7 +37,8 @@ def main(argv=None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
-        return int(importlib.import_module(args._module).cli_main(args) or 0)
+        module, run = args._run
+        return int(getattr(importlib.import_module(module), run)(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"dkm {args.command}: error: {err}", file=sys.stderr)
         return 2

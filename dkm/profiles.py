@@ -1,0 +1,93 @@
+"""Profiles: one place that sizes every experiment (`smoke` seconds, `cpu` minutes, `paper` GPU hours).
+
+The `cpu` profile is sized by measurement (README, "Evidence"): the whole experiment behind the
+CR–accuracy figure — pre-training once, every method at every CR target, both seeds — on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ._checks import check_choice, check_float, check_int
+from .train import TrainConfig
+
+DATASETS = ("fashion_mnist", "cifar10")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything an experiment depends on; `asdict()` of it is part of every cache key."""
+
+    name: str
+    dataset: str                      # "fashion_mnist" | "cifar10"
+    n_train: int | None               # None: the whole training split
+    n_test: int | None
+    model: str                        # dkm.models registry name
+    model_kwargs: dict
+    pretrain: TrainConfig
+    retrain: TrainConfig              # Deep k-Means and the plain control: same epochs, same lr
+    finetune: TrainConfig             # Deep Compression style center fine-tuning
+    lam: float                        # λ of the k-means regularizer (sum-normalized, see dkm.spectral)
+    refresh_every: int                # T: optimizer steps between F updates
+    modes: tuple = ("indicator", "spectral")
+    view: str = "rows"
+    cr_targets: tuple = (8.0, 16.0, 32.0, 45.0)
+    seeds: tuple = (0, 1)
+    p: float = 0.0                    # dominant-cluster fraction used by the CR → K plan
+    bn_batches: int = 20              # training batches used to re-estimate batch norm after sharing
+    official: tuple = ()              # the authors' settings to evaluate as well ("45x", …), WRN-16-4 only
+    description: str = ""
+
+    def __post_init__(self):
+        check_choice("dataset", self.dataset, DATASETS)
+        check_float("lam", self.lam, 0.0)
+        check_int("refresh_every", self.refresh_every, 1)
+        check_float("p", self.p, 0.0, 1.0, hi_open=True)
+        for cr in self.cr_targets:
+            check_float("cr_targets", cr, 1.0, lo_open=True)
+
+    def asdict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _smoke() -> Profile:
+    base = TrainConfig(epochs=1, lr=0.05, batch_size=64, schedule="cosine", log_every=10)
+    return Profile(
+        name="smoke", dataset="fashion_mnist", n_train=2000, n_test=1000,
+        model="small_cnn", model_kwargs={"in_channels": 1, "num_classes": 10, "width": 8},
+        pretrain=base, retrain=dataclasses.replace(base, lr=0.01), finetune=dataclasses.replace(base, lr=0.01),
+        lam=0.5, refresh_every=10, cr_targets=(8.0, 16.0), seeds=(0,), bn_batches=5,
+        description="tiny CNN, 2k Fashion-MNIST images, 1 epoch: seconds; for tests and nbval")
+
+
+def _cpu() -> Profile:
+    pre = TrainConfig(epochs=4, lr=0.1, batch_size=128, schedule="cosine", log_every=50)
+    re = TrainConfig(epochs=1, lr=0.01, batch_size=128, schedule="cosine", log_every=50)
+    return Profile(
+        name="cpu", dataset="fashion_mnist", n_train=None, n_test=None,
+        model="wide_resnet", model_kwargs={"depth": 10, "widen_factor": 1, "dropout": 0.0, "in_channels": 1,
+                                           "num_classes": 10, "conv_bias": False},
+        pretrain=pre, retrain=re, finetune=re, lam=0.5, refresh_every=50,
+        description="WRN-10-1 on full Fashion-MNIST: the default, minutes on a 2-core CPU")
+
+
+def _paper() -> Profile:
+    pre = TrainConfig(epochs=200, lr=0.1, batch_size=128, schedule="step", milestones=(60, 120, 160), gamma=0.2,
+                      nesterov=True, log_every=100)
+    re = TrainConfig(epochs=30, lr=0.01, batch_size=128, schedule="cosine", log_every=100)
+    return Profile(
+        name="paper", dataset="cifar10", n_train=None, n_test=None,
+        model="wide_resnet", model_kwargs={"depth": 16, "widen_factor": 4, "dropout": 0.3, "in_channels": 3,
+                                           "num_classes": 10, "conv_bias": True},
+        pretrain=pre, retrain=re, finetune=re, lam=0.5, refresh_every=200, cr_targets=(20.0, 30.0, 45.0, 50.0),
+        seeds=(0, 1), official=("45x", "47x", "50x"),
+        description="WRN-16-4 on CIFAR-10 with the authors' settings: GPU hours")
+
+
+PROFILES = {"smoke": _smoke, "cpu": _cpu, "paper": _paper}
+
+
+def get_profile(name: str, **overrides) -> Profile:
+    """The named profile, optionally with some fields replaced (e.g. lam=5.0)."""
+    check_choice("profile", name, PROFILES)
+    return dataclasses.replace(PROFILES[name](), **overrides) if overrides else PROFILES[name]()

@@ -1,0 +1,123 @@
+"""The CR grid behind the CR–accuracy figure: every method at every target CR and seed, into one tidy table.
+
+Methods (all shared row-wise at the same per-layer K, from `dkm.plan.plan_clusters`):
+
+| method             | net that is shared                    | sharing                                   |
+|--------------------|---------------------------------------|-------------------------------------------|
+| `kmeans`           | pre-trained                           | k-means++ (post-training sharing)         |
+| `density`          | pre-trained                           | k-means seeded from the weight density    |
+| `deep_compression` | pre-trained                           | linear init + center fine-tuning          |
+| `plain`            | re-trained without the regularizer    | k-means++ (the control: more training)    |
+| `dkm-indicator`    | re-trained with indicator F           | k-means++                                 |
+| `dkm-spectral`     | re-trained with spectral F            | k-means++                                 |
+
+The table (one row per run × metric) is `data/results/sweep_<profile>.csv` (smoke: build/results/).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import pipeline as pl
+from .plan import plan_clusters
+from .profiles import Profile
+from .train import show_progress
+
+COLUMNS = ("run_key", "profile", "method", "target_cr", "seed", "lam", "metric", "value")
+METRICS = ("top1_before", "top1", "top1_bn", "K", "cr_official", "cr_fixed", "cr_huffman")
+BASELINES = ("kmeans", "density", "deep_compression")
+
+
+def methods_of(profile: Profile) -> list[str]:
+    """Every method the sweep runs for this profile, in table order."""
+    return [*BASELINES, "plain", *(f"dkm-{mode}" for mode in profile.modes)]
+
+
+def results_path(profile: Profile) -> Path:
+    """data/results/sweep_<name>.csv for the cpu and paper profiles; build/results/ for smoke (or $DKM_RESULTS_DIR)."""
+    default = pl.ROOT / ("build/results" if profile.name == "smoke" else "data/results")
+    return Path(os.environ.get("DKM_RESULTS_DIR", default)) / f"sweep_{profile.name}.csv"
+
+
+class ResultsFormatError(ValueError):
+    """A results table whose header is not this version's COLUMNS."""
+
+
+def read_results(path: Path) -> list[dict]:
+    """Rows of a results table; an older or foreign format raises ResultsFormatError (nothing is overwritten)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise ResultsFormatError(f"{path} has columns {reader.fieldnames}: this version writes {list(COLUMNS)}; "
+                                     f"move it away (or delete it) and re-run the sweep")
+        return list(reader)
+
+
+def write_results(path: Path, new_rows: list[dict]) -> None:
+    """Merge `new_rows` into the table at `path` (rows of a re-run key replace the old ones), atomically."""
+    keys = {r["run_key"] for r in new_rows}
+    rows = [r for r in read_results(path) if r["run_key"] not in keys] + new_rows
+    rows.sort(key=lambda r: (r["method"], float(r["target_cr"]), int(r["seed"]), r["metric"]))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: r[c] for c in COLUMNS} for r in rows)
+    pl._write_text_atomic(path, buf.getvalue())
+
+
+def _rows(profile: Profile, method: str, plan: dict, seed: int, key: str, result: dict, lam) -> list[dict]:
+    values = {"top1_before": result["top1_before"], "top1": result["top1"], "top1_bn": result["top1_bn"],
+              "K": max(plan["K"]), **{f"cr_{c}": result["cr"][c] for c in ("official", "fixed", "huffman")}}
+    base = {"run_key": key, "profile": profile.name, "method": method, "target_cr": plan["target_cr"],
+            "seed": seed, "lam": "" if lam is None else lam}
+    return [{**base, "metric": m, "value": f"{values[m]:.6g}"} for m in METRICS]
+
+
+def _source(profile: Profile, method: str, plan: dict, seed: int, progress):
+    """(net, config, λ) of the net that `method` shares."""
+    if method in BASELINES:
+        return (*pl.pretrain(profile, progress), None)
+    if method == "plain":
+        return (*pl.retrain(profile, "plain", seed, progress=progress), None)
+    mode = method.split("-", 1)[1]
+    return (*pl.retrain(profile, "dkm", seed, num_clusters=plan["K"], mode=mode, progress=progress), profile.lam)
+
+
+def sweep(profile: Profile, methods=None, progress=None, write=True) -> list[dict]:
+    """Run (or read from the cache) every method × target CR × seed; merge the rows into the results table."""
+    methods = methods_of(profile) if methods is None else list(methods)
+    for m in methods:
+        pl.check_choice("method", m, methods_of(profile))
+    net, _ = pl.pretrain(profile, progress)
+    plans = [plan_clusters(net, t, p=profile.p) for t in profile.cr_targets]
+    grid = [(m, plan, seed) for plan in plans for seed in profile.seeds for m in methods]
+    rows = []
+    for method, plan, seed in tqdm(grid, desc=f"sweep {profile.name}", unit="run", disable=not show_progress(progress)):
+        src_net, src_cfg, lam = _source(profile, method, plan, seed, progress)
+        share_method = method if method in BASELINES else "kmeans"
+        config = pl.evaluation_config(profile, src_cfg, share_method, plan, seed)
+        result = pl.share_and_evaluate(profile, src_net, src_cfg, share_method, plan, seed, progress)
+        rows += _rows(profile, method, plan, seed, pl.config_key(config), result, lam)
+    if write:
+        write_results(results_path(profile), rows)
+    return rows
+
+
+def summary(rows: list[dict], metric: str = "top1") -> list[dict]:
+    """Mean and spread (half the range) of `metric` over seeds, per method × target CR, with the mean official CR."""
+    groups: dict = {}
+    for r in rows:
+        g = groups.setdefault((r["method"], float(r["target_cr"])), {})
+        g.setdefault(r["metric"], []).append(float(r["value"]))
+    out = []
+    for (method, target), g in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        v = g.get(metric, [])
+        out.append({"method": method, "target_cr": target, "cr_official": sum(g["cr_official"]) / len(g["cr_official"]),
+                    "K": g["K"][0], "n": len(v), "mean": sum(v) / len(v), "spread": (max(v) - min(v)) / 2})
+    return out

@@ -1,0 +1,158 @@
+"""The pipeline on a tiny profile: cache keys, caching, resume, results table, CR planning, command line."""
+import csv
+import dataclasses
+
+import pytest
+import torch
+
+from dkm import pipeline as pl
+from dkm import sweep as sw
+from dkm.cli import main
+from dkm.models import small_cnn, wide_resnet
+from dkm.plan import estimated_cr, layer_specs, plan_clusters
+from dkm.profiles import get_profile
+from dkm.sharing import share
+from dkm.accounting import compression_ratio
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("DKM_RESULTS_DIR", str(tmp_path / "results"))
+    return tmp_path
+
+
+def tiny(**overrides):
+    """The smoke profile cut down to a few hundred images: every stage runs in about a second."""
+    fields = dict(n_train=256, n_test=200, cr_targets=(8.0,), bn_batches=2)
+    return dataclasses.replace(get_profile("smoke"), **{**fields, **overrides})
+
+
+def test_cache_key_covers_the_whole_configuration():
+    p = tiny()
+    base = pl.retrain_config(p, "dkm", 0, num_clusters=[4] * 4)
+    assert pl.config_key(base) == pl.config_key(pl.retrain_config(p, "dkm", 0, num_clusters=[4] * 4))
+    changed = [pl.retrain_config(p, "dkm", 0, num_clusters=[4] * 4, lam=0.25),
+               pl.retrain_config(p, "dkm", 1, num_clusters=[4] * 4),
+               pl.retrain_config(p, "dkm", 0, num_clusters=[5] * 4),
+               pl.retrain_config(p, "dkm", 0, num_clusters=[4] * 4, mode="spectral"),
+               pl.retrain_config(tiny(pretrain=dataclasses.replace(p.pretrain, lr=0.02)), "dkm", 0, num_clusters=[4] * 4)]
+    keys = {pl.config_key(c) for c in changed}
+    assert len(keys) == len(changed) and pl.config_key(base) not in keys
+
+
+def test_run_dir_refuses_a_foreign_config(dirs):
+    config = {"stage": "x", "a": 1}
+    d = pl.run_dir("x", config)
+    (d / "config.json").write_text('{"stage": "x", "a": 2}')
+    with pytest.raises(pl.RunError, match="another configuration"):
+        pl.run_dir("x", config)
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(pl.RunError, match="corrupt"):
+        pl.run_dir("x", config)
+
+
+def test_sweep_writes_the_table_and_reruns_from_cache(dirs, monkeypatch):
+    p = tiny()
+    rows = sw.sweep(p, methods=["kmeans", "plain", "dkm-indicator"], progress=False)
+    table = list(csv.DictReader(open(sw.results_path(p))))
+    assert len(rows) == len(table) == 3 * len(sw.METRICS)
+    assert {r["method"] for r in table} == {"kmeans", "plain", "dkm-indicator"}
+    for r in table:
+        if r["metric"] == "cr_official":
+            assert float(r["value"]) >= 8.0  # the plan's estimate is a lower bound of the real official CR
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached stage was recomputed")
+    monkeypatch.setattr(pl, "train", no_training)
+    monkeypatch.setattr(pl, "share", no_training)
+    assert sw.sweep(p, methods=["kmeans", "plain", "dkm-indicator"], progress=False) == rows
+    assert list(csv.DictReader(open(sw.results_path(p)))) == table  # merged by run key, no duplicates
+
+
+def test_changing_lambda_retrains(dirs, monkeypatch):
+    p = tiny()
+    sw.sweep(p, methods=["dkm-indicator"], progress=False)
+    calls = []
+    real = pl.train
+    monkeypatch.setattr(pl, "train", lambda *a, **k: calls.append(1) or real(*a, **k))
+    sw.sweep(dataclasses.replace(p, lam=2.0), methods=["dkm-indicator"], progress=False)
+    assert calls == [1]  # only the re-training, not the pre-training
+
+
+def test_pretraining_resumes_after_an_interrupt(dirs, monkeypatch):
+    p = tiny(pretrain=dataclasses.replace(tiny().pretrain, epochs=2))
+    real = pl.train
+
+    def interrupted(*args, **kwargs):
+        def stop(record):
+            raise KeyboardInterrupt
+        return real(*args, **kwargs, on_epoch_end=stop)
+    monkeypatch.setattr(pl, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pl.pretrain(p, progress=False)
+    monkeypatch.setattr(pl, "train", real)
+    resumed, _ = pl.pretrain(p, progress=False)
+    monkeypatch.setenv("DKM_RUNS_DIR", str(dirs / "fresh"))
+    fresh, _ = pl.pretrain(p, progress=False)
+    for a, b in zip(resumed.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_corrupted_model_file_is_a_clear_error(dirs):
+    p = tiny()
+    _, config = pl.pretrain(p, progress=False)
+    (pl.run_dir("pretrain", config) / "model.pt").write_bytes(b"garbage")
+    with pytest.raises(pl.RunError, match="not a loadable small_cnn state"):
+        pl.pretrain(p, progress=False)
+
+
+def test_results_file_of_another_format_is_refused_and_kept(dirs):
+    path = sw.results_path(tiny())
+    path.parent.mkdir(parents=True)
+    path.write_text("method,accuracy\nkmeans,0.5\n")
+    with pytest.raises(sw.ResultsFormatError, match="this version writes"):
+        sw.write_results(path, [])
+    assert path.read_text() == "method,accuracy\nkmeans,0.5\n"
+
+
+@pytest.mark.parametrize("make", [lambda: wide_resnet(10, 1, in_channels=1), lambda: small_cnn(width=8)])
+def test_plan_is_the_largest_uniform_k_reaching_the_target(make):
+    torch.manual_seed(0)
+    net = make()
+    plan = plan_clusters(net, 12.0)
+    assert plan["estimated_cr"] >= 12.0
+    specs = layer_specs(net)
+    n_rows = [s["out"] * s["in"] * s["k"] for s in specs if s["kind"] == "conv"]
+    k = max(plan["K"])
+    assert estimated_cr(specs, [min(k + 1, n) for n in n_rows], [0.0] * len(n_rows)) < 12.0
+    shared = share(net, num_clusters=plan["K"], p=plan["p"])
+    assert compression_ratio(net, shared, "official") >= plan["estimated_cr"] - 1e-9
+
+
+def test_unreachable_target_and_bad_values():
+    with pytest.raises(ValueError, match="target_cr=1000 is not reachable"):
+        plan_clusters(small_cnn(width=8), 1000)
+    with pytest.raises(ValueError, match="profile='gpu'"):
+        get_profile("gpu")
+    with pytest.raises(ValueError, match="lam=-1"):
+        get_profile("smoke", lam=-1.0)
+    with pytest.raises(ValueError, match="method='sgd'"):
+        pl.retrain_config(tiny(), "sgd", 0)
+    with pytest.raises(ValueError, match="method='magic'"):
+        sw.sweep(tiny(), methods=["magic"], progress=False)
+
+
+@pytest.mark.parametrize("command", ["pretrain", "retrain", "share", "evaluate", "sweep", "energy"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and "--" in capsys.readouterr().out
+
+
+def test_cli_errors_name_the_option(dirs, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "--profile", "huge"])
+    assert exit_.value.code == 2 and "--profile: invalid choice: 'huge'" in capsys.readouterr().err
+    assert main(["retrain", "--profile", "smoke", "--lam", "-1", "--target-cr", "8"]) == 2
+    assert "lam=-1.0 is out of range" in capsys.readouterr().err
