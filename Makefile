@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dkm-installed
 APT_PACKAGES := dataset-fashion-mnist chromium
 PYTEST_ARGS ?=
+PROFILE ?= cpu
 
-.PHONY: help setup system-deps test bench lab clean distclean
+.PHONY: help setup system-deps figures test bench lab clean distclean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -31,6 +32,9 @@ system-deps:  ## Debian's dataset-fashion-mnist (offline data) and chromium (PNG
 	  echo "Not installed:$$missing (needs root and apt-get). Run:"; \
 	  echo "  sudo apt-get update && sudo apt-get install -y$$missing"; \
 	fi
+
+figures: setup  ## run every notebook with papermill (PROFILE=cpu|smoke|paper) and write figures/
+	$(BIN)/python -m dkm figures --profile $(PROFILE)
 
 test: setup  ## run the whole test suite (pytest)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

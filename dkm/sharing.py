@@ -122,9 +122,11 @@ def share(net: nn.Module, num_clusters=None, p=0.0, init: str = "kmeans++", excl
             continue
         check_int(f"num_clusters[{name}]", k, 1, rows.shape[0])
         check_float(f"p[{name}]", p_i or 0.0, 0.0, 1.0, hi_open=True)
-        km = kmeans(rows, k, init=init, p=p_i or 0.0, max_iter=max_iter, tol=tol, seed=seed + i)
+        # a dominant cluster needs at least one row in it and K ≥ 2; otherwise the layer is plain k-means
+        p_i = float(p_i or 0.0) if k >= 2 and int(rows.shape[0] * (p_i or 0.0)) >= 1 else 0.0
+        km = kmeans(rows, k, init=init, p=p_i, max_iter=max_iter, tol=tol, seed=seed + i)
         layer = SharedLayer(name, i, tuple(conv.weight.shape), km.codebook, km.assignments,
-                            float(p_i or 0.0), 0 if conv.bias is None else conv.bias.numel())
+                            p_i, 0 if conv.bias is None else conv.bias.numel())
         with torch.no_grad():
             conv.weight.copy_(layer.weight())
         result.layers[name] = layer

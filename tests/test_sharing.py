@@ -144,3 +144,10 @@ def test_tied_centers_sum_gradients_per_cluster_and_stay_shared():
         assert isinstance(conv.weight, nn.Parameter)
         assert torch.equal(conv.weight.detach(), layer.weight())
         assert _distinct_rows(conv) <= 4
+
+
+def test_dominant_cluster_dropped_where_it_would_be_empty():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3))  # N = 2·1·3 = 6 rows: int(6·0.1) = 0 rows would be dominant
+    result = share(net, num_clusters=2, p=0.1)
+    assert result.layers["0"].p == 0.0 and result.layers["0"].num_clusters == 2
