@@ -1,0 +1,424 @@
+"""Step 4 of the method: the energy-aware metric of a dense or row-wise shared net (paper §4).
+
+Energy of a layer = arithmetic + data movement, in units of one 16-bit MAC (E_MAC16, the unit
+of the Eyeriss figures below). Every constant is a published figure, none is fitted to a reference:
+
+- Arithmetic in full-adder (FA) equivalents (paper §4; Weste & Harris, CMOS VLSI Design: an
+  m×n array multiplier is about m·n FAs, an n-bit ripple adder n FAs). A MAC with w-bit weights
+  and a-bit activations summing R products needs an accumulator of w + a + ⌈log2 R⌉ bits (no
+  overflow). The unit E_MAC16 is a 16×16 multiply plus a 32-bit add: 288 FAs.
+- Data movement: per-access energy of a 16-bit word relative to a 16-bit MAC in 65 nm, from
+  Chen, Emer, Sze, "Eyeriss: a spatial architecture for energy-efficient dataflow for CNNs", ISCA
+  2016, and Sze et al., "Efficient processing of deep neural networks", Proc. IEEE 2017:
+  RF 1×, inter-PE array 2×, global buffer 6×, DRAM 200×. A word of b bits costs b/16 of that
+  (energy per bit moved taken as constant). Partial sums move at the accumulator width.
+- Access counts: Chen et al. (ISCA 2016, §V) write the energy of an input datum (weight or ifmap) as
+  a·E_DRAM + ab·E_buf + abc·E_array + abcd·E_RF, a·b·c·d being its total reuse, and of a psum
+  accumulation as (2a−1)·E_DRAM + 2a(b−1)·E_buf + ab(c−1)·E_array + 2abc(d−1)·E_RF. The factors here
+  come from the row-stationary (RS) dataflow on the Eyeriss v1 chip (Chen et al., JSSC 2017:
+  12×14 PEs; scratchpads of 224 filter, 12 ifmap and 24 psum words), see `rs_accesses`.
+  DRAM traffic is taken at its compulsory minimum (each weight, input and output once), an
+  optimistic assumption for layers whose working set exceeds the 108 KB buffer.
+- Row-wise weight sharing (paper §3.3–4): weights are stored as ⌈log2 K⌉-bit indexes (one per
+  kernel row) plus a K×kw codebook; the product of an ifmap row with a shared center row is
+  computed once and reused by every filter row with that center and input channel: fewer
+  multiplications, the same additions (see `shared_mults`). Ifmap and psum traffic are unchanged.
+- Not counted: biases (one add per output), batch norm, pooling, activation functions.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import check_float, check_int
+from .inventory import LayerInfo
+
+# Sze et al. Proc. IEEE 2017 / Chen et al. ISCA 2016: energy per 16-bit access, relative to a 16-bit MAC
+ACCESS_COST = {"rf": 1.0, "array": 2.0, "buffer": 6.0, "dram": 200.0}
+LEVELS = tuple(ACCESS_COST)
+WORD_BITS = 16
+# Eyeriss v1 (Chen et al., JSSC 2017): PE array and per-PE scratchpad sizes in 16-bit words
+ARRAY_ROWS, ARRAY_COLS = 12, 14
+SPAD_FILTER, SPAD_IFMAP, SPAD_PSUM = 224, 12, 24
+# the unit: a 16×16-bit multiplier (16·16 FAs) plus a 32-bit adder (32 FAs)
+FA_PER_MAC16 = 16 * 16 + 32
+COMPONENTS = ("arith",) + LEVELS
+UNIT = "E_MAC16"
+
+
+@dataclass(frozen=True)
+class Share:
+    """How one conv layer is shared: K centers; exact `assignments` (N,), or else the expected usage
+    with a dominant cluster holding a fraction p of the rows and the others used uniformly."""
+
+    num_clusters: int
+    p: float = 0.0
+    assignments: torch.Tensor | None = None
+
+
+def accumulator_bits(weight_bits: int, act_bits: int, reduction: int) -> int:
+    """w + a + ⌈log2 R⌉: the width that sums R products of w×a bits without overflow."""
+    return weight_bits + act_bits + math.ceil(math.log2(max(reduction, 1)))
+
+
+def rs_mapping(layer: LayerInfo) -> dict:
+    """Row-stationary parameters (Chen et al. ISCA 2016 §IV; names as in JSSC 2017)."""
+    S, C, M = layer.kernel[1], layer.c_in // layer.groups, layer.c_out // layer.groups
+    # q channels per PE: their S-wide ifmap windows fill the 12-word ifmap spad
+    q = min(C, max(1, SPAD_IFMAP // S))
+    # p filters per PE: p psums in the 24-word psum spad, p·q·S weights in the 224-word filter spad
+    p = min(M, SPAD_PSUM, max(1, SPAD_FILTER // (q * S)))
+    # a PE set is R×E (filter rows × output rows), cut into strips of e ≤ 14 columns;
+    # t = ⌊12/R⌋ sets are stacked vertically and (assumption) process different filters
+    e = min(layer.out_size[0], ARRAY_COLS)
+    t = max(1, ARRAY_ROWS // layer.kernel[0])
+    return {"q": q, "p": p, "e": e, "t": t}
+
+
+def rs_accesses(layer: LayerInfo, mults: float | None = None) -> dict:
+    """Accesses (words) per (data type, level) of one layer under RS; `mults` < MACs for a shared layer."""
+    m = rs_mapping(layer)
+    R, S = layer.kernel
+    U_y, U_x = layer.stride
+    E, F = layer.out_size
+    macs = layer.macs
+    mults = macs if mults is None else mults
+    # weights: a filter row stays in the RF for the F positions of an output row (abcd = B·E·F),
+    # multicast along a strip of e PEs, fetched from the buffer once per strip and image
+    w = {"rf": mults, "array": macs / F,
+         "buffer": layer.weights * layer.batch * math.ceil(E / m["e"]), "dram": layer.weights}
+    # ifmaps: a value in the RF serves p filters × S/U window positions; a buffer read is
+    # multicast diagonally to the R/U PEs of a set and to the t sets
+    arr_i = macs / (m["p"] * max(1.0, S / U_x))
+    i = {"rf": mults, "array": arr_i,
+         "buffer": max(layer.inputs, arr_i / (max(1.0, min(R, ARRAY_ROWS) / U_y) * m["t"])),
+         "dram": layer.inputs}
+    # psums, per output value: (2a−1)·DRAM + 2a(b−1)·buffer + ab(c−1)·array + 2abc(d−1)·RF (Chen et al.
+    # 2016 §V) with a = 1, d = q·S taps summed in a PE, c = R rows summed down a PE column, b = the rest
+    d_o, c_o = m["q"] * S, R
+    b_o = max(1.0, layer.reduction / (d_o * c_o))
+    n = layer.outputs
+    o = {"rf": 2 * b_o * c_o * (d_o - 1) * n, "array": b_o * (c_o - 1) * n, "buffer": 2 * (b_o - 1) * n, "dram": n}
+    # shared layers also read each reused row product (one psum-wide value per output) from the RF
+    o["rf"] += (macs - mults) / S
+    return {"weights": w, "inputs": i, "psums": o}
+
+
+def layer_energy(layer: LayerInfo, bits: int = 16, act_bits: int | None = None,
+                 share: Share | None = None) -> dict:
+    """Energy (E_MAC16) of one layer by component (arith, rf, array, buffer, dram) and data type."""
+    w_bits = check_int("bits", bits, 1, 32)
+    a_bits = w_bits if act_bits is None else check_int("act_bits", act_bits, 1, 32)
+    acc = accumulator_bits(w_bits, a_bits, layer.reduction)
+    share = _effective_share(layer, share)
+    mults = layer.macs if share is None else shared_mults(layer, share)
+    store_bits = weight_storage_bits(layer, w_bits, share)
+    counts = rs_accesses(layer, mults)
+    # bits per access: weights at their storage density (indexes + codebook when shared), RF reads at w
+    width = {"weights": {lv: store_bits / layer.weights for lv in LEVELS} | {"rf": w_bits},
+             "inputs": dict.fromkeys(LEVELS, a_bits),
+             "psums": dict.fromkeys(LEVELS, acc) | {"dram": a_bits}}
+    out = {"name": layer.name, "kind": layer.kind, "macs": layer.macs, "mults": mults, "adds": layer.macs,
+           "params": layer.params, "weight_bits": store_bits, "K": share.num_clusters if share else 0}
+    # multiply ≈ w·a FAs, add ≈ acc FAs (paper §4), in units of a 16-bit MAC
+    out["arith"] = (mults * w_bits * a_bits + layer.macs * acc) / FA_PER_MAC16
+    for lv in LEVELS:
+        out[lv] = sum(counts[d][lv] * width[d][lv] / WORD_BITS * ACCESS_COST[lv] for d in counts)
+    for d in counts:
+        out[d] = sum(counts[d][lv] * width[d][lv] / WORD_BITS * ACCESS_COST[lv] for lv in LEVELS)
+    out["total"] = sum(out[c] for c in COMPONENTS)
+    return out
+
+
+def weight_storage_bits(layer: LayerInfo, bits: int, share: Share | None) -> int:
+    """Dense: weights·w bits. Shared: N·⌈log2 K⌉ index bits + K·kw·w codebook bits (paper §4)."""
+    if share is None:
+        return layer.weights * bits
+    K = share.num_clusters
+    return layer.kernel_rows * math.ceil(math.log2(K)) + K * layer.kernel[1] * bits
+
+
+def _effective_share(layer: LayerInfo, share: Share | None) -> Share | None:
+    """A share applies to convs with K < N rows; K ≥ N leaves the layer as is (the authors' convention)."""
+    if share is None:
+        return None
+    if layer.kind != "conv":
+        raise ValueError(f"layer {layer.name!r} is {layer.kind}: sharing applies to conv layers only")
+    check_int(f"K of {layer.name}", share.num_clusters, 1)
+    check_float(f"p of {layer.name}", share.p, 0.0, 1.0, hi_open=True)
+    if share.assignments is not None and share.assignments.numel() != layer.kernel_rows:
+        raise ValueError(f"assignments of {layer.name!r} have {share.assignments.numel()} entries: "
+                         f"allowed exactly N = {layer.kernel_rows} (one per kernel row)")
+    return None if share.num_clusters >= layer.kernel_rows else share
+
+
+def _row_patterns(layer: LayerInfo) -> Counter:
+    """For each padded ifmap row h, the kernel rows r that meet it (h = e·U + r, 0 ≤ e < E); counted."""
+    R, U, E = layer.kernel[0], layer.stride[0], layer.out_size[0]
+    pats = Counter()
+    for h in range((E - 1) * U + R):
+        pats[tuple(r for r in range(R) if h >= r and (h - r) % U == 0 and (h - r) // U < E)] += 1
+    return pats
+
+
+def expected_distinct(n: int, K: int, p: float = 0.0) -> float:
+    """E|{centers used by n rows}| = Σ_k 1 − (1 − π_k)^n, π = (p, (1−p)/(K−1), …) or uniform 1/K."""
+    if p > 0 and K > 1:
+        return (1 - (1 - p) ** n) + (K - 1) * (1 - (1 - (1 - p) / (K - 1)) ** n)
+    return K * (1 - (1 - 1 / K) ** n)
+
+
+def shared_mults(layer: LayerInfo, share: Share) -> float:
+    """Multiplications left when each (input channel, ifmap row, center row) product is computed once.
+
+    Dense: every filter row meeting ifmap row h costs F·kw multiplies. Shared: only the distinct
+    centers among the filter rows of the same input channel that meet h do (paper §4, row reuse).
+    """
+    F, S = layer.out_size[1], layer.kernel[1]
+    g, R, K = layer.groups, layer.kernel[0], share.num_clusters
+    C, M = layer.c_in // g, layer.c_out // g
+    pats, total = _row_patterns(layer), 0.0
+    if share.assignments is None:
+        for rows, count in pats.items():
+            total += count * layer.c_in * expected_distinct(M * len(rows), K, share.p)
+    else:
+        a = share.assignments.reshape(g, M, C, R).long()
+        chan = (torch.arange(g).view(g, 1, 1, 1) * C + torch.arange(C).view(1, 1, C, 1)).expand_as(a)
+        r = torch.arange(R).view(1, 1, 1, R).expand_as(a)
+        for rows, count in pats.items():
+            mask = torch.isin(r, torch.tensor(rows, dtype=torch.long))
+            total += count * torch.unique(chan[mask] * K + a[mask]).numel()
+    return float(layer.batch * F * S * total)
+
+
+def net_energy(layers, bits: int = 16, act_bits: int | None = None, shares: dict | None = None) -> list:
+    """Per-layer energy rows for a list of LayerInfo (an Inventory's `.layers`); `shares`: name → Share."""
+    shares = shares or {}
+    unknown = set(shares) - {l.name for l in layers}
+    if unknown:
+        raise ValueError(f"shares name layers not in the net: {sorted(unknown)}")
+    return [layer_energy(l, bits, act_bits, shares.get(l.name)) for l in layers]
+
+
+def totals(rows: list) -> dict:
+    """Column sums of energy rows (MACs, multiplications, every component)."""
+    keys = ("macs", "mults", "adds", "params") + COMPONENTS + ("weights", "inputs", "psums", "total")
+    return {"name": "TOTAL"} | {k: sum(r[k] for r in rows) for k in keys}
+
+
+# ---- shared-model descriptions -------------------------------------------------------------
+
+OFFICIAL_SETTINGS = ("45x", "47x", "50x")
+
+
+def official_sharing() -> dict:
+    """The authors' WRN-16-4 sharing table (K and p per conv, three settings), from the package data."""
+    import json
+    from pathlib import Path
+    here = Path(__file__).resolve().parent
+    for path in (here / "reference", here.parent / "data" / "reference"):
+        if (path / "wrn16_4_official_sharing.json").exists():
+            return json.loads((path / "wrn16_4_official_sharing.json").read_text())
+    raise FileNotFoundError("wrn16_4_official_sharing.json not found in dkm/reference or data/reference")
+
+
+def official_shares(layers: list, setting: str) -> dict:
+    """name → Share for the authors' `setting` ("45x", "47x", "50x"), matched to the net's convs in order."""
+    table = official_sharing()
+    if setting not in table["settings"]:
+        raise ValueError(f"shared={setting!r} is not allowed: choose one of {', '.join(table['settings'])}")
+    convs = [l for l in layers if l.kind == "conv"]
+    spec = table["layers"]
+    if len(convs) != len(spec) or any((l.c_in, l.c_out, l.kernel[0]) != (s["in"], s["out"], s["k"])
+                                      for l, s in zip(convs, spec)):
+        raise ValueError(f"shared={setting!r} describes WRN-16-4's 16 convs; this net's "
+                         f"{len(convs)} convs do not match them (in, out, k)")
+    K, p = table["settings"][setting]["K"], table["settings"][setting]["p"]
+    return {l.name: Share(int(k), float(q)) for l, k, q in zip(convs, K, p)}
+
+
+def auto_shares(net: torch.nn.Module, layers: list) -> dict:
+    """name → Share read from the weights: the distinct kernel rows of a conv are its centers (K < N only)."""
+    from .rows import to_rows
+    mods, shares = dict(net.named_modules()), {}
+    for l in layers:
+        if l.kind != "conv" or l.name not in mods:
+            continue
+        _, assignments = torch.unique(to_rows(mods[l.name].weight.detach()), dim=0, return_inverse=True)
+        K = int(assignments.max()) + 1
+        if K < l.kernel_rows:
+            shares[l.name] = Share(K, 0.0, assignments)
+    return shares
+
+
+def _as_share(name: str, v) -> Share:
+    if isinstance(v, Share):
+        return v
+    if hasattr(v, "assignments") and hasattr(v, "codebook"):          # a dkm.sharing.SharedLayer
+        return Share(v.num_clusters, float(v.p), v.assignments)
+    if isinstance(v, dict):
+        return Share(int(v["K"]), float(v.get("p", 0.0)))
+    if isinstance(v, (tuple, list)):
+        return Share(int(v[0]), float(v[1]) if len(v) > 1 else 0.0)
+    return Share(check_int(f"K of {name}", v, 1))
+
+
+def make_shares(layers: list, shared=None, net=None) -> dict:
+    """name → Share from: None; a dict name → K | (K, p) | {"K","p"} | SharedLayer; a ShareResult;
+    "45x"/"47x"/"50x" (the authors' settings); "auto" (distinct rows of `net`); or a JSON file of a dict."""
+    if shared is None:
+        return {}
+    if hasattr(shared, "layers") and hasattr(shared, "skipped"):       # a dkm.sharing.ShareResult
+        shared = shared.layers
+    if isinstance(shared, str):
+        return _shares_from_str(layers, shared, net)
+    if not isinstance(shared, dict):
+        raise TypeError(f"shared must be a dict, a ShareResult or a string, got {type(shared).__name__}")
+    return {name: _as_share(name, v) for name, v in shared.items()}
+
+
+def _shares_from_str(layers: list, shared: str, net) -> dict:
+    import json
+    from pathlib import Path
+    if shared in OFFICIAL_SETTINGS:
+        return official_shares(layers, shared)
+    if shared == "auto":
+        if net is None:
+            raise ValueError("shared='auto' reads the shared rows from the weights: pass the net")
+        return auto_shares(net, layers)
+    if not Path(shared).exists():
+        raise ValueError(f"shared={shared!r} is not allowed: choose 45x, 47x, 50x, auto or an existing JSON file")
+    return make_shares(layers, json.loads(Path(shared).read_text()))
+
+
+# ---- dense vs shared -------------------------------------------------------------------------
+
+def compare_energy(layers: list, shares: dict, bits: int = 16, act_bits: int | None = None) -> list:
+    """Per layer: dense and shared energy by component, multiplications, and the ratio dense/shared."""
+    dense, shared = net_energy(layers, bits, act_bits), net_energy(layers, bits, act_bits, shares)
+    rows = []
+    for d, s in zip(dense + [totals(dense)], shared + [totals(shared)]):
+        row = {"name": d["name"], "bits": bits, "K": s.get("K", ""), "macs": d["macs"],
+               "dense_mults": d["mults"], "shared_mults": s["mults"]}
+        for c in COMPONENTS + ("total",):
+            row[f"dense_{c}"], row[f"shared_{c}"] = d[c], s[c]
+        row["ratio"] = d["total"] / s["total"]
+        rows.append(row)
+    return rows
+
+
+def wrn16_4(device="meta"):
+    """WRN-16-4 as the authors' sharing table describes it (dropout 0.3, conv bias, 10 classes); meta: shapes only."""
+    from .models import wide_resnet
+    m = official_sharing()["model"]
+    with torch.device(device):
+        return wide_resnet(m["depth"], m["widen_factor"], m["dropout"], 3, m["num_classes"], m["conv_bias"])
+
+
+def wrn_sharing_table(settings=OFFICIAL_SETTINGS, bits=(8, 16)) -> list:
+    """Dense vs shared WRN-16-4 (3×32×32 input) per layer under the authors' settings: rows for plotting."""
+    from .inventory import layer_inventory
+    layers = layer_inventory(wrn16_4(), (3, 32, 32)).layers
+    return [{"setting": s} | row for s in settings for b in bits
+            for row in compare_energy(layers, official_shares(layers, s), b)]
+
+
+# ---- command line: python -m dkm energy --------------------------------------------------------
+
+MODEL_SHAPES = {"alexnet": (3, 224, 224), "googlenet": (3, 224, 224), "wrn16-4": (3, 32, 32)}
+
+
+def build_parser(parser):
+    """Add the options of `python -m dkm energy` to an argparse parser."""
+    parser.add_argument("--model", required=True,
+                        help="alexnet, googlenet, wrn16-4, or a checkpoint file saved as "
+                             "{'model': {'name', 'kwargs'}, 'state_dict', ['input_shape']}")
+    parser.add_argument("--bits", default="16", help="operand bit widths, comma-separated (1–32), e.g. 8,16")
+    parser.add_argument("--shared", default=None,
+                        help="45x, 47x or 50x (the authors' WRN-16-4 settings), auto (distinct kernel rows "
+                             "of the checkpoint's weights) or a JSON file {layer name: K or [K, p]}")
+    parser.add_argument("--input-shape", default=None, help="C,H,W (default: 3,224,224 or 3,32,32 for wrn16-4)")
+    parser.add_argument("--csv", default=None, help="also write the per-layer rows to this CSV file")
+    return parser
+
+
+def load_model(model: str, input_shape=None) -> tuple:
+    """(net, input shape) for a model name or a checkpoint file."""
+    from pathlib import Path
+    if model in ("alexnet", "googlenet"):
+        from .zigzag_ref import reference_net
+        net, shape = reference_net(model), MODEL_SHAPES[model]
+    elif model == "wrn16-4":
+        net, shape = wrn16_4(), MODEL_SHAPES[model]
+    elif Path(model).is_file():
+        net, shape = _load_checkpoint(model)
+    else:
+        raise ValueError(f"model={model!r} is not allowed: choose alexnet, googlenet, wrn16-4 or a checkpoint file")
+    shape = input_shape or shape
+    if shape is None:
+        raise ValueError(f"model={model!r} stores no input_shape: pass --input-shape C,H,W")
+    return net, tuple(shape)
+
+
+def _load_checkpoint(path: str) -> tuple:
+    from .models import build_model
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(f"model={path!r} is not a dkm checkpoint: expected keys 'model' and 'state_dict'")
+    net = build_model(ckpt["model"]["name"], **ckpt["model"].get("kwargs", {}))
+    net.load_state_dict(ckpt["state_dict"])
+    shape = ckpt.get("input_shape")
+    return net, tuple(shape) if shape is not None else None
+
+
+def _parse_ints(name: str, text: str, lo: int, hi: int) -> list:
+    try:
+        values = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a comma-separated list of integers") from None
+    return [check_int(name, v, lo, hi) for v in values]
+
+
+def cli_main(args) -> int:
+    """Print the per-layer energy table and totals for each bit width (and write --csv)."""
+    from .inventory import layer_inventory
+    bits = _parse_ints("bits", args.bits, 1, 32)
+    shape = _parse_ints("input_shape", args.input_shape, 1, 1 << 20) if args.input_shape else None
+    net, shape = load_model(args.model, shape)
+    inv = layer_inventory(net, shape)
+    shares = make_shares(inv.layers, args.shared, net)
+    rows = [r for b in bits for r in compare_energy(inv.layers, shares, b)]
+    for b in bits:
+        print(f"\n{args.model} at {b} bits, input {shape}, energy in {UNIT} (a 16-bit MAC):")
+        print(_format([r for r in rows if r["bits"] == b], bool(shares)))
+    for reason, names in _group(inv.skipped).items():
+        print(f"skipped {len(names)} module(s), {reason}: {', '.join(names[:4])}{', …' if len(names) > 4 else ''}")
+    if args.csv:
+        from pathlib import Path
+        from .zigzag_ref import write_csv
+        write_csv(rows, Path(args.csv))
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def _group(skipped: dict) -> dict:
+    """reason → module names."""
+    out = {}
+    for name, reason in skipped.items():
+        out.setdefault(reason, []).append(name)
+    return out
+
+
+def _format(rows: list, shared: bool) -> str:
+    """A fixed-width text table of compare_energy rows."""
+    pre = "shared_" if shared else "dense_"
+    cols = ["macs", f"{pre}mults"] + [pre + c for c in COMPONENTS + ("total",)]
+    cols += ["dense_total", "ratio"] if shared else []
+    width = max(len(r["name"]) for r in rows)
+    head = f"{'layer':<{width}} {'K':>5} " + " ".join(f"{c.replace(pre, ''):>11}" for c in cols)
+    lines = [head] + [f"{r['name']:<{width}} {str(r['K'] or ''):>5} " + " ".join(
+        f"{r[c]:>11.4g}" for c in cols) for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""The ZigZag reference: workload dicts by hand, the committed CSVs, the R² computation and (slow) a recomputation."""
+import csv
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dkm import zigzag_ref as zr
+
+HAVE_ZIGZAG = importlib.util.find_spec("zigzag") is not None and importlib.util.find_spec("six") is not None
+CASES = [(net, bits) for net in zr.NETS for bits in (8, 16)]
+
+
+def test_workload_of_alexnet_layers_by_hand():
+    conv1, *_, fc8 = zr.reference_layers("alexnet")
+    w = zr.zigzag_workload(conv1, 8)[0]
+    assert w["loop_sizes"] == [1, 64, 3, 55, 55, 11, 11]
+    assert w["dimension_relations"] == ["ix=4*ox+1*fx", "iy=4*oy+1*fy"]
+    assert w["padding"] == [[2, 2], [2, 2]]
+    assert w["operand_precision"] == {"W": 8, "I": 8, "O": 16, "O_final": 8}
+    assert zr.zigzag_workload(fc8, 16)[0]["loop_sizes"] == [1, 1000, 4096, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="bits=0"):
+        zr.zigzag_workload(conv1, 0)
+
+
+@pytest.mark.parametrize("net,bits", CASES)
+def test_committed_reference_matches_layers(net, bits):
+    rows, layers = zr.load_reference(net, bits), zr.reference_layers(net)
+    assert [r["name"] for r in rows] == [l.name for l in layers]
+    assert [r["macs"] for r in rows] == [l.macs for l in layers]
+    for r in rows:
+        assert (r["accelerator"], r["mapping"], r["bits"]) == ("eyeriss_like.yaml", "default.yaml", bits)
+        assert str(r["zigzag_version"]).startswith("3.")
+        # eyeriss_like.yaml: 0.5 pJ per MAC whatever the bit width; total = MAC + memory
+        assert r["mac_energy_pJ"] == pytest.approx(0.5 * r["macs"])
+        assert r["energy_pJ"] == pytest.approx(r["mac_energy_pJ"] + r["mem_energy_pJ"])
+        assert r["mem_energy_pJ"] == pytest.approx(r["mem_W_pJ"] + r["mem_I_pJ"] + r["mem_O_pJ"])
+        assert r["wall_s"] > 0
+
+
+def test_memory_energy_follows_bit_width():
+    for net in zr.NETS:
+        e8, e16 = zr.load_reference(net, 8), zr.load_reference(net, 16)
+        assert all(b["mem_energy_pJ"] > a["mem_energy_pJ"] for a, b in zip(e8, e16))
+
+
+def test_r2_against_sklearn_and_numpy():
+    from sklearn.linear_model import LinearRegression
+    rng = np.random.default_rng(0)
+    x = rng.lognormal(size=40)
+    y = 3 * x + rng.normal(scale=2.0, size=40)
+    r2 = zr.r2_linear(x, y)
+    assert r2 == pytest.approx(LinearRegression().fit(x[:, None], y).score(x[:, None], y), abs=1e-12)
+    assert r2 == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2, abs=1e-12)
+    assert zr.r2_linear(x, 5 * x - 1) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same length"):
+        zr.r2_linear([1, 2, 3], [1, 2])
+
+
+def test_committed_validation_table_is_reproduced():
+    path = zr.RESULTS_DIR / "energy_validation.csv"
+    committed = list(csv.DictReader(open(path)))
+    fresh = zr.validation_table()
+    assert len(committed) == len(fresh) == 3 * len(CASES)
+    for c, f in zip(committed, fresh):
+        assert (c["net"], int(c["bits"]), c["target"]) == (f["net"], f["bits"], f["target"])
+        for k in ("r2_ours", "r2_macs", "r2_params"):
+            assert float(c[k]) == pytest.approx(f[k], abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_ZIGZAG, reason="zigzag-dse (and six) not installed: pip install -e '.[energy]'")
+@pytest.mark.parametrize("net,bits,name", [("alexnet", 8, "classifier.4"),
+                                           ("googlenet", 16, "inception5b.branch4.1.conv")])
+def test_zigzag_recomputes_committed_rows(net, bits, name):
+    layer = [l for l in zr.reference_layers(net) if l.name == name][0]
+    row = [r for r in zr.load_reference(net, bits) if r["name"] == name][0]
+    fresh = zr.run_layer(layer, bits)
+    for k in ("energy_pJ", "mac_energy_pJ", "mem_energy_pJ", "mem_W_pJ", "mem_I_pJ", "mem_O_pJ"):
+        assert fresh[k] == pytest.approx(row[k], rel=1e-6), k
