@@ -126,7 +126,7 @@ def _trained(config: dict, progress, fit) -> tuple[torch.nn.Module, dict]:
     if (d / "model.pt").exists():
         return _load_model(d / "model.pt", root), config
     net = _start_net(config, progress)
-    history = fit(net, datasets_from_config(root)[0], d)
+    history = fit(net, _datasets(root["dataset"], root["n_train"], None)[0], d)
     save_atomic(net.state_dict(), d / "model.pt")
     _write_text_atomic(d / "history.json", history.to_json())
     return net, config
@@ -138,9 +138,12 @@ def _root_config(config: dict) -> dict:
     return config
 
 
-def datasets_from_config(root: dict):
-    n_test = root.get("n_test")
-    return _datasets(root["dataset"], root["n_train"], n_test)
+def _subset(dataset, n):
+    """The first `n` images of a fixed random order (all of them when n is None)."""
+    if n is None or n >= len(dataset):
+        return dataset
+    idx = dkm_data.subset_indices(len(dataset), n, seed=0)
+    return torch.utils.data.TensorDataset(*(t[idx] for t in dataset.tensors))
 
 
 def _start_net(config: dict, progress) -> torch.nn.Module:
@@ -157,7 +160,8 @@ def retrain_config(profile: Profile, method: str, seed: int, num_clusters=None, 
     check_choice("method", method, RETRAIN_METHODS)
     check_int("seed", seed, 0)
     train_cfg = dataclasses.asdict(dataclasses.replace(profile.retrain, seed=seed))
-    config = {"stage": "retrain", "parent": pretrain_config(profile), "method": method, "train": train_cfg}
+    config = {"stage": "retrain", "parent": pretrain_config(profile), "method": method, "train": train_cfg,
+              "n_retrain": profile.n_retrain}
     if method == "dkm":
         if num_clusters is None:
             raise ValueError("num_clusters is required for method='dkm' (one K per conv, e.g. from plan_clusters)")
@@ -175,7 +179,8 @@ def retrain(profile: Profile, method: str, seed: int, num_clusters=None, mode=No
 
     def fit(net, train_set, d):
         reg = None if method == "plain" else _regularizer(net, config)
-        return train(net, train_set, tc, regularizer=reg, checkpoint_dir=d, progress=progress)
+        return train(net, _subset(train_set, profile.n_retrain), tc, regularizer=reg, checkpoint_dir=d,
+                     progress=progress)
     return _trained(config, progress, fit)
 
 
@@ -199,6 +204,7 @@ def evaluation_config(profile: Profile, source: dict, method: str, plan: dict, s
               "n_test": profile.n_test, "bn_batches": profile.bn_batches}
     if method == "deep_compression":
         config["finetune"] = dataclasses.asdict(dataclasses.replace(profile.finetune, seed=seed))
+        config["n_retrain"] = profile.n_retrain
     return config
 
 
@@ -211,7 +217,7 @@ def share_and_evaluate(profile: Profile, net: torch.nn.Module, source: dict, met
         return _load_json(d / "result.json")
     train_set, test_set = _datasets(profile.dataset, profile.n_train, profile.n_test)
     net = copy.deepcopy(net)
-    result = {"top1_before": evaluate(net, test_set)["accuracy"]}
+    result = {"top1_before": _source_accuracy(source, net, test_set)}
     shared = share(net, num_clusters=config["num_clusters"], p=config["p"], init=config["init"], seed=1000 + 100 * seed)
     if method == "deep_compression":
         _finetune_centers(net, shared, train_set, profile, seed, progress)
@@ -226,8 +232,18 @@ def share_and_evaluate(profile: Profile, net: torch.nn.Module, source: dict, met
     return result
 
 
+def _source_accuracy(source: dict, net, test_set) -> float:
+    """Test accuracy of a pre-/re-trained net, cached beside its model (one file per test-set size)."""
+    path = run_dir(source["stage"], source) / f"test_accuracy_{len(test_set)}.json"
+    if path.exists():
+        return _load_json(path)["accuracy"]
+    accuracy = evaluate(net, test_set)["accuracy"]
+    _write_text_atomic(path, json.dumps({"accuracy": accuracy}))
+    return accuracy
+
+
 def _finetune_centers(net, shared, train_set, profile: Profile, seed: int, progress) -> None:
     """Deep Compression (Han et al. 2016): train the codebooks (gradients summed per cluster) and the rest."""
     tie_centers(net, shared)
-    train(net, train_set, dataclasses.replace(profile.finetune, seed=seed), progress=progress)
+    train(net, _subset(train_set, profile.n_retrain), dataclasses.replace(profile.finetune, seed=seed), progress=progress)
     untie_centers(net, shared)
