@@ -11,8 +11,9 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
+
+from dkm._io import write_atomic
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -23,13 +24,6 @@ def _load(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _write_json(data, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(data, f, indent=2)
-    os.replace(f.name, path)
 
 
 def main(argv=None) -> int:
@@ -50,7 +44,7 @@ def main(argv=None) -> int:
     print(f"\n{'benchmark':40s} {'ratio':>8s}  {'met':5s} goal")
     for r in results:
         print(f"{r['name']:40s} {r['ratio']:8.2f}  {str(r['met']):5s} {r['goal']}")
-    _write_json({"machine": platform.platform(), "cpus": os.cpu_count(), "results": results}, args.out)
+    write_atomic(args.out, json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "results": results}, indent=2))
     print(f"\nwritten: {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
     return 0
 

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._io import write_atomic
 from .accounting import _shared_layers, compression_table, fixed_index_width
 
 MAGIC = b"DKMSHARE"
@@ -123,20 +122,6 @@ def _encode(net: nn.Module, layers: dict, skipped: dict) -> tuple[dict, bytearra
     return meta, payload
 
 
-def _write_atomic(path: Path, blob: bytes) -> None:
-    """Write to a temp file in the same directory, then os.replace: never a half-written `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _uncounted_state_bytes(net: nn.Module) -> int:
     """Bytes of stored state the `fixed` convention leaves out: all but Conv2d/Linear weights and biases."""
     counted = {f"{n}.{p}" for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
@@ -153,7 +138,7 @@ def save_shared(net: nn.Module, shared, path, verbose: bool = False) -> dict:
     meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
     crc = zlib.crc32(payload, zlib.crc32(meta_bytes))
     prefix = _PREFIX.pack(MAGIC, VERSION, len(meta_bytes), len(payload), crc)
-    _write_atomic(path, prefix + meta_bytes + bytes(payload))
+    write_atomic(path, prefix + meta_bytes + bytes(payload))
     info = {"path": str(path), "bytes": path.stat().st_size,
             "fixed_convention_bytes": sum(r["compressed_bits"] for r in compression_table(net, layers, "fixed")) / 8,
             "uncounted_state_bytes": _uncounted_state_bytes(net),

@@ -13,13 +13,13 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 from . import data as dkm_data
+from ._io import write_atomic
 from ._checks import check_choice, check_float, check_int
 from .accounting import CONVENTIONS, compression_ratio, compression_table
 from .models import build_model, conv_layers
@@ -48,13 +48,6 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
-
-
 def run_dir(stage: str, config: dict) -> Path:
     """The cache directory of `config`, with its config.json (checked against `config` if present)."""
     path = runs_dir() / f"{stage}-{config_key(config)}"
@@ -68,7 +61,7 @@ def run_dir(stage: str, config: dict) -> Path:
         if saved != canonical:
             raise RunError(f"{cfg} holds another configuration than its key says: delete {path} to recompute it")
     else:
-        _write_text_atomic(cfg, json.dumps(canonical, indent=2, sort_keys=True))
+        write_atomic(cfg, json.dumps(canonical, indent=2, sort_keys=True))
     return path
 
 
@@ -128,7 +121,7 @@ def _trained(config: dict, progress, fit) -> tuple[torch.nn.Module, dict]:
     net = _start_net(config, progress)
     history = fit(net, _datasets(root["dataset"], root["n_train"], None)[0], d)
     save_atomic(net.state_dict(), d / "model.pt")
-    _write_text_atomic(d / "history.json", history.to_json())
+    write_atomic(d / "history.json", history.to_json())
     return net, config
 
 
@@ -228,7 +221,7 @@ def share_and_evaluate(profile: Profile, net: torch.nn.Module, source: dict, met
     result["cr"] = {name: compression_ratio(net, shared, name) for name in CONVENTIONS}
     result["layers"] = compression_table(net, shared, "official")
     result["skipped"] = shared.skipped
-    _write_text_atomic(d / "result.json", json.dumps(result, indent=1))
+    write_atomic(d / "result.json", json.dumps(result, indent=1))
     return result
 
 
@@ -238,7 +231,7 @@ def _source_accuracy(source: dict, net, test_set) -> float:
     if path.exists():
         return _load_json(path)["accuracy"]
     accuracy = evaluate(net, test_set)["accuracy"]
-    _write_text_atomic(path, json.dumps({"accuracy": accuracy}))
+    write_atomic(path, json.dumps({"accuracy": accuracy}))
     return accuracy
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import pipeline as pl
+from ._io import write_atomic
 from .plan import plan_clusters
 from .profiles import Profile
 from .train import show_progress
@@ -68,7 +69,7 @@ def write_results(path: Path, new_rows: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({c: r[c] for c in COLUMNS} for r in rows)
-    pl._write_text_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 def _rows(profile: Profile, method: str, plan: dict, seed: int, key: str, result: dict, lam) -> list[dict]:

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch import nn
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
+from ._io import atomic_open
 from ._checks import check_choice, check_float, check_int
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -244,7 +244,8 @@ def recalibrate_batchnorm(net: nn.Module, dataset, num_batches: int = 20, batch_
 class History:
     """Per-log-interval records (`steps`) and per-epoch records (`epochs`), JSON-serializable."""
 
-    # {step, epoch, loss, task_loss, penalty, lr}: loss terms averaged over the steps since the last record
+    # {step, epoch, loss, task_loss, penalty, lr, train_accuracy, layer_errors}: loss terms and accuracy averaged
+    # over the steps since the last record; layer_errors as in `epochs` (None without regularizer.layer_errors)
     steps: list = field(default_factory=list)
     # {epoch, step, train_loss, train_accuracy, eval_accuracy, eval_loss, layer_errors, seconds}; train_* are
     # running means over the epoch's batches in train mode (no extra pass); eval_* None without eval_set
@@ -271,18 +272,8 @@ class History:
 # ---------------------------------------------------------------- checkpoints
 def save_atomic(obj, path) -> None:
     """torch.save to a temp file in the same directory, fsync, then os.replace: `path` is always whole."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -393,22 +384,27 @@ class _Run:
         return lr
 
     def log(self, lr: float, bar) -> None:
-        loss, task, penalty, _, _, count = self.interval.tolist()  # the only sync of a logging step
+        loss, task, penalty, correct, images, count = self.interval.tolist()  # the only sync of a logging step
         self.history.steps.append({"step": self.step, "epoch": self.epoch, "loss": loss / count,
-                                   "task_loss": task / count, "penalty": penalty / count, "lr": lr})
+                                   "task_loss": task / count, "penalty": penalty / count, "lr": lr,
+                                   "train_accuracy": correct / images, "layer_errors": self.layer_errors()})
         self.interval.zero_()
         bar.set_postfix(epoch=self.epoch, loss=f"{loss / count:.4f}", refresh=False)
+
+    def layer_errors(self) -> dict | None:
+        """{layer: ‖W(I − FFᵀ)‖²} of the regularizer now (indicator F: each layer's k-means error), or None."""
+        if not hasattr(self.regularizer, "layer_errors"):
+            return None
+        return {str(k): float(v) for k, v in self.regularizer.layer_errors().items()}
 
     def end_epoch(self, eval_set, started: float) -> dict:
         loss, _, _, correct, count, steps = self.epoch_sums.tolist()
         record = {"epoch": self.epoch, "step": self.step, "train_loss": loss / steps, "train_accuracy": correct / count,
-                  "eval_accuracy": None, "eval_loss": None, "layer_errors": None,
+                  "eval_accuracy": None, "eval_loss": None, "layer_errors": self.layer_errors(),
                   "seconds": self.seconds + time.perf_counter() - started}
         if eval_set is not None:
             result = evaluate(self.net, eval_set, device=self.device)
             record.update(eval_accuracy=result["accuracy"], eval_loss=result["loss"])
-        if hasattr(self.regularizer, "layer_errors"):
-            record["layer_errors"] = {str(k): float(v) for k, v in self.regularizer.layer_errors().items()}
         self.history.epochs.append(record)
         self.epoch, self.batch, self.seconds = self.epoch + 1, 0, 0.0
         self.epoch_sums.zero_()
