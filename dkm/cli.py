@@ -16,6 +16,8 @@ SUBCOMMANDS = {
     "share": ("dkm.commands", "build_share", "run_share", "share a net row-wise; print the per-layer table and CR"),
     "evaluate": ("dkm.commands", "build_evaluate", "run_evaluate", "share and evaluate one configuration; append it to the results"),
     "sweep": ("dkm.commands", "build_sweep", "run_sweep", "every method at every target CR and seed (the CR-accuracy grid)"),
+    "figures": ("dkm.figures", "build_parser", "cli_main",
+                "run every notebook headlessly and regenerate every figure (figures/ for cpu)"),
     "energy": ("dkm.energy", "build_parser", "cli_main", "per-layer energy estimate of a model, dense or shared"),
 }
 

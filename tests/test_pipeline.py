@@ -143,7 +143,7 @@ def test_unreachable_target_and_bad_values():
         sw.sweep(tiny(), methods=["magic"], progress=False)
 
 
-@pytest.mark.parametrize("command", ["pretrain", "retrain", "share", "evaluate", "sweep", "energy"])
+@pytest.mark.parametrize("command", ["pretrain", "retrain", "share", "evaluate", "sweep", "energy", "figures"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
