@@ -36,7 +36,6 @@ class Profile:
     seeds: tuple = (0, 1)
     p: float = 0.0                    # dominant-cluster fraction used by the CR → K plan
     bn_batches: int = 20              # training batches used to re-estimate batch norm after sharing
-    official: tuple = ()              # the authors' settings to evaluate as well ("45x", …), WRN-16-4 only
     description: str = ""
 
     def __post_init__(self):
@@ -81,7 +80,7 @@ def _paper() -> Profile:
         model="wide_resnet", model_kwargs={"depth": 16, "widen_factor": 4, "dropout": 0.3, "in_channels": 3,
                                            "num_classes": 10, "conv_bias": True},
         pretrain=pre, retrain=re, finetune=re, lam=0.5, refresh_every=200, cr_targets=(20.0, 30.0, 45.0, 50.0),
-        seeds=(0, 1), official=("45x", "47x", "50x"),
+        seeds=(0, 1),
         description="WRN-16-4 on CIFAR-10 with the authors' settings: GPU hours")
 
 
