@@ -4,6 +4,8 @@ import os
 import struct
 
 import pytest
+
+import dkm._io as dkm_io
 import torch
 from torch import nn
 
@@ -133,7 +135,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export.os, "replace", broken_replace)
+    monkeypatch.setattr(dkm_io.os, "replace", broken_replace)  # the one atomic writer (dkm/_io.py)
     with pytest.raises(OSError, match="disk full"):
         save_shared(net, shared, path)
     assert path.read_bytes() == b"old content"
