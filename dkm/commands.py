@@ -8,7 +8,7 @@ from . import pipeline as pl
 from .profiles import PROFILES, get_profile
 from .sweep import BASELINES, methods_of, results_path, summary, sweep, write_results, _rows
 
-SOURCES = ("pretrained", "plain", "dkm-indicator", "dkm-spectral")
+SOURCES = pl.SOURCES
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -47,19 +47,11 @@ def build_retrain(parser):
     _target(parser)
 
 
-def _source_net(profile, source: str, plan: dict, seed: int, progress):
-    if source == "pretrained":
-        return pl.pretrain(profile, progress)
-    if source == "plain":
-        return pl.retrain(profile, "plain", seed, progress=progress)
-    return pl.retrain(profile, "dkm", seed, num_clusters=plan["K"], mode=source.split("-")[1], progress=progress)
-
-
 def run_retrain(args) -> int:
     profile = _profile(args)
     plan = pl.plan_clusters(pl.pretrain(profile, args.progress)[0], args.target_cr, p=profile.p)
     source = "plain" if args.method == "plain" else f"dkm-{args.mode}"
-    net, config = _source_net(profile, source, plan, args.seed, args.progress)
+    net, config = pl.source_net(profile, source, plan, args.seed, args.progress)
     acc = pl.evaluate(net, pl.datasets(profile)[1])["accuracy"]
     print(f"re-trained ({source}, K={max(plan['K'])}): top-1 before sharing {100 * acc:.2f}%  "
           f"[{pl.run_dir('retrain', config)}]")
@@ -80,7 +72,7 @@ def run_share(args) -> int:
     from .sharing import share
     profile = _profile(args)
     plan = pl.plan_clusters(pl.pretrain(profile, args.progress)[0], args.target_cr, p=profile.p)
-    net, _ = _source_net(profile, args.source, plan, args.seed, args.progress)
+    net, _ = pl.source_net(profile, args.source, plan, args.seed, args.progress)
     net = copy.deepcopy(net)
     shared = share(net, num_clusters=plan["K"], p=plan["p"], init=pl.SHARE_INITS[args.method], seed=1000 + 100 * args.seed)
     print(_format_table(compression_table(net, shared, "official")))
@@ -109,7 +101,7 @@ def build_evaluate(parser):
 def run_evaluate(args) -> int:
     profile = _profile(args)
     plan = pl.plan_clusters(pl.pretrain(profile, args.progress)[0], args.target_cr, p=profile.p)
-    net, config = _source_net(profile, args.source, plan, args.seed, args.progress)
+    net, config = pl.source_net(profile, args.source, plan, args.seed, args.progress)
     method = args.method if args.source == "pretrained" else "kmeans"
     result = pl.share_and_evaluate(profile, net, config, method, plan, args.seed, args.progress)
     label = args.method if args.source == "pretrained" else args.source

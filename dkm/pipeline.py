@@ -177,6 +177,19 @@ def retrain(profile: Profile, method: str, seed: int, num_clusters=None, mode=No
     return _trained(config, progress, fit)
 
 
+SOURCES = ("pretrained", "plain", "dkm-indicator", "dkm-spectral")
+
+
+def source_net(profile: Profile, source: str, plan: dict, seed: int, progress=None):
+    """(net, config) of the net to share: pre-trained, or re-trained plain / with the regularizer at plan's K."""
+    check_choice("source", source, SOURCES)
+    if source == "pretrained":
+        return pretrain(profile, progress)
+    if source == "plain":
+        return retrain(profile, "plain", seed, progress=progress)
+    return retrain(profile, "dkm", seed, num_clusters=plan["K"], mode=source.split("-", 1)[1], progress=progress)
+
+
 def _regularizer(net, config: dict) -> KMeansRegularizer:
     """The regularizer of a dkm re-training: every conv whose K is below its number of rows."""
     convs = conv_layers(net)

@@ -82,12 +82,9 @@ def _rows(profile: Profile, method: str, plan: dict, seed: int, key: str, result
 
 def _source(profile: Profile, method: str, plan: dict, seed: int, progress):
     """(net, config, λ) of the net that `method` shares."""
-    if method in BASELINES:
-        return (*pl.pretrain(profile, progress), None)
-    if method == "plain":
-        return (*pl.retrain(profile, "plain", seed, progress=progress), None)
-    mode = method.split("-", 1)[1]
-    return (*pl.retrain(profile, "dkm", seed, num_clusters=plan["K"], mode=mode, progress=progress), profile.lam)
+    source = "pretrained" if method in BASELINES else method
+    lam = profile.lam if method.startswith("dkm-") else None
+    return (*pl.source_net(profile, source, plan, seed, progress), lam)
 
 
 def sweep(profile: Profile, methods=None, progress=None, write=True) -> list[dict]:
