@@ -36,6 +36,7 @@ from ._checks import check_choice, check_float, check_int
 INDEX_CODINGS = ("entropy", "fixed", "huffman")
 FLOAT_BITS = 32  # dense weights, biases, linear layers, batch norm
 REFERENCE_FILE = "wrn16_4_official_sharing.json"
+OFFICIAL_SETTINGS = ("45x", "47x", "50x")  # the authors' released WRN-16-4 settings (data/reference/)
 COLUMNS = ("convention", "name", "kind", "shared", "params", "K", "p", "s", "N",
            "bits_index_per_row", "original_bits", "compressed_bits", "cr")
 

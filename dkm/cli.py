@@ -18,7 +18,7 @@ SUBCOMMANDS = {
     "sweep": ("dkm.commands", "build_sweep", "run_sweep", "every method at every target CR and seed (the CR-accuracy grid)"),
     "figures": ("dkm.figures", "build_parser", "cli_main",
                 "run every notebook headlessly and regenerate every figure (figures/ for cpu)"),
-    "energy": ("dkm.energy", "build_parser", "cli_main", "per-layer energy estimate of a model, dense or shared"),
+    "energy": ("dkm.energy_cli", "build_parser", "cli_main", "per-layer energy estimate of a model, dense or shared"),
 }
 
 

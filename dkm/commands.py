@@ -5,8 +5,10 @@ import argparse
 import copy
 
 from . import pipeline as pl
+from .accounting import OFFICIAL_SETTINGS
+from .plan import official_plan
 from .profiles import PROFILES, get_profile
-from .sweep import BASELINES, methods_of, results_path, summary, sweep, write_results, _rows
+from .sweep import methods_of, results_path, summary, sweep, write_results, _rows
 
 SOURCES = pl.SOURCES
 
@@ -20,12 +22,27 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _target(parser) -> None:
-    parser.add_argument("--target-cr", type=float, required=True, help="target compression ratio (official convention)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--target-cr", type=float, help="target compression ratio (official convention): one uniform K")
+    where.add_argument("--official", choices=OFFICIAL_SETTINGS,
+                       help="the authors' per-layer K and p instead of --target-cr (WRN-16-4 only, e.g. --profile paper)")
     parser.add_argument("--seed", type=int, default=0, help="seed of re-training and sharing (default 0)")
+
+
+def _plan(args, profile) -> dict:
+    """The per-layer K (and p) of --target-cr or --official, for the profile's pre-trained net."""
+    net = pl.pretrain(profile, args.progress)[0]
+    if args.official:
+        return official_plan(net, args.official)
+    return pl.plan_clusters(net, args.target_cr, p=profile.p)
 
 
 def _profile(args):
     return get_profile(args.profile, **({} if args.lam is None else {"lam": args.lam}))
+
+
+def _where(plan: dict) -> str:
+    return f"target CR {plan['target_cr']:g}" if plan["setting"] == "uniform" else f"the authors' {plan['setting']} setting"
 
 
 def build_pretrain(parser):
@@ -49,7 +66,7 @@ def build_retrain(parser):
 
 def run_retrain(args) -> int:
     profile = _profile(args)
-    plan = pl.plan_clusters(pl.pretrain(profile, args.progress)[0], args.target_cr, p=profile.p)
+    plan = _plan(args, profile)
     source = "plain" if args.method == "plain" else f"dkm-{args.mode}"
     net, config = pl.source_net(profile, source, plan, args.seed, args.progress)
     acc = pl.evaluate(net, pl.datasets(profile)[1])["accuracy"]
@@ -71,7 +88,7 @@ def run_share(args) -> int:
     from .export import save_shared, size_report
     from .sharing import share
     profile = _profile(args)
-    plan = pl.plan_clusters(pl.pretrain(profile, args.progress)[0], args.target_cr, p=profile.p)
+    plan = _plan(args, profile)
     net, _ = pl.source_net(profile, args.source, plan, args.seed, args.progress)
     net = copy.deepcopy(net)
     shared = share(net, num_clusters=plan["K"], p=plan["p"], init=pl.SHARE_INITS[args.method], seed=1000 + 100 * args.seed)
@@ -100,7 +117,7 @@ def build_evaluate(parser):
 
 def run_evaluate(args) -> int:
     profile = _profile(args)
-    plan = pl.plan_clusters(pl.pretrain(profile, args.progress)[0], args.target_cr, p=profile.p)
+    plan = _plan(args, profile)
     net, config = pl.source_net(profile, args.source, plan, args.seed, args.progress)
     method = args.method if args.source == "pretrained" else "kmeans"
     result = pl.share_and_evaluate(profile, net, config, method, plan, args.seed, args.progress)
@@ -110,7 +127,7 @@ def run_evaluate(args) -> int:
     key = pl.config_key(pl.evaluation_config(profile, config, method, plan, args.seed))
     lam = profile.lam if args.source.startswith("dkm") else None
     write_results(results_path(profile), _rows(profile, label, plan, args.seed, key, result, lam))
-    print(f"{label} at target CR {args.target_cr:g} (official CR {result['cr']['official']:.2f}, K={max(plan['K'])}): "
+    print(f"{label} at {_where(plan)} (official CR {result['cr']['official']:.2f}, K={max(plan['K'])}): "
           f"top-1 before sharing {100 * result['top1_before']:.2f}%, after {100 * result['top1']:.2f}%, "
           f"after BN re-estimation {100 * result['top1_bn']:.2f}%")
     return 0
@@ -126,11 +143,12 @@ def run_sweep(args) -> int:
     profile = _profile(args)
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = sweep(profile, methods=methods, progress=args.progress)
-    print(f"{'method':18s} {'target':>6s} {'CR':>7s} {'K':>5s} {'top-1 %':>16s} {'+BN re-est. %':>16s}")
-    bn = {(s["method"], s["target_cr"]): s for s in summary(rows, "top1_bn")}
+    print(f"{'method':18s} {'target':>7s} {'CR':>7s} {'K':>5s} {'top-1 %':>16s} {'+BN re-est. %':>16s}")
+    bn = {(s["method"], s["setting"], s["target_cr"]): s for s in summary(rows, "top1_bn")}
     for s in summary(rows, "top1"):
-        b = bn[(s["method"], s["target_cr"])]
-        print(f"{s['method']:18s} {s['target_cr']:6g} {s['cr_official']:7.2f} {s['K']:5g} "
+        b = bn[(s["method"], s["setting"], s["target_cr"])]
+        target = f"{s['target_cr']:g}" if s["setting"] == "uniform" else s["setting"]
+        print(f"{s['method']:18s} {target:>7s} {s['cr_official']:7.2f} {s['K']:5g} "
               f"{100 * s['mean']:9.2f} ± {100 * s['spread']:4.2f} {100 * b['mean']:9.2f} ± {100 * b['spread']:4.2f}")
     print(f"written: {results_path(profile)}")
     return 0

@@ -24,7 +24,8 @@ as scikit-learn does). The returned assignments are always the nearest centers o
 codebook (a final assignment step is run when needed) and `inertia` is recomputed from them in float64.
 Each step is exact Lloyd, made cheap by Hamerly's bounds (SDM 2010) for s > 1: a row is re-assigned
 only when its bounds say another center may now be closer; the cluster sums (float64) are updated by
-the rows that move. It runs on one torch thread and on the CPU (results go back to X's device).
+the rows that move. It runs on the CPU (results go back to X's device), on one torch thread unless
+`threads` says otherwise.
 
 Empty clusters are re-seeded with the rows farthest from their current center (one row per empty
 cluster, farthest first), as scikit-learn does; only rows at a positive distance are used, and a
@@ -43,13 +44,13 @@ clusters (indexes 1..K−1). See /work/shared/reference/wrn16_4_official_sharing
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ._checks import check_choice, check_finite, check_float, check_int
+from ._threads import torch_threads
 
 INITS = ("kmeans++", "linear", "density", "random")
 _CHUNK_ELEMS = 1 << 16  # distances per chunk (rows × K): 256 kB of float32, stays in L2 (fastest measured)
@@ -63,18 +64,6 @@ class KMeansResult:
     assignments: torch.Tensor  # (N,) int64
     inertia: float             # Σ_i ‖x_i − codebook[assignments_i]‖²
     n_iter: int                # Lloyd iterations done
-
-
-@contextmanager
-def _one_thread():
-    """Run on one intra-op torch thread, restored afterwards: the many short O(N) steps lose more to thread
-    hand-offs than they gain (measured on the shared 2-core machine: ~10× slower with 2 threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ---- argument checks ------------------------------------------------------------------------------
@@ -144,7 +133,7 @@ def _assign(X: torch.Tensor, codebook: torch.Tensor):
     return _assign_sorted(X, codebook) if X.shape[1] == 1 else _nearest_matmul(X, codebook)[:2]
 
 
-@_one_thread()
+@torch_threads(1)
 def assign(X, codebook):
     """Index of the nearest center for every row and the squared distance to it: (assignments, sq_dists)."""
     device, X = _device(X), _check_rows("X", X)
@@ -220,7 +209,7 @@ def _init_kmeanspp(X: torch.Tensor, K: int, gen: torch.Generator) -> torch.Tenso
     return X[chosen].clone()
 
 
-@_one_thread()
+@torch_threads(1)
 def init_centers(X, num_clusters, init="kmeans++", seed=0) -> torch.Tensor:
     """K initial centers (K, s) of the rows of X by one of `INITS` (see the module docstring)."""
     device, X = _device(X), _check_rows("X", X)
@@ -360,14 +349,19 @@ def _plain(X, K, init, max_iter, tol, seed, start) -> KMeansResult:
     return _lloyd(X, centers, max_iter, tol)
 
 
-@_one_thread()
 def kmeans(X, num_clusters, init="kmeans++", p=0.0, max_iter=100, tol=1e-4, seed=0,
-           init_centers=None) -> KMeansResult:
+           init_centers=None, threads=1) -> KMeansResult:
     """k-means of the N rows of X into K = num_clusters clusters (paper §3.3), optional dominant cluster p.
 
     init_centers: explicit starting centers, (K, s) — or (K − 1, s) for the non-dominant clusters when p > 0;
-    `init` and `seed` are then unused.
+    `init` and `seed` are then unused. threads: torch threads of the Lloyd iterations (restored after; the
+    seeding runs on one); 1 by default, the fastest on a loaded 2-core machine (see bench/).
     """
+    with torch_threads(check_int("threads", threads, 1, 1024)):
+        return _kmeans(X, num_clusters, init, p, max_iter, tol, seed, init_centers)
+
+
+def _kmeans(X, num_clusters, init, p, max_iter, tol, seed, init_centers) -> KMeansResult:
     device, X = _device(X), _check_rows("X", X)
     K = check_int("num_clusters", num_clusters, 1, X.shape[0])
     check_choice("init", init, INITS)

@@ -20,6 +20,7 @@ import torch
 
 from . import data as dkm_data
 from ._io import write_atomic
+from ._threads import torch_threads
 from ._checks import check_choice, check_float, check_int
 from .accounting import CONVENTIONS, compression_ratio, compression_table
 from .models import build_model, conv_layers
@@ -98,18 +99,34 @@ def _load_model(path: Path, model_config: dict) -> torch.nn.Module:
     return net
 
 
+def load_run(path) -> tuple[torch.nn.Module, dict]:
+    """(net, config) of a finished pretrain/retrain run directory (`data/runs/<stage>-<key>/`)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise RunError(f"{path} is not a run directory of the pipeline (no config.json)")
+    config = _load_json(path / "config.json")
+    if config.get("stage") not in ("pretrain", "retrain"):
+        raise RunError(f"{path} is a {config.get('stage')!r} run, which keeps no model: pass a pretrain-* or "
+                       f"retrain-* directory (or write a shared model with `python -m dkm share --export`)")
+    if not (path / "model.pt").is_file():
+        raise RunError(f"{path} holds no model.pt: the run did not finish (re-run its stage)")
+    return _load_model(path / "model.pt", _root_config(config)), config
+
+
 # ---------------------------------------------------------------- stages
 def pretrain_config(profile: Profile) -> dict:
     """Configuration of the pre-training stage (the root of every key)."""
     return {"stage": "pretrain", **_data_config(profile), "model": profile.model,
-            "model_kwargs": profile.model_kwargs, "train": dataclasses.asdict(profile.pretrain)}
+            "model_kwargs": profile.model_kwargs, "train": dataclasses.asdict(profile.pretrain),
+            "threads": profile.threads}
 
 
 def pretrain(profile: Profile, progress=None) -> tuple[torch.nn.Module, dict]:
     """The pre-trained net of the profile (trained once, then read from its run directory)."""
     config = pretrain_config(profile)
-    return _trained(config, progress, lambda net, train_set, d: train(
-        net, train_set, profile.pretrain, checkpoint_dir=d, progress=progress))
+    with torch_threads(profile.threads):
+        return _trained(config, progress, lambda net, train_set, d: train(
+            net, train_set, profile.pretrain, checkpoint_dir=d, progress=progress))
 
 
 def _trained(config: dict, progress, fit) -> tuple[torch.nn.Module, dict]:
@@ -148,8 +165,11 @@ def _start_net(config: dict, progress) -> torch.nn.Module:
 
 
 def retrain_config(profile: Profile, method: str, seed: int, num_clusters=None, mode: str | None = None,
-                   lam: float | None = None) -> dict:
-    """Configuration of a re-training run from the pre-trained net (method "dkm" needs num_clusters)."""
+                   lam: float | None = None, p=None) -> dict:
+    """Configuration of a re-training run from the pre-trained net (method "dkm" needs num_clusters).
+
+    p: per-conv dominant-cluster fractions of the plan; used by the indicator F only (the spectral F has no
+    dominant cluster: p then applies at sharing only), and in the key only when some p > 0."""
     check_choice("method", method, RETRAIN_METHODS)
     check_int("seed", seed, 0)
     train_cfg = dataclasses.asdict(dataclasses.replace(profile.retrain, seed=seed))
@@ -161,20 +181,23 @@ def retrain_config(profile: Profile, method: str, seed: int, num_clusters=None, 
         lam = profile.lam if lam is None else check_float("lam", lam, 0.0)
         config.update(mode=check_choice("mode", mode or "indicator", ("indicator", "spectral")), view=profile.view,
                       lam=lam, refresh_every=profile.refresh_every, num_clusters=list(num_clusters))
+        if config["mode"] == "indicator" and p is not None and any(p):
+            config["p"] = [check_float("p", q, 0.0, 1.0, hi_open=True) for q in p]
     return config
 
 
-def retrain(profile: Profile, method: str, seed: int, num_clusters=None, mode=None, lam=None, progress=None):
+def retrain(profile: Profile, method: str, seed: int, num_clusters=None, mode=None, lam=None, progress=None, p=None):
     """Re-train the pre-trained net: `plain` (the control) or `dkm` (with the k-means regularizer)."""
     pretrain(profile, progress)
-    config = retrain_config(profile, method, seed, num_clusters, mode, lam)
+    config = retrain_config(profile, method, seed, num_clusters, mode, lam, p)
     tc = dataclasses.replace(profile.retrain, seed=seed)
 
     def fit(net, train_set, d):
         reg = None if method == "plain" else _regularizer(net, config)
         return train(net, _subset(train_set, profile.n_retrain), tc, regularizer=reg, checkpoint_dir=d,
                      progress=progress)
-    return _trained(config, progress, fit)
+    with torch_threads(profile.threads):
+        return _trained(config, progress, fit)
 
 
 SOURCES = ("pretrained", "plain", "dkm-indicator", "dkm-spectral")
@@ -187,7 +210,8 @@ def source_net(profile: Profile, source: str, plan: dict, seed: int, progress=No
         return pretrain(profile, progress)
     if source == "plain":
         return retrain(profile, "plain", seed, progress=progress)
-    return retrain(profile, "dkm", seed, num_clusters=plan["K"], mode=source.split("-", 1)[1], progress=progress)
+    return retrain(profile, "dkm", seed, num_clusters=plan["K"], mode=source.split("-", 1)[1], progress=progress,
+                   p=plan["p"])
 
 
 def _regularizer(net, config: dict) -> KMeansRegularizer:
@@ -195,10 +219,12 @@ def _regularizer(net, config: dict) -> KMeansRegularizer:
     convs = conv_layers(net)
     chosen = {name: k for (name, conv), k in zip(convs, config["num_clusters"])
               if k < conv.weight.numel() // conv.weight.shape[-1]}
+    p = dict(zip([name for name, _ in convs], config.get("p", [0.0] * len(convs))))
     with warnings.catch_warnings():  # the degenerate case is reported in the results, not warned per run
         warnings.simplefilter("ignore", DegenerateRelaxationWarning)
         return KMeansRegularizer(net, config["lam"], chosen, mode=config["mode"], view=config["view"],
-                                 refresh_every=config["refresh_every"], layers=list(chosen), seed=config["train"]["seed"])
+                                 refresh_every=config["refresh_every"], layers=list(chosen), seed=config["train"]["seed"],
+                                 p={name: p[name] for name in chosen})
 
 
 # ---------------------------------------------------------------- share + evaluate
@@ -221,6 +247,13 @@ def share_and_evaluate(profile: Profile, net: torch.nn.Module, source: dict, met
     d = run_dir("evaluate", config)
     if (d / "result.json").exists():
         return _load_json(d / "result.json")
+    with torch_threads(profile.threads):
+        result = _share_and_evaluate(profile, net, source, method, config, seed, progress)
+    write_atomic(d / "result.json", json.dumps(result, indent=1))
+    return result
+
+
+def _share_and_evaluate(profile, net, source, method, config, seed, progress) -> dict:
     train_set, test_set = _datasets(profile.dataset, profile.n_train, profile.n_test)
     net = copy.deepcopy(net)
     result = {"top1_before": _source_accuracy(source, net, test_set)}
@@ -234,7 +267,6 @@ def share_and_evaluate(profile: Profile, net: torch.nn.Module, source: dict, met
     result["cr"] = {name: compression_ratio(net, shared, name) for name in CONVENTIONS}
     result["layers"] = compression_table(net, shared, "official")
     result["skipped"] = shared.skipped
-    write_atomic(d / "result.json", json.dumps(result, indent=1))
     return result
 
 

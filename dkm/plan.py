@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._checks import check_float, check_int
+from ._checks import check_float
 from .accounting import get_convention, table_from_specs, total_row
 
 
@@ -24,6 +24,11 @@ def layer_specs(net: nn.Module) -> list[dict]:
     return specs
 
 
+def _num_rows(spec: dict) -> int:
+    """N, the number of kernel rows of a conv spec."""
+    return spec["out"] * spec["in"] // spec.get("groups", 1) * spec["k"]
+
+
 def estimated_cr(specs: list[dict], num_clusters: list, p: list, convention="official") -> float:
     """CR of the specs with uniform usage of the non-dominant clusters (an upper bound on the index entropy)."""
     return total_row(table_from_specs(specs, {"K": num_clusters, "p": p}, convention))["cr"]
@@ -32,7 +37,8 @@ def estimated_cr(specs: list[dict], num_clusters: list, p: list, convention="off
 def plan_clusters(net: nn.Module, target_cr: float, convention="official", p: float = 0.0) -> dict:
     """The largest uniform K (one K for every conv, capped at N = left dense) whose estimated CR ≥ target_cr.
 
-    Returns {"K": [...], "p": [...], "estimated_cr": float, "target_cr": float, "convention": name}.
+    Returns {"K": [...], "p": [...], "estimated_cr": float, "target_cr": float, "convention": name,
+    "setting": "uniform"}.
     Under `official` the real CR after sharing is higher (real usage has lower entropy than uniform).
     """
     target_cr = check_float("target_cr", target_cr, 1.0, lo_open=True)
@@ -42,7 +48,7 @@ def plan_clusters(net: nn.Module, target_cr: float, convention="official", p: fl
     if not convs:
         raise ValueError(f"net={type(net).__name__} has no Conv2d layer: allowed only models with at least one conv")
 
-    rows = [s["out"] * s["in"] // s.get("groups", 1) * s["k"] for s in convs]
+    rows = [_num_rows(s) for s in convs]
 
     def plan(k):  # K = N marks a layer left dense (the authors' convention)
         ks = [min(k, n) for n in rows]
@@ -59,4 +65,27 @@ def plan_clusters(net: nn.Module, target_cr: float, convention="official", p: fl
         lo, hi = (mid, hi) if plan(mid)[2] >= target_cr else (lo, mid - 1)
     ks, ps, cr = plan(lo)
     return {"K": ks, "p": ps, "estimated_cr": cr, "target_cr": target_cr,
-            "convention": get_convention(convention).name}
+            "convention": get_convention(convention).name, "setting": "uniform"}
+
+
+def official_plan(net: nn.Module, setting: str) -> dict:
+    """The authors' per-layer K and p ("45x" | "47x" | "50x", WRN-16-4 only) as a plan like `plan_clusters`'.
+
+    Its target_cr is the setting's CR under the official convention with uniform cluster usage, rounded to
+    2 decimals (43.48, 45.41, 48.12: the authors' own numbers, see dkm.accounting)."""
+    from .accounting import load_reference
+    from .sharing import official_per_layer
+    specs = layer_specs(net)
+    convs = [s for s in specs if s["kind"] == "conv"]
+    ks, ps = official_per_layer(setting, len(convs))
+    ks = list(ks)
+    for i, (spec, ref) in enumerate(zip(convs, load_reference()["layers"])):
+        n, n_ref = _num_rows(spec), ref["out"] * ref["in"] * ref["k"]
+        if ks[i] >= n_ref:        # K = N: the authors leave the layer dense (conv1); dense here too, whatever its N
+            ks[i] = n
+        elif n != n_ref:
+            raise ValueError(f"official={setting!r}: layer {spec['name']!r} has {n} kernel rows, the authors' WRN-16-4 "
+                             f"{n_ref}: allowed only WRN-16-4's shared layer shapes")
+    cr = estimated_cr(specs, ks, ps, "official")
+    return {"K": list(ks), "p": list(ps), "estimated_cr": cr, "target_cr": round(cr, 2), "convention": "official",
+            "setting": setting}

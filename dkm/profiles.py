@@ -6,9 +6,10 @@ CR–accuracy figure — pre-training once, every method at every CR target, bot
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ._checks import check_choice, check_float, check_int
+from .accounting import OFFICIAL_SETTINGS
 from .train import TrainConfig
 
 DATASETS = ("fashion_mnist", "cifar10")
@@ -16,7 +17,7 @@ DATASETS = ("fashion_mnist", "cifar10")
 
 @dataclass(frozen=True)
 class Profile:
-    """Everything an experiment depends on; `asdict()` of it is part of every cache key."""
+    """Everything an experiment depends on; each stage's cache key holds every field that stage uses (dkm.pipeline)."""
 
     name: str
     dataset: str                      # "fashion_mnist" | "cifar10"
@@ -33,18 +34,24 @@ class Profile:
     modes: tuple = ("indicator", "spectral")
     view: str = "rows"
     cr_targets: tuple = (8.0, 16.0, 32.0, 45.0)
+    official_settings: tuple = ()     # the authors' per-layer K/p settings run as extra points (WRN-16-4 only)
     seeds: tuple = (0, 1)
     p: float = 0.0                    # dominant-cluster fraction used by the CR → K plan
     bn_batches: int = 20              # training batches used to re-estimate batch norm after sharing
+    threads: int | None = None        # torch threads for every stage (results on CPU depend on it); None: as is
     description: str = ""
 
     def __post_init__(self):
         check_choice("dataset", self.dataset, DATASETS)
         check_float("lam", self.lam, 0.0)
         check_int("refresh_every", self.refresh_every, 1)
+        if self.threads is not None:
+            check_int("threads", self.threads, 1, 1024)
         check_float("p", self.p, 0.0, 1.0, hi_open=True)
         for cr in self.cr_targets:
             check_float("cr_targets", cr, 1.0, lo_open=True)
+        for setting in self.official_settings:
+            check_choice("official_settings", setting, OFFICIAL_SETTINGS)
 
     def asdict(self) -> dict:
         return dataclasses.asdict(self)
@@ -56,7 +63,7 @@ def _smoke() -> Profile:
         name="smoke", dataset="fashion_mnist", n_train=2000, n_test=1000, n_retrain=None,
         model="small_cnn", model_kwargs={"in_channels": 1, "num_classes": 10, "width": 8},
         pretrain=dataclasses.replace(base, epochs=3, lr=0.1), retrain=base, finetune=base,
-        lam=5.0, refresh_every=10, cr_targets=(8.0, 16.0), seeds=(0,), bn_batches=5,
+        lam=5.0, refresh_every=10, cr_targets=(8.0, 16.0), seeds=(0,), bn_batches=5, threads=1,
         description="tiny CNN, 2k Fashion-MNIST images, 3 + 1 epochs: seconds; for tests and nbval")
 
 
@@ -68,6 +75,7 @@ def _cpu() -> Profile:
         model="wide_resnet", model_kwargs={"depth": 10, "widen_factor": 1, "dropout": 0.0, "in_channels": 1,
                                            "num_classes": 10, "conv_bias": False},
         pretrain=pre, retrain=re, finetune=re, lam=5.0, refresh_every=50, cr_targets=(16.0, 24.0, 32.0, 45.0),
+        threads=2,
         description="WRN-10-1 on full Fashion-MNIST (re-training on 20k images): the default, minutes on a 2-core CPU")
 
 
@@ -80,7 +88,7 @@ def _paper() -> Profile:
         model="wide_resnet", model_kwargs={"depth": 16, "widen_factor": 4, "dropout": 0.3, "in_channels": 3,
                                            "num_classes": 10, "conv_bias": True},
         pretrain=pre, retrain=re, finetune=re, lam=0.5, refresh_every=200, cr_targets=(20.0, 30.0, 45.0, 50.0),
-        seeds=(0, 1),
+        official_settings=OFFICIAL_SETTINGS, seeds=(0, 1),
         description="WRN-16-4 on CIFAR-10 with the authors' settings: GPU hours")
 
 

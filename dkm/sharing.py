@@ -153,8 +153,10 @@ class TiedWeight(nn.Module):
         self.shape = tuple(shape)
 
     def forward(self, codebook):
-        # ∂L/∂c_k = Σ_{i: a(i)=k} ∂L/∂w_i  (Han et al. 2016, eq. 3) — the backward of this gather
-        return codebook[self.assignments].reshape(self.shape)
+        # ∂L/∂c_k = Σ_{i: a(i)=k} ∂L/∂w_i  (Han et al. 2016, eq. 3) — the backward of this gather.
+        # index_select, not codebook[assignments]: the latter's backward (index_put_ accumulate) adds with
+        # atomics on a multi-threaded CPU, so fine-tuning was not reproducible; index_add_ sums in index order
+        return codebook.index_select(0, self.assignments).reshape(self.shape)
 
     def right_inverse(self, weight):
         # the least-squares codebook of a weight: each center is the mean of its rows

@@ -197,6 +197,7 @@ class _Layer:
     index: int            # position among the net's Conv2d layers (as SharedLayer.index)
     module: nn.Conv2d
     num_clusters: int
+    p: float = 0.0        # dominant-cluster fraction (indicator F only)
     F: object = None      # spectral: N×r tensor; indicator: IndicatorF
 
 
@@ -223,16 +224,16 @@ def _select(net: nn.Module, layers):
     return names, [(names.index(name), name, convs[names.index(name)][1]) for name in chosen]
 
 
-def _per_layer_K(num_clusters, names: list, chosen: list) -> dict:
-    """num_clusters as {name: K} for every chosen layer (an int applies to all)."""
-    if not isinstance(num_clusters, dict):
-        return {name: num_clusters for name in chosen}
-    Ks = {_resolve("num_clusters", key, names): K for key, K in num_clusters.items()}
-    missing, extra = [n for n in chosen if n not in Ks], [n for n in Ks if n not in chosen]
+def _per_layer(param: str, value, names: list, chosen: list) -> dict:
+    """`value` (num_clusters or p) as {name: value} for every chosen layer (a scalar applies to all)."""
+    if not isinstance(value, dict):
+        return {name: value for name in chosen}
+    given = {_resolve(param, key, names): v for key, v in value.items()}
+    missing, extra = [n for n in chosen if n not in given], [n for n in given if n not in chosen]
     if missing or extra:
-        raise ValueError(f"num_clusters={num_clusters!r} must give one K for each selected layer {chosen}: "
+        raise ValueError(f"{param}={value!r} must give one value for each selected layer {chosen}: "
                          f"missing {missing}, not selected {extra}")
-    return Ks
+    return given
 
 
 class KMeansRegularizer:
@@ -243,22 +244,28 @@ class KMeansRegularizer:
     w.r.t. W is λ·W(I − FFᵀ). Call `after_step()` after each optimizer step: F is recomputed from
     the current weights every `refresh_every` steps (spectral: K-truncated SVD; indicator: k-means++
     with seed `seed` + conv index at construction, then Lloyd warm-started from the cluster means of
-    the previous assignments, so a refresh never raises a layer's k-means error). num_clusters: an
+    the previous assignments, so with p = 0 a refresh never raises a layer's k-means error). num_clusters: an
     int, or {layer name or conv index: K} giving a K for every selected layer; layers: None (every
-    Conv2d) or a list of names / conv indices. A spectral F with K ≥ min(s, N) is degenerate (the
-    term is identically zero): a DegenerateRelaxationWarning is issued once per such layer.
+    Conv2d) or a list of names / conv indices. p (indicator F only; a float or a dict like num_clusters):
+    the authors' dominant cluster, the ⌊N·p⌋ vectors nearest the mean vector in cluster 0 (dkm.kmeans), so
+    F matches the sharing that follows; it is ignored where K < 2 or ⌊N·p⌋ = 0, as in dkm.sharing.share.
+    A spectral F with K ≥ min(s, N) is degenerate (the term is identically zero): a
+    DegenerateRelaxationWarning is issued once per such layer.
     """
 
     def __init__(self, net, lam, num_clusters, mode="indicator", view="rows", refresh_every=50,
-                 layers=None, randomized=False, seed=0):
+                 layers=None, randomized=False, seed=0, p=0.0):
         self.lam = check_float("lam", lam, lo=0.0)
         self.mode = check_choice("mode", mode, MODES)
         self.view = check_choice("view", view, VIEWS)
         self.refresh_every = check_int("refresh_every", refresh_every, lo=1)
         self.randomized, self.seed, self.step = bool(randomized), check_int("seed", seed), 0
         names, chosen = _select(net, layers)
-        Ks = _per_layer_K(num_clusters, names, [name for _, name, _ in chosen])
+        Ks = _per_layer("num_clusters", num_clusters, names, [name for _, name, _ in chosen])
+        ps = _per_layer("p", p, names, [name for _, name, _ in chosen])
         self._layers = [_Layer(name, i, m, self._check_layer_K(name, m, Ks[name])) for i, name, m in chosen]
+        for layer in self._layers:
+            layer.p = self._check_layer_p(layer, ps[layer.name])
         self.layer_names = [layer.name for layer in self._layers]
         self.num_clusters = {layer.name: layer.num_clusters for layer in self._layers}
         self._warned = set()
@@ -267,6 +274,14 @@ class KMeansRegularizer:
     def _check_layer_K(self, name, module, K) -> int:
         n = to_matrix(module.weight, self.view).shape[1]
         return check_int(f"num_clusters[{name!r}]", K, lo=1, hi=n)
+
+    def _check_layer_p(self, layer: _Layer, p) -> float:
+        p = check_float(f"p[{layer.name!r}]", p, 0.0, 1.0, hi_open=True)
+        if p > 0 and self.mode != "indicator":
+            raise ValueError(f"p[{layer.name!r}]={p}: a dominant cluster needs mode='indicator' (allowed p=0 "
+                             f"with mode={self.mode!r})")
+        n = to_matrix(layer.module.weight, self.view).shape[1]
+        return p if layer.num_clusters >= 2 and int(n * p) >= 1 else 0.0
 
     def _matrix(self, layer: _Layer) -> torch.Tensor:
         return to_matrix(layer.module.weight, self.view)
@@ -289,7 +304,9 @@ class KMeansRegularizer:
             seed = self.seed + layer.index
             if self.mode == "indicator":
                 start = warm_start(W, layer.F) if isinstance(layer.F, IndicatorF) else None
-                layer.F = indicator_F(W, layer.num_clusters, seed=seed, init_centers=start)
+                if start is not None and layer.p > 0:
+                    start = start[1:]   # cluster 0 (the dominant one) is recomputed, not warm-started
+                layer.F = indicator_F(W, layer.num_clusters, seed=seed, p=layer.p, init_centers=start)
             else:
                 layer.F = spectral_F(W, layer.num_clusters, randomized=self.randomized, seed=seed)
                 self._warn_if_degenerate(layer)

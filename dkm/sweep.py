@@ -11,7 +11,10 @@ Methods (all shared row-wise at the same per-layer K, from `dkm.plan.plan_cluste
 | `dkm-indicator`    | re-trained with indicator F           | k-means++                                 |
 | `dkm-spectral`     | re-trained with spectral F            | k-means++                                 |
 
-The table (one row per run × metric) is `data/results/sweep_<profile>.csv` (smoke: build/results/).
+Points: one uniform K per conv for each of the profile's `cr_targets` (`dkm.plan.plan_clusters`), plus the
+authors' per-layer settings named in `official_settings` (`dkm.plan.official_plan`; the paper profile).
+The table (one row per run × metric; `setting` = "uniform" or "45x"/"47x"/"50x") is
+`data/results/sweep_<profile>.csv` (smoke: build/results/).
 """
 from __future__ import annotations
 
@@ -24,11 +27,11 @@ from tqdm.auto import tqdm
 
 from . import pipeline as pl
 from ._io import write_atomic
-from .plan import plan_clusters
+from .plan import official_plan, plan_clusters
 from .profiles import Profile
 from .train import show_progress
 
-COLUMNS = ("run_key", "profile", "method", "target_cr", "seed", "lam", "metric", "value")
+COLUMNS = ("run_key", "profile", "method", "setting", "target_cr", "seed", "lam", "metric", "value")
 METRICS = ("top1_before", "top1", "top1_bn", "K", "cr_official", "cr_fixed", "cr_huffman")
 BASELINES = ("kmeans", "density", "deep_compression")
 
@@ -64,7 +67,7 @@ def write_results(path: Path, new_rows: list[dict]) -> None:
     """Merge `new_rows` into the table at `path` (rows of a re-run key replace the old ones), atomically."""
     keys = {r["run_key"] for r in new_rows}
     rows = [r for r in read_results(path) if r["run_key"] not in keys] + new_rows
-    rows.sort(key=lambda r: (r["method"], float(r["target_cr"]), int(r["seed"]), r["metric"]))
+    rows.sort(key=lambda r: (r["method"], r["setting"], float(r["target_cr"]), int(r["seed"]), r["metric"]))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -75,7 +78,8 @@ def write_results(path: Path, new_rows: list[dict]) -> None:
 def _rows(profile: Profile, method: str, plan: dict, seed: int, key: str, result: dict, lam) -> list[dict]:
     values = {"top1_before": result["top1_before"], "top1": result["top1"], "top1_bn": result["top1_bn"],
               "K": max(plan["K"]), **{f"cr_{c}": result["cr"][c] for c in ("official", "fixed", "huffman")}}
-    base = {"run_key": key, "profile": profile.name, "method": method, "target_cr": plan["target_cr"],
+    base = {"run_key": key, "profile": profile.name, "method": method, "setting": plan.get("setting", "uniform"),
+            "target_cr": plan["target_cr"],
             "seed": seed, "lam": "" if lam is None else lam}
     return [{**base, "metric": m, "value": f"{values[m]:.6g}"} for m in METRICS]
 
@@ -94,6 +98,7 @@ def sweep(profile: Profile, methods=None, progress=None, write=True) -> list[dic
         pl.check_choice("method", m, methods_of(profile))
     net, _ = pl.pretrain(profile, progress)
     plans = [plan_clusters(net, t, p=profile.p) for t in profile.cr_targets]
+    plans += [official_plan(net, setting) for setting in profile.official_settings]
     grid = [(m, plan, seed) for plan in plans for seed in profile.seeds for m in methods]
     rows = []
     for method, plan, seed in tqdm(grid, desc=f"sweep {profile.name}", unit="run", disable=not show_progress(progress)):
@@ -108,14 +113,15 @@ def sweep(profile: Profile, methods=None, progress=None, write=True) -> list[dic
 
 
 def summary(rows: list[dict], metric: str = "top1") -> list[dict]:
-    """Mean and spread (half the range) of `metric` over seeds, per method × target CR, with the mean official CR."""
+    """Mean and spread (half the range) of `metric` over seeds, per method × plan, with the mean official CR."""
     groups: dict = {}
     for r in rows:
-        g = groups.setdefault((r["method"], float(r["target_cr"])), {})
+        g = groups.setdefault((r["method"], r.get("setting", "uniform"), float(r["target_cr"])), {})
         g.setdefault(r["metric"], []).append(float(r["value"]))
     out = []
-    for (method, target), g in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for (method, setting, target), g in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
         v = g.get(metric, [])
-        out.append({"method": method, "target_cr": target, "cr_official": sum(g["cr_official"]) / len(g["cr_official"]),
+        out.append({"method": method, "setting": setting, "target_cr": target,
+                    "cr_official": sum(g["cr_official"]) / len(g["cr_official"]),
                     "K": g["K"][0], "n": len(v), "mean": sum(v) / len(v), "spread": (max(v) - min(v)) / 2})
     return out

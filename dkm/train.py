@@ -18,7 +18,6 @@ Conventions (the contract the pipeline relies on):
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -29,32 +28,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F_
 from torch import nn
-from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from ._io import atomic_open
+from .evaluation import (DEVICES, _batches, _check_dataset, _modes_kept,  # noqa: F401
+                         epoch_order, evaluate, recalibrate_batchnorm, resolve_device)
+from .checkpoint import (CHECKPOINT_NAME, FORMAT, FORMAT_VERSION, RESUME_FREE, CheckpointError,  # noqa: F401
+                         load_checkpoint, remove_stale_temps, save_atomic)
+from ._threads import torch_threads
 from ._checks import check_choice, check_float, check_int
 
 SCHEDULES = ("cosine", "step", "constant")
-DEVICES = ("auto", "cpu", "cuda")
-CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT = "dkm.train.checkpoint"
-FORMAT_VERSION = 1
 HISTORY_VERSION = 1
-# config fields that may differ between an interrupted run and its resumption (no effect on the maths)
-RESUME_FREE = ("device", "threads", "log_every", "checkpoint_every")
-
-
-_KEYS = ("config", "step", "epoch", "batch", "seconds", "model", "optimizer", "scheduler", "regularizer", "rng",
-         "sums", "history")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed (corrupt, foreign, other version or config); names the file."""
 
 
 def _check_bool(name: str, value) -> bool:
@@ -81,7 +68,7 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 50            # steps between history records
     checkpoint_every: int = 0      # steps between mid-epoch checkpoints (0: only at epoch ends)
-    threads: int | None = None     # torch.set_num_threads(threads) if given; else left as is
+    threads: int | None = None     # torch threads while training (restored after); None: left as is
 
     def __post_init__(self):
         check_int("epochs", self.epochs, 1)
@@ -137,18 +124,6 @@ def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float
     return config.lr
 
 
-def resolve_device(device="auto") -> torch.device:
-    """'auto' → CUDA when available, else CPU; 'cuda' without CUDA is an error."""
-    if isinstance(device, torch.device):
-        return device
-    check_choice("device", device, DEVICES)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' is not available (torch.cuda.is_available() is False): allowed 'auto' or 'cpu'")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def show_progress(progress=None) -> bool:
     """progress=True/False as given; None → $DKM_PROGRESS if 0/1, else off under $CI or without a TTY."""
     if progress is not None:
@@ -156,87 +131,6 @@ def show_progress(progress=None) -> bool:
     if os.environ.get("DKM_PROGRESS") in ("0", "1"):
         return os.environ["DKM_PROGRESS"] == "1"
     return not os.environ.get("CI") and sys.stderr is not None and sys.stderr.isatty()
-
-
-# ---------------------------------------------------------------- data order and batches
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The permutation of range(n) used in epoch `epoch`: a function of (seed, epoch) only."""
-    mixed = int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
-    return torch.randperm(n, generator=torch.Generator().manual_seed(mixed))
-
-
-def _batches(dataset, indices: torch.Tensor, batch_size: int):
-    """(X, y) for consecutive chunks of `indices`; a TensorDataset is indexed directly."""
-    tensors = getattr(dataset, "tensors", None)
-    for chunk in indices.split(batch_size):
-        if tensors is not None:
-            yield tensors[0][chunk], tensors[1][chunk]
-        else:
-            yield tuple(default_collate([dataset[i] for i in chunk.tolist()])[:2])
-
-
-def _check_dataset(name: str, dataset) -> int:
-    n = len(dataset) if hasattr(dataset, "__len__") else 0
-    if n < 1:
-        raise ValueError(f"{name} has {n} examples: allowed a dataset of at least 1 (X, y) pair")
-    return n
-
-
-@contextlib.contextmanager
-def _modes_kept(net: nn.Module):
-    """Restore every submodule's train/eval flag on exit."""
-    modes = [(m, m.training) for m in net.modules()]
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-# ---------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate(net: nn.Module, dataset, batch_size: int = 512, device="auto") -> dict:
-    """{'accuracy': top-1, 'loss': mean cross-entropy} in eval mode; the net is moved to `device` (§5)."""
-    batch_size, n = check_int("batch_size", batch_size, 1), _check_dataset("dataset", dataset)
-    device = resolve_device(device)
-    net.to(device)
-    correct, loss = torch.zeros((), device=device), torch.zeros((), dtype=torch.float64, device=device)
-    with _modes_kept(net):
-        net.eval()
-        for X, y in _batches(dataset, torch.arange(n), batch_size):
-            logits, y = net(X.to(device)), y.to(device)
-            loss += F_.cross_entropy(logits, y, reduction="sum").double()
-            correct += (logits.argmax(1) == y).sum()
-    return {"accuracy": float(correct) / n, "loss": float(loss) / n}
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(net: nn.Module, dataset, num_batches: int = 20, batch_size: int = 128,
-                          seed: int = 0, device="auto") -> nn.Module:
-    """Re-estimate BN running stats after sharing: the average over the first num_batches of epoch_order(n, seed, 0).
-
-    Only batch-norm layers run in train mode (dropout stays off, as at inference); momentum is
-    set to None (cumulative average: running_mean = mean of the batch means, running_var = mean of
-    the unbiased batch variances), then every mode and momentum is restored.
-    """
-    num_batches, batch_size = check_int("num_batches", num_batches, 1), check_int("batch_size", batch_size, 1)
-    n, seed = _check_dataset("dataset", dataset), check_int("seed", seed, 0, 2**63 - 1)
-    device = resolve_device(device)
-    bns = [m for m in net.to(device).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    momenta = [m.momentum for m in bns]
-    with _modes_kept(net):
-        net.eval()
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        try:
-            for X, _ in _batches(dataset, epoch_order(n, seed, 0)[: num_batches * batch_size], batch_size):
-                net(X.to(device))
-        finally:
-            for m, momentum in zip(bns, momenta):
-                m.momentum = momentum
-    return net
 
 
 # ---------------------------------------------------------------- history
@@ -267,46 +161,6 @@ class History:
     @classmethod
     def from_json(cls, text: str) -> "History":
         return cls.from_dict(json.loads(text))
-
-
-# ---------------------------------------------------------------- checkpoints
-def save_atomic(obj, path) -> None:
-    """torch.save to a temp file in the same directory, fsync, then os.replace: `path` is always whole."""
-    with atomic_open(path) as f:
-        torch.save(obj, f)
-
-
-def _remove_stale_temps(path: Path) -> None:
-    """Temp files left by a run killed while writing (never the checkpoint itself)."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def load_checkpoint(path, config: TrainConfig | None = None, map_location="cpu") -> dict:
-    """Load and validate a checkpoint of `train`; with `config`, also check it belongs to that config."""
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # any unreadable file: truncated, not a zip, a foreign pickle…
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to start over") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not a {FORMAT} file (a foreign checkpoint?)")
-    if ckpt.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format_version={ckpt.get('format_version')!r}: allowed {FORMAT_VERSION}")
-    missing = [k for k in _KEYS if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing}: a damaged or hand-edited checkpoint")
-    if config is not None:
-        _check_same_config(path, ckpt["config"], config.to_dict())
-    return ckpt
-
-
-def _check_same_config(path: Path, saved: dict, current: dict) -> None:
-    keys = sorted((set(saved) | set(current)) - set(RESUME_FREE))
-    diffs = [f"{k}={saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in keys if saved.get(k) != current.get(k)]
-    if diffs:
-        raise CheckpointError(f"checkpoint {path} was written with another config: {'; '.join(diffs)}")
 
 
 # ---------------------------------------------------------------- the training loop
@@ -453,8 +307,11 @@ def train(net: nn.Module, train_set, config: TrainConfig, regularizer=None, chec
         _check_regularizer(regularizer)
     _check_bool("resume", resume)
     show = show_progress(progress)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    with torch_threads(config.threads):
+        return _train(net, train_set, config, regularizer, checkpoint_dir, resume, eval_set, on_epoch_end, show)
+
+
+def _train(net, train_set, config, regularizer, checkpoint_dir, resume, eval_set, on_epoch_end, show) -> History:
     run = _Run(net, train_set, config, regularizer)
     path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
     if path is not None and resume and path.exists():
@@ -463,7 +320,7 @@ def train(net: nn.Module, train_set, config: TrainConfig, regularizer=None, chec
         torch.manual_seed(config.seed)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(path)
+        remove_stale_temps(path)
     total = config.epochs * run.steps_per_epoch
     with _modes_kept(net), tqdm(total=total, initial=run.step, desc="train", unit="step", disable=not show,
                                 leave=False, dynamic_ncols=True) as bar:

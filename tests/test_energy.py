@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from dkm import energy as en
+from dkm import energy_cli
 from dkm.inventory import LayerInfo, layer_inventory
 
 
@@ -147,8 +147,8 @@ def test_googlenet_metric_is_fast():
 
 
 def _cli(argv):
-    parser = en.build_parser(argparse.ArgumentParser())
-    return en.cli_main(parser.parse_args(argv))
+    parser = energy_cli.build_parser(argparse.ArgumentParser())
+    return energy_cli.cli_main(parser.parse_args(argv))
 
 
 def _shared_small_cnn(path):
@@ -213,4 +213,45 @@ def test_bad_arguments_name_parameter(tmp_path):
         en.net_energy([conv()], 8, shares={"nope": en.Share(3)})
     torch.save({"weights": 1}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not a dkm checkpoint"):
-        en.load_model(str(tmp_path / "bad.pt"))
+        energy_cli.load_model(str(tmp_path / "bad.pt"))
+    (tmp_path / "text.pt").write_text("not a zip")
+    with pytest.raises(ValueError, match="cannot be read as a torch checkpoint"):
+        energy_cli.load_model(str(tmp_path / "text.pt"))
+
+
+def _fake_run(tmp_path, monkeypatch, stage="pretrain"):
+    """A finished run directory as the pipeline writes it (config.json + model.pt), without training."""
+    from dkm import pipeline as pl
+    from dkm.models import build_model
+    from dkm.profiles import get_profile
+    monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path / "runs"))
+    profile = get_profile("smoke")
+    config = pl.pretrain_config(profile)
+    if stage == "evaluate":
+        config = {"stage": "evaluate", "parent": config}
+    d = pl.run_dir(config["stage"], config)
+    torch.manual_seed(0)
+    net = build_model(profile.model, **profile.model_kwargs)
+    if stage != "evaluate":
+        torch.save(net.state_dict(), d / "model.pt")
+    return d, net
+
+
+def test_cli_run_directory(tmp_path, monkeypatch, capsys):
+    d, net = _fake_run(tmp_path, monkeypatch)
+    loaded, shape = energy_cli.load_model(str(d))
+    assert shape == (1, 28, 28)                                   # from the run's dataset (Fashion-MNIST)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+    assert _cli(["--model", str(d), "--bits", "8", "--csv", str(tmp_path / "e.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "e.csv")))
+    expected = en.totals(en.net_energy(layer_inventory(net, (1, 28, 28)).layers, 8))
+    assert math.isclose(float(rows[-1]["dense_total"]), expected["total"], rel_tol=1e-9)
+
+
+def test_cli_run_directory_without_model(tmp_path, monkeypatch):
+    from dkm.pipeline import RunError
+    d, _ = _fake_run(tmp_path, monkeypatch, stage="evaluate")
+    with pytest.raises(RunError, match="keeps no model"):
+        energy_cli.load_model(str(d))
+    with pytest.raises(RunError, match="no config.json"):
+        energy_cli.load_model(str(tmp_path))

@@ -124,6 +124,12 @@ def test_global_rng_and_thread_count_are_left_alone():
     init_centers(normal(500, 3), 8, "random", seed=1)
     assert torch.equal(state, torch.random.get_rng_state())
     assert torch.get_num_threads() == threads
+    two = kmeans(normal(5000, 3, seed=2), 8, seed=1, threads=2)      # the same Lloyd trajectory on 2 threads
+    one = kmeans(normal(5000, 3, seed=2), 8, seed=1)
+    assert torch.equal(one.assignments, two.assignments) and torch.allclose(one.codebook, two.codebook, atol=1e-6)
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="threads=0"):
+        kmeans(normal(50, 3), 4, threads=0)
 
 
 # ---- dominant cluster (the authors' p) ------------------------------------------------------------

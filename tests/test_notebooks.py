@@ -1,7 +1,8 @@
 """The five notebooks: committed clean, run headlessly with PROFILE="smoke", every figure produced, nbval --nbval-lax.
 
 One smoke run (papermill, through `python -m dkm.figures`) executes every notebook into a temporary
-directory with its own run cache and results table, so nothing committed is touched; nbval then re-runs
+directory, with the session's smoke run cache and results table (tests/conftest.py, shared with
+tests/e2e), so nothing committed is touched; nbval then re-runs
 the executed copies and compares the cells marked `# NBVAL_CHECK_OUTPUT` (deterministic values: CR,
 bounds, counts, accuracies read from the cache) with the first run.
 """
@@ -24,10 +25,10 @@ DESIGN_FIGURES = {"fig01_relaxation": "01", "fig02_retraining": "02", "fig03_ass
 DESIGN_TABLES = {"table01_compression": "04"}
 
 
-def _env(tmp: Path) -> dict:
-    """Caches and results in `tmp` (nothing committed is touched); one thread per process (2 run at once)."""
-    return {"DKM_RUNS_DIR": str(tmp / "runs"), "DKM_RESULTS_DIR": str(tmp / "results"), "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1", "DKM_PROGRESS": "0"}
+def _env(cache: dict) -> dict:
+    """Caches and results in the session's smoke cache (nothing committed is touched); one thread per process
+    (2 run at once)."""
+    return {**cache, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DKM_PROGRESS": "0"}
 
 
 def _nbval(notebook: Path, env: dict, log: Path) -> subprocess.Popen:
@@ -41,14 +42,14 @@ def _nbval(notebook: Path, env: dict, log: Path) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, smoke_cache):
     """Every notebook executed with PROFILE="smoke" by the headless runner (papermill), then re-run by nbval.
 
     The nbval run of a notebook starts as soon as its papermill run is done, beside the papermill run of
     the next one: it only reads the caches its own first run wrote, so the two never compute the same thing.
     """
     tmp = tmp_path_factory.mktemp("smoke")
-    out, fig, env, nbval = tmp / "notebooks", tmp / "figures", _env(tmp), {}
+    out, fig, env, nbval = tmp / "notebooks", tmp / "figures", _env(smoke_cache), {}
     try:
         with pytest.MonkeyPatch.context() as mp:
             for key, value in env.items():

@@ -9,7 +9,7 @@ from dkm import pipeline as pl
 from dkm import sweep as sw
 from dkm.cli import main
 from dkm.models import small_cnn, wide_resnet
-from dkm.plan import estimated_cr, layer_specs, plan_clusters
+from dkm.plan import estimated_cr, layer_specs, official_plan, plan_clusters
 from dkm.profiles import get_profile
 from dkm.sharing import share
 from dkm.accounting import compression_ratio
@@ -36,7 +36,8 @@ def test_cache_key_covers_the_whole_configuration():
                pl.retrain_config(p, "dkm", 1, num_clusters=[4] * 4),
                pl.retrain_config(p, "dkm", 0, num_clusters=[5] * 4),
                pl.retrain_config(p, "dkm", 0, num_clusters=[4] * 4, mode="spectral"),
-               pl.retrain_config(tiny(pretrain=dataclasses.replace(p.pretrain, lr=0.02)), "dkm", 0, num_clusters=[4] * 4)]
+               pl.retrain_config(tiny(pretrain=dataclasses.replace(p.pretrain, lr=0.02)), "dkm", 0, num_clusters=[4] * 4),
+               pl.retrain_config(tiny(threads=2), "dkm", 0, num_clusters=[4] * 4)]  # CPU sums depend on threads
     keys = {pl.config_key(c) for c in changed}
     assert len(keys) == len(changed) and pl.config_key(base) not in keys
 
@@ -137,6 +138,8 @@ def test_unreachable_target_and_bad_values():
         get_profile("gpu")
     with pytest.raises(ValueError, match="lam=-1"):
         get_profile("smoke", lam=-1.0)
+    with pytest.raises(ValueError, match="threads=0"):
+        get_profile("smoke", threads=0)
     with pytest.raises(ValueError, match="method='sgd'"):
         pl.retrain_config(tiny(), "sgd", 0)
     with pytest.raises(ValueError, match="method='magic'"):
@@ -156,3 +159,45 @@ def test_cli_errors_name_the_option(dirs, capsys):
     assert exit_.value.code == 2 and "--profile: invalid choice: 'huge'" in capsys.readouterr().err
     assert main(["retrain", "--profile", "smoke", "--lam", "-1", "--target-cr", "8"]) == 2
     assert "lam=-1.0 is out of range" in capsys.readouterr().err
+    assert main(["evaluate", "--profile", "smoke", "--official", "45x"]) == 2   # smoke's CNN is not WRN-16-4
+    assert "official='45x' is defined for WRN-16-4" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["share", "--profile", "smoke", "--official", "45x", "--target-cr", "8"])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_stages_run_with_the_profiles_threads_and_restore_them(dirs, monkeypatch):
+    seen = []
+    real = pl.train
+    monkeypatch.setattr(pl, "train", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
+    before = torch.get_num_threads()
+    want = 2 if before != 2 else 3
+    pl.pretrain(tiny(threads=want), progress=False)
+    assert seen == [want] and torch.get_num_threads() == before
+
+
+def test_official_plans_are_the_authors_settings_and_crs():
+    from dkm.accounting import OFFICIAL_SETTINGS, official_settings
+    from dkm.energy import wrn16_4
+    net = wrn16_4()                                      # on the meta device: only shapes are read
+    plans = {s: official_plan(net, s) for s in OFFICIAL_SETTINGS}
+    assert {s: p["target_cr"] for s, p in plans.items()} == {"45x": 43.48, "47x": 45.41, "50x": 48.12}
+    assert all(p["K"] == official_settings(s)["K"] and p["setting"] == s for s, p in plans.items())
+    with pytest.raises(ValueError, match="official='45x': layer 'stage1.0.conv1' has 1536 kernel rows"):
+        official_plan(wide_resnet(depth=16, widen_factor=2), "45x")     # WRN-16-2: other shapes
+    with pytest.raises(ValueError, match="official='45x' is defined for WRN-16-4 with 16 conv"):
+        official_plan(small_cnn(), "45x")
+    with pytest.raises(ValueError, match="official_settings='60x'"):
+        get_profile("smoke", official_settings=("60x",))
+
+
+def test_sweep_runs_the_official_settings_as_points(dirs):
+    wrn = {"depth": 16, "widen_factor": 4, "dropout": 0.0, "in_channels": 1, "num_classes": 10, "conv_bias": True}
+    p = tiny(model="wide_resnet", model_kwargs=wrn, cr_targets=(), official_settings=("50x",),
+             pretrain=dataclasses.replace(tiny().pretrain, epochs=1), n_train=128, n_test=64)
+    rows = sw.sweep(p, methods=["kmeans"], progress=False)
+    target = official_plan(wide_resnet(**wrn), "50x")["target_cr"]   # 1 input channel: conv1 differs from CIFAR's
+    assert {(r["setting"], r["target_cr"]) for r in rows} == {("50x", target)}
+    cr = [float(r["value"]) for r in rows if r["metric"] == "cr_official"][0]
+    assert cr >= target - 0.01                           # real index entropy ≤ the uniform-usage bound
+    assert [s["setting"] for s in sw.summary(rows)] == ["50x"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import dkm._io
-from dkm import figures, plots, widgets
+from dkm import explore, figures, plots, widgets
 from dkm.kmeans import kmeans
 from dkm.models import small_cnn
 from dkm.train import TrainConfig, train
@@ -211,7 +211,7 @@ def test_live_figure_with_a_button_waits_for_the_click_and_shows_errors():
 # ---------------------------------------------------------------- numbers the notebooks draw
 def test_relaxation_curve_against_svd_and_kmeans():
     W = torch.randn(4, 50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    c = widgets.relaxation_curve(W, [1, 3, 4, 6], seed=0)
+    c = explore.relaxation_curve(W, [1, 3, 4, 6], seed=0)
     sigma2 = torch.linalg.svdvals(W) ** 2
     total = float((W * W).sum())
     assert c["relaxed"] == pytest.approx([float(sigma2[k:].sum()) / total for k in (1, 3, 4, 6)])
@@ -223,25 +223,25 @@ def test_relaxation_curve_against_svd_and_kmeans():
 def test_curves_from_a_hand_history():
     history = {"steps": [{"step": 5, "task_loss": 2.0, "train_accuracy": 0.1, "layer_errors": {"a": 4.0, "b": 1.0}},
                          {"step": 10, "task_loss": 1.0, "train_accuracy": 0.3, "layer_errors": {"a": 2.0, "b": 0.5}}]}
-    c = widgets.curves(history, start={"a": 8.0, "b": 2.0}, final={"a": 1.0})
+    c = explore.curves(history, start={"a": 8.0, "b": 2.0}, final={"a": 1.0})
     assert c == {"step": [5, 10], "loss": [2.0, 1.0], "accuracy": [0.1, 0.3],
                  "layer_errors": {"a": [0.5, 0.25], "b": [0.5, 0.25]}, "final_errors": {"a": 0.125}}
-    assert widgets.curves(history, {"a": 8.0, "b": 2.0}, layer_errors=False)["layer_errors"] is None
+    assert explore.curves(history, {"a": 8.0, "b": 2.0}, layer_errors=False)["layer_errors"] is None
     old = {"steps": [{"step": 5, "task_loss": 2.0}]}                       # a history from before train_accuracy
-    assert widgets.curves(old)["accuracy"] is None
+    assert explore.curves(old)["accuracy"] is None
 
 
 def test_uniform_plan_caps_K_at_the_rows():
     net = small_cnn(width=2)                                  # conv1 has 2·1·3 = 6 rows
-    plan = widgets.uniform_plan(net, 8)
+    plan = explore.uniform_plan(net, 8)
     assert plan["K"] == [6, 8, 8, 8] and plan["p"] == [0.0] * 4
     with pytest.raises(ValueError, match="num_clusters"):
-        widgets.uniform_plan(net, 0)
+        explore.uniform_plan(net, 0)
 
 
 def test_layer_clusters_distances_by_hand():
     weight = torch.tensor([[[[0.0, 0, 0], [2, 0, 0]]], [[[10, 0, 0], [10, 0, 4]]]])  # 4 rows of length 3
-    c = widgets.layer_clusters(weight, 2, seed=0)
+    c = explore.layer_clusters(weight, 2, seed=0)
     rms = math.sqrt((0 + 4 + 100 + 116) / 4)
     assert sorted(c["distances"].tolist()) == pytest.approx(sorted([1 / rms, 1 / rms, 2 / rms, 2 / rms]))
     assert c["inertia"] == pytest.approx(1 + 1 + 4 + 4) and c["rows"].shape == (4, 3)
@@ -257,7 +257,7 @@ def test_cached_runs_finds_finished_children_only(tmp_path, monkeypatch):
         (tmp_path / name / "config.json").write_text(json.dumps(cfg))
         if done:
             (tmp_path / name / "model.pt").write_bytes(b"")
-    found = widgets.cached_runs(parent, "retrain")
+    found = explore.cached_runs(parent, "retrain")
     assert [(c["lam"], d.name) for c, d in found] == [(0.5, "retrain-a")]
 
 

@@ -146,6 +146,27 @@ def test_tied_centers_sum_gradients_per_cluster_and_stay_shared():
         assert _distinct_rows(conv) <= 4
 
 
+def test_tied_codebook_gradient_is_reproducible_on_two_threads():
+    # many rows in few clusters: an atomic accumulation (the backward of codebook[assignments]) gives
+    # run-to-run differences in the last bits here; the center fine-tuning must not
+    from dkm._threads import torch_threads
+    from dkm.sharing import TiedWeight
+    g = torch.Generator().manual_seed(0)
+    assignments, upstream = torch.randint(0, 4, (300_000,), generator=g), torch.randn(100_000, 3, 3, generator=g)
+    tied = TiedWeight(assignments, (100_000, 3, 3))
+
+    def grad():
+        codebook = torch.zeros(4, 3, requires_grad=True)
+        tied(codebook).backward(upstream)
+        return codebook.grad
+
+    with torch_threads(2):
+        grads = [grad() for _ in range(5)]
+    assert all(torch.equal(grads[0], other) for other in grads[1:])
+    expected = torch.zeros(4, 3, dtype=torch.float64).index_add_(0, assignments, upstream.reshape(-1, 3).double())
+    assert torch.allclose(grads[0].double(), expected, rtol=1e-5, atol=1e-3)
+
+
 def test_dominant_cluster_dropped_where_it_would_be_empty():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 2, 3))  # N = 2·1·3 = 6 rows: int(6·0.1) = 0 rows would be dominant

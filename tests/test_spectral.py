@@ -193,6 +193,26 @@ def test_indicator_refresh_warm_starts_lloyd_and_never_raises_the_error():
         assert reg.layer_errors()["0"] <= before * (1 + 1e-12)
 
 
+def test_indicator_F_with_a_dominant_cluster_is_kmeans_with_p():
+    from dkm.kmeans import kmeans
+
+    net = small_net()
+    reg = KMeansRegularizer(net, 1.0, {0: 4, 1: 1, 2: 3}, p={0: 0.25, 1: 0.5, 2: 0.0}, seed=3, refresh_every=1)
+    W = to_matrix(net.get_submodule("0").weight.detach(), "rows")          # N = 24 rows: 6 in the dominant one
+    expected = kmeans(W.T, 4, p=0.25, seed=3)
+    saved = reg.state_dict()["layers"]["0"]
+    assert torch.equal(saved["assignments"], expected.assignments) and int((saved["assignments"] == 0).sum()) == 6
+    assert reg.layer_errors()["0"] == pytest.approx(float(expected.inertia), rel=1e-9)
+    assert [layer.p for layer in reg._layers] == [0.25, 0.0, 0.0]           # K = 1: no dominant cluster
+    with torch.no_grad():
+        net.get_submodule("0").weight.add_(0.3)
+    reg.after_step()                                                       # refresh: Lloyd warm-started from
+    W = to_matrix(net.get_submodule("0").weight.detach(), "rows")          # the K − 1 non-dominant means
+    means = torch.stack([W[:, saved["assignments"] == k].mean(1) for k in range(1, 4)])
+    again = kmeans(W.T, 4, p=0.25, init_centers=means)
+    assert torch.equal(reg.state_dict()["layers"]["0"]["assignments"], again.assignments)
+
+
 def test_spectral_layer_errors_are_the_relaxed_bound_after_refresh():
     net = small_net()
     reg = KMeansRegularizer(net, 1.0, 2, mode="spectral", view="kernels", layers=[0, 1])
@@ -328,6 +348,9 @@ def test_float32_net_and_penalty_dtype():
     (dict(num_clusters={0: 2, 1: 2}), r"num_clusters=.*missing \['4'\]"),
     (dict(num_clusters={0: 2, 1: 2, 2: 2}, layers=[0, 1]), r"num_clusters=.*not selected \['4'\]"),
     (dict(num_clusters={"x": 2}), r"num_clusters: unknown layer name 'x'"),
+    (dict(p=1.0), r"p\['0'\]=1.0 .*0 ≤ p\['0'\] < 1"),
+    (dict(p=0.5, mode="spectral"), r"p\['0'\]=0.5: a dominant cluster needs mode='indicator'"),
+    (dict(p={0: 0.1}), r"p=.*missing \['2', '4'\]"),
 ])
 def test_bad_regularizer_arguments_name_the_parameter(kwargs, match):
     args = dict(lam=1.0, num_clusters=2) | kwargs

@@ -1,7 +1,6 @@
 """The ZigZag reference: workload dicts by hand, the committed CSVs, the R² computation and (slow) a recomputation."""
 import csv
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest

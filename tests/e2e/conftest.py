@@ -33,9 +33,9 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
-def lab_server(tmp_path_factory):
+def lab_server(tmp_path_factory, smoke_cache):
     """JupyterLab on 127.0.0.1:<free port> with a token, serving smoke-profile copies of the notebooks."""
-    server = LabServer(venv_jupyter(), tmp_path_factory.mktemp("lab"))
+    server = LabServer(venv_jupyter(), tmp_path_factory.mktemp("lab"), extra_env=smoke_cache)
     copy_tree(NOTEBOOKS, server.root / "notebooks")  # sibling files; each test prepares its own notebook
     for nb in sorted(FIXTURES.glob("*.ipynb")):
         server.prepare(nb, "fixtures")
