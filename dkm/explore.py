@@ -50,8 +50,8 @@ def run_history(stage: str, config: dict) -> dict:
 def retrain_run(profile, method: str, seed: int, plan: dict | None = None, mode: str | None = None,
                 lam: float | None = None):
     """(net, config, history) of a re-training run of the pipeline (trained once, then read)."""
-    K = None if plan is None else plan["K"]
-    net, config = pl.retrain(profile, method, seed, num_clusters=K, mode=mode, lam=lam)
+    K, p = (None, None) if plan is None else (plan["K"], plan["p"])   # as pl.source_net: the sweep's cache
+    net, config = pl.retrain(profile, method, seed, num_clusters=K, mode=mode, lam=lam, p=p)
     return net, config, run_history("retrain", config)
 
 

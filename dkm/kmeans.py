@@ -321,6 +321,12 @@ def _dominant_rows(X: torch.Tensor, size: int) -> torch.Tensor:
     return torch.sort(dist, stable=True).indices[:size]
 
 
+def dominant_p(N: int, K: int, p) -> float:
+    """p itself where a dominant cluster can exist (K ≥ 2 and int(N·p) ≥ 1), else 0.0: the plain k-means case."""
+    p = float(p or 0.0)
+    return p if K >= 2 and int(N * p) >= 1 else 0.0
+
+
 def _check_dominant(N: int, K: int, p: float) -> None:
     """p > 0 needs K ≥ 2, at least one dominant row and K − 1 rows left for the other clusters."""
     size = int(N * p)

@@ -9,7 +9,7 @@ from torch.nn.utils import parametrize
 
 from ._checks import check_float, check_int
 from .accounting import official_settings
-from .kmeans import kmeans
+from .kmeans import dominant_p, kmeans
 from .models import conv_layers
 from .rows import to_rows
 
@@ -122,8 +122,7 @@ def share(net: nn.Module, num_clusters=None, p=0.0, init: str = "kmeans++", excl
             continue
         check_int(f"num_clusters[{name}]", k, 1, rows.shape[0])
         check_float(f"p[{name}]", p_i or 0.0, 0.0, 1.0, hi_open=True)
-        # a dominant cluster needs at least one row in it and K ≥ 2; otherwise the layer is plain k-means
-        p_i = float(p_i or 0.0) if k >= 2 and int(rows.shape[0] * (p_i or 0.0)) >= 1 else 0.0
+        p_i = dominant_p(rows.shape[0], k, p_i)   # no room for a dominant cluster: plain k-means
         km = kmeans(rows, k, init=init, p=p_i, max_iter=max_iter, tol=tol, seed=seed + i)
         layer = SharedLayer(name, i, tuple(conv.weight.shape), km.codebook, km.assignments,
                             p_i, 0 if conv.bias is None else conv.bias.numel())

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_finite, check_float, check_int
+from .kmeans import dominant_p
 from .rows import VIEWS, rank_bound, to_matrix
 
 MODES = ("spectral", "indicator")
@@ -280,8 +281,7 @@ class KMeansRegularizer:
         if p > 0 and self.mode != "indicator":
             raise ValueError(f"p[{layer.name!r}]={p}: a dominant cluster needs mode='indicator' (allowed p=0 "
                              f"with mode={self.mode!r})")
-        n = to_matrix(layer.module.weight, self.view).shape[1]
-        return p if layer.num_clusters >= 2 and int(n * p) >= 1 else 0.0
+        return dominant_p(self._matrix(layer).shape[1], layer.num_clusters, p)
 
     def _matrix(self, layer: _Layer) -> torch.Tensor:
         return to_matrix(layer.module.weight, self.view)
