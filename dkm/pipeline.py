@@ -20,6 +20,7 @@ import torch
 
 from . import data as dkm_data
 from ._io import write_atomic
+from ._allocator import keep_freed_memory
 from ._threads import torch_threads
 from ._checks import check_choice, check_float, check_int
 from .accounting import CONVENTIONS, compression_ratio, compression_table
@@ -89,8 +90,16 @@ def _data_config(profile: Profile) -> dict:
     return {"dataset": profile.dataset, "n_train": profile.n_train}
 
 
-def _load_model(path: Path, model_config: dict) -> torch.nn.Module:
+def _build(model_config: dict) -> torch.nn.Module:
+    """A fresh net of the root configuration, its tensors in the configured memory format (part of every key)."""
     net = build_model(model_config["model"], **model_config["model_kwargs"])
+    if model_config.get("memory_format", "contiguous") == "channels_last":
+        net = net.to(memory_format=torch.channels_last)  # the convs' outputs follow; sums run in another order
+    return net
+
+
+def _load_model(path: Path, model_config: dict) -> torch.nn.Module:
+    net = _build(model_config)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
@@ -118,15 +127,21 @@ def pretrain_config(profile: Profile) -> dict:
     """Configuration of the pre-training stage (the root of every key)."""
     return {"stage": "pretrain", **_data_config(profile), "model": profile.model,
             "model_kwargs": profile.model_kwargs, "train": dataclasses.asdict(profile.pretrain),
-            "threads": profile.threads}
+            "threads": profile.threads, "memory_format": profile.memory_format}
 
 
 def pretrain(profile: Profile, progress=None) -> tuple[torch.nn.Module, dict]:
     """The pre-trained net of the profile (trained once, then read from its run directory)."""
     config = pretrain_config(profile)
-    with torch_threads(profile.threads):
+    with _compute(profile):
         return _trained(config, progress, lambda net, train_set, d: train(
             net, train_set, profile.pretrain, checkpoint_dir=d, progress=progress))
+
+
+def _compute(profile: Profile):
+    """The profile's thread count for a stage, and freed activations kept for the next batch (dkm._allocator)."""
+    keep_freed_memory()
+    return torch_threads(profile.threads)
 
 
 def _trained(config: dict, progress, fit) -> tuple[torch.nn.Module, dict]:
@@ -159,7 +174,7 @@ def _subset(dataset, n):
 def _start_net(config: dict, progress) -> torch.nn.Module:
     if "parent" not in config:  # pre-training: a fresh net, initialized from the training seed
         torch.manual_seed(config["train"]["seed"])
-        return build_model(config["model"], **config["model_kwargs"])
+        return _build(config)
     parent = config["parent"]
     return _load_model(run_dir(parent["stage"], parent) / "model.pt", _root_config(config))
 
@@ -196,7 +211,7 @@ def retrain(profile: Profile, method: str, seed: int, num_clusters=None, mode=No
         reg = None if method == "plain" else _regularizer(net, config)
         return train(net, _subset(train_set, profile.n_retrain), tc, regularizer=reg, checkpoint_dir=d,
                      progress=progress)
-    with torch_threads(profile.threads):
+    with _compute(profile):
         return _trained(config, progress, fit)
 
 
@@ -236,6 +251,7 @@ def evaluation_config(profile: Profile, source: dict, method: str, plan: dict, s
               "n_test": profile.n_test, "bn_batches": profile.bn_batches}
     if method == "deep_compression":
         config["finetune"] = dataclasses.asdict(dataclasses.replace(profile.finetune, seed=seed))
+        config["center_gradient"] = profile.center_gradient
         config["n_retrain"] = profile.n_retrain
     return config
 
@@ -247,7 +263,7 @@ def share_and_evaluate(profile: Profile, net: torch.nn.Module, source: dict, met
     d = run_dir("evaluate", config)
     if (d / "result.json").exists():
         return _load_json(d / "result.json")
-    with torch_threads(profile.threads):
+    with _compute(profile):
         result = _share_and_evaluate(profile, net, source, method, config, seed, progress)
     write_atomic(d / "result.json", json.dumps(result, indent=1))
     return result
@@ -259,7 +275,7 @@ def _share_and_evaluate(profile, net, source, method, config, seed, progress) ->
     result = {"top1_before": _source_accuracy(source, net, test_set)}
     shared = share(net, num_clusters=config["num_clusters"], p=config["p"], init=config["init"], seed=1000 + 100 * seed)
     if method == "deep_compression":
-        _finetune_centers(net, shared, train_set, profile, seed, progress)
+        _finetune_centers(net, shared, train_set, profile, config, progress)
     result["top1"] = evaluate(net, test_set)["accuracy"]
     recalibrated = copy.deepcopy(net)
     recalibrate_batchnorm(recalibrated, train_set, num_batches=profile.bn_batches, seed=seed)
@@ -280,8 +296,9 @@ def _source_accuracy(source: dict, net, test_set) -> float:
     return accuracy
 
 
-def _finetune_centers(net, shared, train_set, profile: Profile, seed: int, progress) -> None:
-    """Deep Compression (Han et al. 2016): train the codebooks (gradients summed per cluster) and the rest."""
-    tie_centers(net, shared)
-    train(net, _subset(train_set, profile.n_retrain), dataclasses.replace(profile.finetune, seed=seed), progress=progress)
+def _finetune_centers(net, shared, train_set, profile: Profile, config: dict, progress) -> None:
+    """Deep Compression (Han et al. 2016): train the codebooks (gradient: sum or mean per cluster) and the rest."""
+    tie_centers(net, shared, gradient=config["center_gradient"])
+    train(net, _subset(train_set, profile.n_retrain), dataclasses.replace(profile.finetune, seed=config["seed"]),
+          progress=progress)
     untie_centers(net, shared)

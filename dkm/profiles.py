@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 from ._checks import check_choice, check_float, check_int
 from .accounting import OFFICIAL_SETTINGS
+from .sharing import CENTER_GRADIENTS
 from .train import TrainConfig
 
 DATASETS = ("fashion_mnist", "cifar10")
+MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,14 @@ class Profile:
     p: float = 0.0                    # dominant-cluster fraction used by the CR → K plan
     bn_batches: int = 20              # training batches used to re-estimate batch norm after sharing
     threads: int | None = None        # torch threads for every stage (results on CPU depend on it); None: as is
+    memory_format: str = "contiguous"  # of the nets' tensors: "channels_last" is faster for convs on CPU (other sums)
+    center_gradient: str = "mean"     # Deep Compression fine-tuning: a center's gradient, "mean" or "sum" over its cluster
     description: str = ""
 
     def __post_init__(self):
         check_choice("dataset", self.dataset, DATASETS)
+        check_choice("memory_format", self.memory_format, MEMORY_FORMATS)
+        check_choice("center_gradient", self.center_gradient, CENTER_GRADIENTS)
         check_float("lam", self.lam, 0.0)
         check_int("refresh_every", self.refresh_every, 1)
         if self.threads is not None:
@@ -75,7 +81,7 @@ def _cpu() -> Profile:
         model="wide_resnet", model_kwargs={"depth": 10, "widen_factor": 1, "dropout": 0.0, "in_channels": 1,
                                            "num_classes": 10, "conv_bias": False},
         pretrain=pre, retrain=re, finetune=re, lam=5.0, refresh_every=50, cr_targets=(16.0, 24.0, 32.0, 45.0),
-        threads=2,
+        threads=2, memory_format="channels_last",
         description="WRN-10-1 on full Fashion-MNIST (re-training on 20k images): the default, minutes on a 2-core CPU")
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._checks import check_float, check_int
+from ._checks import check_choice, check_float, check_int
 from .accounting import official_settings
 from .kmeans import dominant_p, kmeans
 from .models import conv_layers
@@ -143,16 +143,41 @@ def official_per_layer(setting: str, num_convs: int) -> tuple[list, list]:
 
 # ---- Deep Compression style fine-tuning of the centers, weights kept tied -------------------------
 
-class TiedWeight(nn.Module):
-    """Parametrization weight = codebook[assignments]: autograd sums the weight gradient over each cluster."""
+CENTER_GRADIENTS = ("mean", "sum")
 
-    def __init__(self, assignments: torch.Tensor, shape: tuple):
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by `scale` (one factor per center)."""
+
+    @staticmethod
+    def forward(ctx, codebook, scale):
+        ctx.save_for_backward(scale)
+        return codebook.view_as(codebook)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+class TiedWeight(nn.Module):
+    """Parametrization weight = codebook[assignments]; a center's gradient is the sum or the mean over its cluster."""
+
+    def __init__(self, assignments: torch.Tensor, shape: tuple, gradient: str = "sum", num_clusters: int | None = None):
         super().__init__()
+        check_choice("gradient", gradient, CENTER_GRADIENTS)
         self.register_buffer("assignments", assignments.clone())
         self.shape = tuple(shape)
+        self.gradient = gradient
+        k = num_clusters or (int(assignments.max()) + 1 if assignments.numel() else 0)
+        self.register_buffer("inverse_counts", 1.0 / torch.bincount(assignments, minlength=k).clamp_min(1).unsqueeze(1))
 
     def forward(self, codebook):
         # ∂L/∂c_k = Σ_{i: a(i)=k} ∂L/∂w_i  (Han et al. 2016, eq. 3) — the backward of this gather.
+        # "mean" divides it by n_k, the size of cluster k: SGD then moves a center by a weight's step
+        # (lr·mean gradient) instead of n_k times it, i.e. Han et al.'s sum with a step lr/n_k per center.
+        if self.gradient == "mean":
+            codebook = _ScaleGrad.apply(codebook, self.inverse_counts.to(codebook))
         # index_select, not codebook[assignments]: the latter's backward (index_put_ accumulate) adds with
         # atomics on a multi-threaded CPU, so fine-tuning was not reproducible; index_add_ sums in index order
         return codebook.index_select(0, self.assignments).reshape(self.shape)
@@ -160,19 +185,21 @@ class TiedWeight(nn.Module):
     def right_inverse(self, weight):
         # the least-squares codebook of a weight: each center is the mean of its rows
         rows = to_rows(weight)
-        k = int(self.assignments.max()) + 1 if self.assignments.numel() else 0
-        sums = torch.zeros(k, rows.shape[1], dtype=rows.dtype).index_add_(0, self.assignments, rows)
-        counts = torch.bincount(self.assignments, minlength=k).clamp_min(1).unsqueeze(1)
-        return sums / counts
+        sums = torch.zeros(len(self.inverse_counts), rows.shape[1], dtype=rows.dtype).index_add_(0, self.assignments, rows)
+        return sums * self.inverse_counts.to(sums)
 
 
-def tie_centers(net: nn.Module, result: ShareResult) -> list[nn.Parameter]:
-    """Make each shared conv's weight a function of its codebook; return the codebooks to optimize."""
+def tie_centers(net: nn.Module, result: ShareResult, gradient: str = "sum") -> list[nn.Parameter]:
+    """Make each shared conv's weight a function of its codebook; return the codebooks to optimize.
+
+    gradient="sum" is Han et al.'s rule (a center gets the sum of its weights' gradients); "mean" divides
+    it by the cluster size, so that one learning rate suits the codebooks and the rest of the net."""
     modules = dict(net.named_modules())
     params = []
     for name, layer in result.layers.items():
         conv = modules[name]
-        parametrize.register_parametrization(conv, "weight", TiedWeight(layer.assignments, layer.shape))
+        tied = TiedWeight(layer.assignments, layer.shape, gradient=gradient, num_clusters=layer.codebook.shape[0])
+        parametrize.register_parametrization(conv, "weight", tied)
         with torch.no_grad():  # keep the exact codebook (unused centers included), not the recomputed means
             conv.parametrizations.weight.original.copy_(layer.codebook.to(conv.parametrizations.weight.original))
         params.append(conv.parametrizations.weight.original)

@@ -37,9 +37,13 @@ def test_cache_key_covers_the_whole_configuration():
                pl.retrain_config(p, "dkm", 0, num_clusters=[5] * 4),
                pl.retrain_config(p, "dkm", 0, num_clusters=[4] * 4, mode="spectral"),
                pl.retrain_config(tiny(pretrain=dataclasses.replace(p.pretrain, lr=0.02)), "dkm", 0, num_clusters=[4] * 4),
-               pl.retrain_config(tiny(threads=2), "dkm", 0, num_clusters=[4] * 4)]  # CPU sums depend on threads
+               pl.retrain_config(tiny(threads=2), "dkm", 0, num_clusters=[4] * 4),  # CPU sums depend on threads
+               pl.retrain_config(tiny(memory_format="channels_last"), "dkm", 0, num_clusters=[4] * 4)]  # and on layout
     keys = {pl.config_key(c) for c in changed}
     assert len(keys) == len(changed) and pl.config_key(base) not in keys
+    plan = {"K": [4] * 4, "p": [0.0] * 4}
+    dc = [pl.evaluation_config(tiny(**kw), base, "deep_compression", plan, 0) for kw in ({}, {"center_gradient": "sum"})]
+    assert pl.config_key(dc[0]) != pl.config_key(dc[1])
 
 
 def test_run_dir_refuses_a_foreign_config(dirs):
@@ -140,6 +144,10 @@ def test_unreachable_target_and_bad_values():
         get_profile("smoke", lam=-1.0)
     with pytest.raises(ValueError, match="threads=0"):
         get_profile("smoke", threads=0)
+    with pytest.raises(ValueError, match="memory_format='nhwc'.*'channels_last'"):
+        get_profile("smoke", memory_format="nhwc")
+    with pytest.raises(ValueError, match="center_gradient='avg'.*'mean', 'sum'"):
+        get_profile("smoke", center_gradient="avg")
     with pytest.raises(ValueError, match="method='sgd'"):
         pl.retrain_config(tiny(), "sgd", 0)
     with pytest.raises(ValueError, match="method='magic'"):
@@ -174,6 +182,20 @@ def test_stages_run_with_the_profiles_threads_and_restore_them(dirs, monkeypatch
     want = 2 if before != 2 else 3
     pl.pretrain(tiny(threads=want), progress=False)
     assert seen == [want] and torch.get_num_threads() == before
+
+
+def test_channels_last_profiles_train_and_reload_channels_last_nets(dirs):
+    """The layout is applied to fresh and to loaded nets; the values do not depend on it beyond float sums."""
+    convs = lambda net: [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1]
+    nhwc = tiny(memory_format="channels_last")
+    trained, _ = pl.pretrain(nhwc, progress=False)
+    loaded, _ = pl.pretrain(nhwc, progress=False)                   # from the cache this time
+    for net in (trained, loaded):
+        assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs(net))
+    dense, _ = pl.pretrain(tiny(), progress=False)
+    assert all(w.is_contiguous() for w in convs(dense))
+    for a, b in zip(convs(trained), convs(dense)):                  # same seed, same data: only the sums' order differs
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-3)
 
 
 def test_official_plans_are_the_authors_settings_and_crs():

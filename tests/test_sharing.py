@@ -123,16 +123,22 @@ def test_non_finite_weights_and_no_conv():
         share(nn.Sequential(nn.Linear(2, 2)), num_clusters=3)
 
 
-def test_tied_centers_sum_gradients_per_cluster_and_stay_shared():
+def _shared_net_and_row_grads():
+    """A shared small net, a batch, and each shared layer's weight gradient (as rows) before tying."""
     torch.manual_seed(0)
     net = small_cnn(width=8)
     result = share(net, num_clusters=4)
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    # reference: gradient w.r.t. the shared weight, summed over each cluster by hand (Han et al. 2016, eq. 3)
     nn.functional.cross_entropy(net(x), y).backward()
-    ref = {n: torch.zeros_like(l.codebook).index_add_(0, l.assignments, to_rows(dict(net.named_modules())[n].weight.grad))
-           for n, l in result.layers.items()}
+    grads = {n: to_rows(dict(net.named_modules())[n].weight.grad) for n in result.layers}
     net.zero_grad()
+    return net, result, (x, y), grads
+
+
+def test_tied_centers_sum_gradients_per_cluster_and_stay_shared():
+    net, result, (x, y), grads = _shared_net_and_row_grads()
+    # reference: gradient w.r.t. the shared weight, summed over each cluster by hand (Han et al. 2016, eq. 3)
+    ref = {n: torch.zeros_like(l.codebook).index_add_(0, l.assignments, grads[n]) for n, l in result.layers.items()}
     codebooks = tie_centers(net, result)
     nn.functional.cross_entropy(net(x), y).backward()
     for (name, layer), cb in zip(result.layers.items(), codebooks):
@@ -144,6 +150,24 @@ def test_tied_centers_sum_gradients_per_cluster_and_stay_shared():
         assert isinstance(conv.weight, nn.Parameter)
         assert torch.equal(conv.weight.detach(), layer.weight())
         assert _distinct_rows(conv) <= 4
+
+
+def test_mean_center_gradient_is_the_cluster_sum_divided_by_its_size():
+    net, result, (x, y), grads = _shared_net_and_row_grads()
+    ref = {}
+    for n, l in result.layers.items():  # by hand: the mean of the weight gradient over each cluster's rows
+        ref[n] = torch.stack([grads[n][l.assignments == k].mean(0) if (l.assignments == k).any()
+                              else torch.zeros(grads[n].shape[1]) for k in range(len(l.codebook))])
+    weights = {n: dict(net.named_modules())[n].weight.detach().clone() for n in result.layers}
+    codebooks = tie_centers(net, result, gradient="mean")
+    for n in result.layers:                                   # the forward is unchanged: the shared weight itself
+        assert torch.equal(dict(net.named_modules())[n].weight, weights[n])
+    nn.functional.cross_entropy(net(x), y).backward()
+    for name, cb in zip(result.layers, codebooks):
+        torch.testing.assert_close(cb.grad, ref[name], rtol=1e-4, atol=1e-7)
+    untie_centers(net, result)
+    with pytest.raises(ValueError, match="gradient='max'.*'mean', 'sum'"):
+        tie_centers(net, result, gradient="max")
 
 
 def test_tied_codebook_gradient_is_reproducible_on_two_threads():
