@@ -8,7 +8,7 @@ from . import pipeline as pl
 from .accounting import OFFICIAL_SETTINGS
 from .plan import official_plan
 from .profiles import PROFILES, get_profile
-from .sweep import methods_of, results_path, summary, sweep, write_results, _rows
+from .sweep import finetuned_methods, methods_of, results_path, summary, sweep, write_results, _rows
 
 SOURCES = pl.SOURCES
 
@@ -136,7 +136,9 @@ def run_evaluate(args) -> int:
 def build_sweep(parser):
     _common(parser)
     parser.add_argument("--methods", default=None,
-                        help=f"comma-separated subset of: {', '.join(methods_of(get_profile('smoke')))} (default: all)")
+                        help=f"comma-separated, from: {', '.join(methods_of(get_profile('smoke')))} (the default: all of "
+                             f"these) and the opt-in {', '.join(finetuned_methods(get_profile('smoke')))} "
+                             f"(re-training, then center fine-tuning)")
 
 
 def run_sweep(args) -> int:

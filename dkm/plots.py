@@ -155,6 +155,11 @@ def bars_figure(labels, values, title: str = "", ytitle: str = "top-1 accuracy (
 
 
 # ---------------------------------------------------------------- 04: accuracy vs CR
+def _dash(method: str) -> str:
+    """Deep k-Means solid, baselines dashed, re-training + center fine-tuning (`…+ft`) dotted."""
+    return "dot" if method.endswith("+ft") else "solid" if method.startswith("dkm") else "dash"
+
+
 def cr_accuracy_figure(panels: dict, reference: float | None = None,
                        title: str = "Top-1 accuracy vs compression ratio") -> go.Figure:
     """fig05: {panel title: summary rows {"method", "cr_official", "mean", "spread"}} (accuracies as fractions)."""
@@ -167,7 +172,7 @@ def cr_accuracy_figure(panels: dict, reference: float | None = None,
             fig.add_trace(go.Scatter(
                 x=[r["cr_official"] for r in pts], y=[100 * r["mean"] for r in pts], name=method, legendgroup=method,
                 showlegend=j == 1, mode="lines+markers", line=dict(color=_method_color(method, i), width=3 if dkm else 1.5,
-                                                                   dash="solid" if dkm else "dash"),
+                                                                   dash=_dash(method)),
                 error_y=dict(type="data", array=[100 * r["spread"] for r in pts])), 1, j)
         if reference is not None:
             fig.add_hline(y=100 * reference, line=dict(color="#444", dash="dot"), row=1, col=j,

@@ -10,6 +10,13 @@ Methods (all shared row-wise at the same per-layer K, from `dkm.plan.plan_cluste
 | `plain`            | re-trained without the regularizer    | k-means++ (the control: more training)    |
 | `dkm-indicator`    | re-trained with indicator F           | k-means++                                 |
 | `dkm-spectral`     | re-trained with spectral F            | k-means++                                 |
+| `plain+ft`         | re-trained without the regularizer    | as `deep_compression` (opt-in, below)     |
+| `dkm-<mode>+ft`    | re-trained with the regularizer       | as `deep_compression` (opt-in, below)     |
+
+The `+ft` methods follow re-training with Deep Compression's center fine-tuning: two epochs of
+training in all, so `plain+ft` is their control. They are not in the default grid (they add a
+fine-tuning per point); run them with `sweep(profile, methods=finetuned_methods(profile))` or
+`python -m dkm sweep --methods plain+ft,dkm-indicator+ft`: their rows join the same table.
 
 Points: one uniform K per conv for each of the profile's `cr_targets` (`dkm.plan.plan_clusters`), plus the
 authors' per-layer settings named in `official_settings` (`dkm.plan.official_plan`; the paper profile).
@@ -36,9 +43,26 @@ METRICS = ("top1_before", "top1", "top1_bn", "K", "cr_official", "cr_fixed", "cr
 BASELINES = ("kmeans", "density", "deep_compression")
 
 
+FINETUNED = "+ft"   # suffix: the re-trained net is shared as by deep_compression (linear init + center fine-tuning)
+
+
 def methods_of(profile: Profile) -> list[str]:
-    """Every method the sweep runs for this profile, in table order."""
+    """Every method the sweep runs by default for this profile, in table order."""
     return [*BASELINES, "plain", *(f"dkm-{mode}" for mode in profile.modes)]
+
+
+def finetuned_methods(profile: Profile) -> list[str]:
+    """The opt-in methods: each re-training followed by center fine-tuning (`plain+ft` is their control)."""
+    return [m + FINETUNED for m in methods_of(profile) if m not in BASELINES]
+
+
+def _split(method: str) -> tuple[str, str]:
+    """(source net, sharing method) of a sweep method."""
+    if method in BASELINES:
+        return "pretrained", method
+    if method.endswith(FINETUNED):
+        return method[:-len(FINETUNED)], "deep_compression"
+    return method, "kmeans"
 
 
 def results_path(profile: Profile) -> Path:
@@ -86,7 +110,7 @@ def _rows(profile: Profile, method: str, plan: dict, seed: int, key: str, result
 
 def _source(profile: Profile, method: str, plan: dict, seed: int, progress):
     """(net, config, λ) of the net that `method` shares."""
-    source = "pretrained" if method in BASELINES else method
+    source = _split(method)[0]
     lam = profile.lam if method.startswith("dkm-") else None
     return (*pl.source_net(profile, source, plan, seed, progress), lam)
 
@@ -95,7 +119,7 @@ def sweep(profile: Profile, methods=None, progress=None, write=True) -> list[dic
     """Run (or read from the cache) every method × target CR × seed; merge the rows into the results table."""
     methods = methods_of(profile) if methods is None else list(methods)
     for m in methods:
-        pl.check_choice("method", m, methods_of(profile))
+        pl.check_choice("method", m, methods_of(profile) + finetuned_methods(profile))
     net, _ = pl.pretrain(profile, progress)
     plans = [plan_clusters(net, t, p=profile.p) for t in profile.cr_targets]
     plans += [official_plan(net, setting) for setting in profile.official_settings]
@@ -103,7 +127,7 @@ def sweep(profile: Profile, methods=None, progress=None, write=True) -> list[dic
     rows = []
     for method, plan, seed in tqdm(grid, desc=f"sweep {profile.name}", unit="run", disable=not show_progress(progress)):
         src_net, src_cfg, lam = _source(profile, method, plan, seed, progress)
-        share_method = method if method in BASELINES else "kmeans"
+        share_method = _split(method)[1]
         config = pl.evaluation_config(profile, src_cfg, share_method, plan, seed)
         result = pl.share_and_evaluate(profile, src_net, src_cfg, share_method, plan, seed, progress)
         rows += _rows(profile, method, plan, seed, pl.config_key(config), result, lam)

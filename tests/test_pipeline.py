@@ -75,6 +75,23 @@ def test_sweep_writes_the_table_and_reruns_from_cache(dirs, monkeypatch):
     assert list(csv.DictReader(open(sw.results_path(p)))) == table  # merged by run key, no duplicates
 
 
+def test_finetuned_methods_share_the_retrained_net_with_center_fine_tuning(dirs, monkeypatch):
+    p = tiny()
+    assert sw.finetuned_methods(p) == ["plain+ft", *(f"dkm-{m}+ft" for m in p.modes)] and "plain+ft" not in sw.methods_of(p)
+    seen = []
+    real = pl.share_and_evaluate
+    monkeypatch.setattr(pl, "share_and_evaluate", lambda prof, net, source, method, *a, **k:
+                        seen.append((source["stage"], source.get("method"), method)) or real(prof, net, source, method, *a, **k))
+    rows = sw.sweep(p, methods=["plain+ft", "dkm-indicator+ft", "plain"], progress=False)
+    assert seen == [("retrain", "plain", "deep_compression"), ("retrain", "dkm", "deep_compression"),
+                    ("retrain", "plain", "kmeans")]
+    keys = {r["method"]: r["run_key"] for r in rows}
+    assert len(set(keys.values())) == 3                       # each its own cached evaluation
+    lam = {r["method"]: r["lam"] for r in rows}
+    assert float(lam["dkm-indicator+ft"]) == p.lam
+    assert lam["plain+ft"] == ""
+
+
 def test_changing_lambda_retrains(dirs, monkeypatch):
     p = tiny()
     sw.sweep(p, methods=["dkm-indicator"], progress=False)

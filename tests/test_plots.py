@@ -80,8 +80,11 @@ def test_bars_and_cr_accuracy_figures():
     assert fig.layout.shapes[0].y0 == 70.0
     rows = [{"method": "kmeans", "cr_official": 16.0, "mean": 0.4, "spread": 0.01},
             {"method": "kmeans", "cr_official": 8.0, "mean": 0.6, "spread": 0.02},
-            {"method": "dkm-indicator", "cr_official": 8.1, "mean": 0.7, "spread": 0.0}]
+            {"method": "dkm-indicator", "cr_official": 8.1, "mean": 0.7, "spread": 0.0},
+            {"method": "dkm-indicator+ft", "cr_official": 8.1, "mean": 0.75, "spread": 0.0}]
     fig = plots.cr_accuracy_figure({"after sharing": rows}, reference=0.8)
+    dash = {t.name: t.line.dash for t in fig.data}
+    assert dash == {"kmeans": "dash", "dkm-indicator": "solid", "dkm-indicator+ft": "dot"}
     km = next(t for t in fig.data if t.name == "kmeans")
     assert list(km.x) == [8.0, 16.0] and list(km.y) == pytest.approx([60.0, 40.0])   # sorted by CR, in %
     assert list(km.error_y.array) == pytest.approx([2.0, 1.0])
