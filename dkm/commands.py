@@ -8,7 +8,8 @@ from . import pipeline as pl
 from .accounting import OFFICIAL_SETTINGS
 from .plan import official_plan
 from .profiles import PROFILES, get_profile
-from .sweep import finetuned_methods, methods_of, results_path, summary, sweep, write_results, _rows
+from .sweep import (FINETUNED, _rows, finetuned_methods, methods_of, results_path, split_method, summary, sweep,
+                    write_results)
 
 SOURCES = pl.SOURCES
 
@@ -119,11 +120,13 @@ def run_evaluate(args) -> int:
     profile = _profile(args)
     plan = _plan(args, profile)
     net, config = pl.source_net(profile, args.source, plan, args.seed, args.progress)
-    method = args.method if args.source == "pretrained" else "kmeans"
+    # the sweep's method names: a re-trained net is shared with k-means++, or fine-tuned ("+ft")
+    label = args.method if args.source == "pretrained" else args.source + (FINETUNED if args.method == "deep_compression" else "")
+    method = split_method(label)[1]
+    if method != args.method:
+        print(f"note: re-trained nets are shared with k-means++ or, with --method deep_compression, fine-tuned "
+              f"(--method {args.method} applies to the pre-trained net)")
     result = pl.share_and_evaluate(profile, net, config, method, plan, args.seed, args.progress)
-    label = args.method if args.source == "pretrained" else args.source
-    if args.source != "pretrained" and args.method != "kmeans":
-        print(f"note: re-trained nets are shared with k-means++ (--method {args.method} applies to the pre-trained net)")
     key = pl.config_key(pl.evaluation_config(profile, config, method, plan, args.seed))
     lam = profile.lam if args.source.startswith("dkm") else None
     write_results(results_path(profile), _rows(profile, label, plan, args.seed, key, result, lam))

@@ -56,7 +56,7 @@ def finetuned_methods(profile: Profile) -> list[str]:
     return [m + FINETUNED for m in methods_of(profile) if m not in BASELINES]
 
 
-def _split(method: str) -> tuple[str, str]:
+def split_method(method: str) -> tuple[str, str]:
     """(source net, sharing method) of a sweep method."""
     if method in BASELINES:
         return "pretrained", method
@@ -110,7 +110,7 @@ def _rows(profile: Profile, method: str, plan: dict, seed: int, key: str, result
 
 def _source(profile: Profile, method: str, plan: dict, seed: int, progress):
     """(net, config, λ) of the net that `method` shares."""
-    source = _split(method)[0]
+    source = split_method(method)[0]
     lam = profile.lam if method.startswith("dkm-") else None
     return (*pl.source_net(profile, source, plan, seed, progress), lam)
 
@@ -127,7 +127,7 @@ def sweep(profile: Profile, methods=None, progress=None, write=True) -> list[dic
     rows = []
     for method, plan, seed in tqdm(grid, desc=f"sweep {profile.name}", unit="run", disable=not show_progress(progress)):
         src_net, src_cfg, lam = _source(profile, method, plan, seed, progress)
-        share_method = _split(method)[1]
+        share_method = split_method(method)[1]
         config = pl.evaluation_config(profile, src_cfg, share_method, plan, seed)
         result = pl.share_and_evaluate(profile, src_net, src_cfg, share_method, plan, seed, progress)
         rows += _rows(profile, method, plan, seed, pl.config_key(config), result, lam)

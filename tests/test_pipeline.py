@@ -92,6 +92,20 @@ def test_finetuned_methods_share_the_retrained_net_with_center_fine_tuning(dirs,
     assert lam["plain+ft"] == ""
 
 
+def test_cli_evaluate_fine_tunes_a_retrained_net_as_the_sweep_does(dirs, capsys):
+    args = ["evaluate", "--profile", "smoke", "--source", "plain", "--target-cr", "8", "--no-progress"]
+    assert main([*args, "--method", "deep_compression"]) == 0
+    assert capsys.readouterr().out.startswith("plain+ft at target CR 8")
+    assert main([*args, "--method", "density"]) == 0      # not defined for re-trained nets: k-means++, said so
+    out = capsys.readouterr().out
+    assert out.startswith("note: re-trained nets are shared with k-means++") and "\nplain at target CR 8" in out
+    table = list(csv.DictReader(open(sw.results_path(get_profile("smoke")))))
+    assert {r["method"] for r in table} == {"plain+ft", "plain"}
+    rows = sw.sweep(get_profile("smoke"), methods=["plain+ft", "plain"], progress=False, write=False)
+    at_8 = lambda rs: {(r["method"], r["run_key"], r["metric"], str(r["value"])) for r in rs if float(r["target_cr"]) == 8}
+    assert at_8(rows) == at_8(table)                              # the sweep's cached runs, the same numbers
+
+
 def test_changing_lambda_retrains(dirs, monkeypatch):
     p = tiny()
     sw.sweep(p, methods=["dkm-indicator"], progress=False)
