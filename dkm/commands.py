@@ -121,7 +121,8 @@ def run_evaluate(args) -> int:
     plan = _plan(args, profile)
     net, config = pl.source_net(profile, args.source, plan, args.seed, args.progress)
     # the sweep's method names: a re-trained net is shared with k-means++, or fine-tuned ("+ft")
-    label = args.method if args.source == "pretrained" else args.source + (FINETUNED if args.method == "deep_compression" else "")
+    label = args.method if args.source == "pretrained" else \
+        args.source + (FINETUNED if args.method == "deep_compression" else "")
     method = split_method(label)[1]
     if method != args.method:
         print(f"note: re-trained nets are shared with k-means++ or, with --method deep_compression, fine-tuned "
