@@ -108,10 +108,9 @@ def _rows(profile: Profile, method: str, plan: dict, seed: int, key: str, result
     return [{**base, "metric": m, "value": f"{values[m]:.6g}"} for m in METRICS]
 
 
-def _source(profile: Profile, method: str, plan: dict, seed: int, progress):
-    """(net, config, λ) of the net that `method` shares."""
-    source = split_method(method)[0]
-    lam = profile.lam if method.startswith("dkm-") else None
+def _source(profile: Profile, source: str, plan: dict, seed: int, progress):
+    """(net, config, λ) of the net to share: "pretrained" or a re-training ("plain", "dkm-<mode>")."""
+    lam = profile.lam if source.startswith("dkm-") else None
     return (*pl.source_net(profile, source, plan, seed, progress), lam)
 
 
@@ -126,8 +125,8 @@ def sweep(profile: Profile, methods=None, progress=None, write=True) -> list[dic
     grid = [(m, plan, seed) for plan in plans for seed in profile.seeds for m in methods]
     rows = []
     for method, plan, seed in tqdm(grid, desc=f"sweep {profile.name}", unit="run", disable=not show_progress(progress)):
-        src_net, src_cfg, lam = _source(profile, method, plan, seed, progress)
-        share_method = split_method(method)[1]
+        source, share_method = split_method(method)
+        src_net, src_cfg, lam = _source(profile, source, plan, seed, progress)
         config = pl.evaluation_config(profile, src_cfg, share_method, plan, seed)
         result = pl.share_and_evaluate(profile, src_net, src_cfg, share_method, plan, seed, progress)
         rows += _rows(profile, method, plan, seed, pl.config_key(config), result, lam)
