@@ -8,6 +8,7 @@ sides interleaved per repeat; each child times 20 training steps (batch 128) and
 (batch 512) after a warm-up, with the cpu profile's 2 threads. Ratio: default time / tuned time of
 (train steps + test batches); the two settings are also timed one at a time.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,12 @@ import subprocess
 import sys
 import time
 
-SIDES = {"default": (False, False), "channels_last": (True, False), "allocator": (False, True), "cpu profile": (True, True)}
+SIDES = {
+    "default": (False, False),
+    "channels_last": (True, False),
+    "allocator": (False, True),
+    "cpu profile": (True, True),
+}
 TRAIN_STEPS, TEST_BATCHES = 20, 10
 
 
@@ -32,12 +38,17 @@ def child(channels_last: bool, allocator: bool) -> dict:
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    x, y, test = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,)), torch.randn(512, 1, 28, 28)
+    x, y, test = (
+        torch.randn(128, 1, 28, 28),
+        torch.randint(0, 10, (128,)),
+        torch.randn(512, 1, 28, 28),
+    )
 
     def step():
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
+
     for _ in range(3):
         step()
     start = time.perf_counter()
@@ -50,13 +61,21 @@ def child(channels_last: bool, allocator: bool) -> dict:
         start = time.perf_counter()
         for _ in range(TEST_BATCHES):
             net(test)
-    return {"train_step_s": train_s, "test_batch_s": (time.perf_counter() - start) / TEST_BATCHES, "allocator_set": kept}
+    return {
+        "train_step_s": train_s,
+        "test_batch_s": (time.perf_counter() - start) / TEST_BATCHES,
+        "allocator_set": kept,
+    }
 
 
 def _spawn(side: str) -> dict:
-    code = f"import json, sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); import bench_cpu_layout as b; " \
-           f"print(json.dumps(b.child(*{SIDES[side]!r})))"
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); import bench_cpu_layout as b; "
+        f"print(json.dumps(b.child(*{SIDES[side]!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -66,16 +85,22 @@ def run(repeats: int = 5) -> dict:
         for side in SIDES:
             r = _spawn(side)
             if SIDES[side][1] and not r["allocator_set"]:
-                raise RuntimeError("dkm._allocator.keep_freed_memory() did not apply here (not glibc, or "
-                                   "MALLOC_*_/GLIBC_TUNABLES set): this benchmark needs it")
+                raise RuntimeError(
+                    "dkm._allocator.keep_freed_memory() did not apply here (not glibc, or "
+                    "MALLOC_*_/GLIBC_TUNABLES set): this benchmark needs it"
+                )
             times[side].append(r["train_step_s"] + r["test_batch_s"])
     median = {side: statistics.median(t) for side, t in times.items()}
     ratio = median["default"] / median["cpu profile"]
-    return {"name": "cpu_profile_layout_and_allocator", "seconds_per_step_plus_batch": median, "ratio": ratio,
-            "speedup_channels_last_alone": median["default"] / median["channels_last"],
-            "speedup_allocator_alone": median["default"] / median["allocator"],
-            "goal": "default/cpu-profile time >= 1.2 (WRN-10-1, 2 threads, train step 128 + test batch 512)",
-            "met": ratio >= 1.2}
+    return {
+        "name": "cpu_profile_layout_and_allocator",
+        "seconds_per_step_plus_batch": median,
+        "ratio": ratio,
+        "speedup_channels_last_alone": median["default"] / median["channels_last"],
+        "speedup_allocator_alone": median["default"] / median["allocator"],
+        "goal": "default/cpu-profile time >= 1.2 (WRN-10-1, 2 threads, train step 128 + test batch 512)",
+        "met": ratio >= 1.2,
+    }
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ in data/reference/zigzag_googlenet_<bits>.csv when the reference was generated o
 Our time is the median over `repeats` of `net_energy` on the 58 layers, the layer inventory (one
 forward pass of a meta-device GoogLeNet, done once) excluded; it is timed and reported beside.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,14 +34,20 @@ def run(repeats=5) -> dict:
     ours_s = statistics.median(times)
     ref = load_reference("googlenet", BITS)
     reference_s = sum(r["wall_s"] for r in ref)
-    return {"name": f"energy_googlenet_{BITS}bit_vs_zigzag", "ours_s": ours_s, "inventory_s": inventory_s,
-            "reference_s": reference_s, "ratio": reference_s / ours_s, "layers": len(layers),
-            "reference_layers": len(ref),
-            "reference_source": f"wall_s column of data/reference/zigzag_googlenet_{BITS}.csv, recorded when "
-                                "the reference was generated (ZigZag is not re-run by this benchmark)",
-            "ours_excludes": "the layer inventory's forward pass (reported as inventory_s)",
-            "goal": "ours < 1 s for all of GoogLeNet (ratio = ZigZag time / ours)",
-            "met": bool(ours_s < 1.0)}
+    return {
+        "name": f"energy_googlenet_{BITS}bit_vs_zigzag",
+        "ours_s": ours_s,
+        "inventory_s": inventory_s,
+        "reference_s": reference_s,
+        "ratio": reference_s / ours_s,
+        "layers": len(layers),
+        "reference_layers": len(ref),
+        "reference_source": f"wall_s column of data/reference/zigzag_googlenet_{BITS}.csv, recorded when "
+        "the reference was generated (ZigZag is not re-run by this benchmark)",
+        "ours_excludes": "the layer inventory's forward pass (reported as inventory_s)",
+        "goal": "ours < 1 s for all of GoogLeNet (ratio = ZigZag time / ours)",
+        "met": bool(ours_s < 1.0),
+    }
 
 
 if __name__ == "__main__":

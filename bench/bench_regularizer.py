@@ -4,6 +4,7 @@ Both sides run interleaved in one process (same threads, same data): for each re
 plain steps and a block of regularized steps (indicator F, refreshed every 50 steps as in the
 profiles — the refresh cost is spread over its period), median over repeats.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -43,10 +44,14 @@ def run(repeats: int = 5) -> dict:
         plain.append(_block(nets[0], opts[0], x, y, None))
         regularized.append(_block(nets[1], opts[1], x, y, reg))
     ratio = statistics.median(regularized) / statistics.median(plain)
-    return {"name": "train_step_regularizer_vs_plain", "plain_step_s": statistics.median(plain),
-            "regularized_step_s": statistics.median(regularized), "ratio": ratio,
-            "goal": "regularized/plain step time <= 1.15 (smoke model, batch 64, indicator F, T=50)",
-            "met": ratio <= 1.15}
+    return {
+        "name": "train_step_regularizer_vs_plain",
+        "plain_step_s": statistics.median(plain),
+        "regularized_step_s": statistics.median(regularized),
+        "ratio": ratio,
+        "goal": "regularized/plain step time <= 1.15 (smoke model, batch 64, indicator F, T=50)",
+        "met": ratio <= 1.15,
+    }
 
 
 if __name__ == "__main__":

@@ -6,4 +6,5 @@ The method in four steps, one module each:
   3. share     -> dkm.kmeans, dkm.sharing  (row-wise k-means weight sharing)
   4. measure   -> dkm.accounting, dkm.export, dkm.energy
 """
+
 __version__ = "0.1.0"

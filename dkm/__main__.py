@@ -1,4 +1,5 @@
 """`python -m dkm …`: the command line (see dkm.cli)."""
+
 import sys
 
 from .cli import main

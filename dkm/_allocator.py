@@ -6,6 +6,7 @@ of its CPU time in the kernel (88 million page faults); with the thresholds belo
 step plus a test batch ran 1.5× faster (`make bench`, bench_cpu_layout, "speedup_allocator_alone").
 It changes no number, only where tensors live (tests/test_allocator.py compares the bits).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -14,8 +15,10 @@ import functools
 import os
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 32 << 20   # glibc's largest allowed value on 64-bit: blocks up to 32 MiB come from the heap
-TRIM_THRESHOLD = 1 << 30    # give the heap's free top back to the OS only beyond 1 GiB
+MMAP_THRESHOLD = (
+    32 << 20
+)  # glibc's largest allowed value on 64-bit: blocks up to 32 MiB come from the heap
+TRIM_THRESHOLD = 1 << 30  # give the heap's free top back to the OS only beyond 1 GiB
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 
@@ -31,4 +34,6 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )

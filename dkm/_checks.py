@@ -1,4 +1,5 @@
 """Argument checks shared by every module: errors name the parameter, the value and what is allowed."""
+
 from __future__ import annotations
 
 import math
@@ -19,13 +20,17 @@ def _fmt_range(name: str, lo, hi, lo_open: bool, hi_open: bool) -> str:
 
 def check_int(name: str, value, lo=None, hi=None) -> int:
     """Return `value` as int, or raise ValueError naming `name`, the value and the range lo..hi."""
-    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
-        hasattr(value, "__index__") and not isinstance(value, float)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int,))
+        and not (hasattr(value, "__index__") and not isinstance(value, float))
     ):
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     value = int(value)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{name}={value} is out of range: allowed {_fmt_range(name, lo, hi, False, False)}")
+        raise ValueError(
+            f"{name}={value} is out of range: allowed {_fmt_range(name, lo, hi, False, False)}"
+        )
     return value
 
 
@@ -36,11 +41,15 @@ def check_float(name: str, value, lo=None, hi=None, lo_open=False, hi_open=False
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(value):
-        raise ValueError(f"{name}={value} is not finite: allowed {_fmt_range(name, lo, hi, lo_open, hi_open)}")
+        raise ValueError(
+            f"{name}={value} is not finite: allowed {_fmt_range(name, lo, hi, lo_open, hi_open)}"
+        )
     bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
     bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
     if bad_lo or bad_hi:
-        raise ValueError(f"{name}={value} is out of range: allowed {_fmt_range(name, lo, hi, lo_open, hi_open)}")
+        raise ValueError(
+            f"{name}={value} is out of range: allowed {_fmt_range(name, lo, hi, lo_open, hi_open)}"
+        )
     return value
 
 
@@ -48,7 +57,9 @@ def check_choice(name: str, value, choices: Iterable):
     """Return `value` if it is one of `choices`, else raise ValueError listing them."""
     choices = list(choices)
     if value not in choices:
-        raise ValueError(f"{name}={value!r} is not allowed: choose one of {', '.join(map(repr, choices))}")
+        raise ValueError(
+            f"{name}={value!r} is not allowed: choose one of {', '.join(map(repr, choices))}"
+        )
     return value
 
 
@@ -56,5 +67,7 @@ def check_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
     """Raise ValueError if `tensor` holds NaN or ±inf."""
     if not torch.isfinite(tensor).all():
         bad = int((~torch.isfinite(tensor)).sum())
-        raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or inf): allowed finite values only")
+        raise ValueError(
+            f"{name} has {bad} non-finite value(s) (NaN or inf): allowed finite values only"
+        )
     return tensor

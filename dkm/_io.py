@@ -1,4 +1,5 @@
 """Atomic file writes: a temp file in the same directory, fsync, then os.replace — never a half-written file."""
+
 from __future__ import annotations
 
 import contextlib

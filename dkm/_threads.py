@@ -1,4 +1,5 @@
 """The number of torch intra-op threads, set for a block and restored after it."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager

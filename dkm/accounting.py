@@ -20,6 +20,7 @@ Choices made here (not fixed by the authors):
   WRN-16-4's layer 0 as codebook + indexes instead gives 43.45/45.38/48.10 for 43.48/45.41/48.12:
   both within ±0.1 of the reference). In a real net every layer of `shared` is costed as shared.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -36,9 +37,26 @@ from ._checks import check_choice, check_float, check_int
 INDEX_CODINGS = ("entropy", "fixed", "huffman")
 FLOAT_BITS = 32  # dense weights, biases, linear layers, batch norm
 REFERENCE_FILE = "wrn16_4_official_sharing.json"
-OFFICIAL_SETTINGS = ("45x", "47x", "50x")  # the authors' released WRN-16-4 settings (data/reference/)
-COLUMNS = ("convention", "name", "kind", "shared", "params", "K", "p", "s", "N",
-           "bits_index_per_row", "original_bits", "compressed_bits", "cr")
+OFFICIAL_SETTINGS = (
+    "45x",
+    "47x",
+    "50x",
+)  # the authors' released WRN-16-4 settings (data/reference/)
+COLUMNS = (
+    "convention",
+    "name",
+    "kind",
+    "shared",
+    "params",
+    "K",
+    "p",
+    "s",
+    "N",
+    "bits_index_per_row",
+    "original_bits",
+    "compressed_bits",
+    "cr",
+)
 
 
 @dataclass(frozen=True)
@@ -55,13 +73,16 @@ class Convention:
         check_int("codebook_bits", self.codebook_bits, 1, 64)
 
 
-CONVENTIONS = {c.name: c for c in (
-    Convention("official"),
-    Convention("fixed", index_coding="fixed"),
-    Convention("huffman", index_coding="huffman"),
-    Convention("official_fp16", codebook_bits=16),
-    Convention("official_bn", count_batchnorm=True),
-)}
+CONVENTIONS = {
+    c.name: c
+    for c in (
+        Convention("official"),
+        Convention("fixed", index_coding="fixed"),
+        Convention("huffman", index_coding="huffman"),
+        Convention("official_fp16", codebook_bits=16),
+        Convention("official_bn", count_batchnorm=True),
+    )
+}
 
 
 def get_convention(convention) -> Convention:
@@ -138,7 +159,9 @@ def layer_bits(num_rows, row_length, counts, bias_numel, convention="official") 
     row_length = check_int("row_length", row_length, 1)
     bias_numel = check_int("bias_numel", bias_numel, 0)
     if not math.isclose(sum(counts), num_rows, rel_tol=1e-9, abs_tol=1e-6):
-        raise ValueError(f"counts sum to {sum(counts)}, not num_rows={num_rows}: allowed counts summing to N")
+        raise ValueError(
+            f"counts sum to {sum(counts)}, not num_rows={num_rows}: allowed counts summing to N"
+        )
     # K·s·b_codebook + index bits + 32·bias
     codebook = len(counts) * row_length * conv.codebook_bits
     return codebook + index_bits(counts, conv.index_coding) + FLOAT_BITS * bias_numel
@@ -148,8 +171,17 @@ def _dense_row(name, kind, params, conv, **extra) -> dict:
     """A layer stored as is: 32 bits per parameter on both sides."""
     row = dict.fromkeys(COLUMNS)
     bits = FLOAT_BITS * params
-    row.update(convention=conv.name, name=name, kind=kind, shared=False, params=params,
-               original_bits=bits, compressed_bits=bits, cr=1.0, **extra)
+    row.update(
+        convention=conv.name,
+        name=name,
+        kind=kind,
+        shared=False,
+        params=params,
+        original_bits=bits,
+        compressed_bits=bits,
+        cr=1.0,
+        **extra,
+    )
     return row
 
 
@@ -157,14 +189,23 @@ def _shared_row(name, params, num_rows, row_length, counts, bias_numel, p, conv)
     """A shared conv layer under `conv`."""
     row = _dense_row(name, "conv", params, conv, s=row_length, N=num_rows, p=p)
     bits = layer_bits(num_rows, row_length, counts, bias_numel, conv)
-    row.update(shared=True, K=len(counts), compressed_bits=bits, cr=row["original_bits"] / bits,
-               bits_index_per_row=index_bits(counts, conv.index_coding) / num_rows)
+    row.update(
+        shared=True,
+        K=len(counts),
+        compressed_bits=bits,
+        cr=row["original_bits"] / bits,
+        bits_index_per_row=index_bits(counts, conv.index_coding) / num_rows,
+    )
     return row
 
 
 def _own_params(module: nn.Module) -> int:
     """weight + bias of a Conv2d / Linear / BatchNorm (also when the weight is parametrized)."""
-    return sum(t.numel() for t in (getattr(module, "weight", None), getattr(module, "bias", None)) if t is not None)
+    return sum(
+        t.numel()
+        for t in (getattr(module, "weight", None), getattr(module, "bias", None))
+        if t is not None
+    )
 
 
 def _shared_layers(shared) -> dict:
@@ -181,12 +222,18 @@ def _net_conv_row(name, module, layer, conv) -> dict:
     if layer is None:
         return _dense_row(name, "conv", params, conv, s=kw, N=c_out * c_in * kh)
     if tuple(layer.shape) != tuple(module.weight.shape):
-        raise ValueError(f"shared layer {name!r} has shape {tuple(layer.shape)}, but the net's weight is "
-                         f"{tuple(module.weight.shape)}: allowed the same shape")
+        raise ValueError(
+            f"shared layer {name!r} has shape {tuple(layer.shape)}, but the net's weight is "
+            f"{tuple(module.weight.shape)}: allowed the same shape"
+        )
     bias_numel = 0 if module.bias is None else module.bias.numel()
     if layer.bias_numel != bias_numel:
-        raise ValueError(f"shared layer {name!r} has bias_numel={layer.bias_numel}, the net's conv has {bias_numel}")
-    return _shared_row(name, params, layer.num_rows, layer.row_length, layer.counts(), bias_numel, layer.p, conv)
+        raise ValueError(
+            f"shared layer {name!r} has bias_numel={layer.bias_numel}, the net's conv has {bias_numel}"
+        )
+    return _shared_row(
+        name, params, layer.num_rows, layer.row_length, layer.counts(), bias_numel, layer.p, conv
+    )
 
 
 def compression_table(net: nn.Module, shared=None, convention="official") -> list[dict]:
@@ -196,7 +243,9 @@ def compression_table(net: nn.Module, shared=None, convention="official") -> lis
     convs = {n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
     unknown = sorted(set(layers) - convs)
     if unknown:
-        raise ValueError(f"shared names {unknown} are not Conv2d layers of the net: allowed names in {sorted(convs)}")
+        raise ValueError(
+            f"shared names {unknown} are not Conv2d layers of the net: allowed names in {sorted(convs)}"
+        )
     rows = []
     for name, module in net.named_modules():
         if isinstance(module, nn.Conv2d):
@@ -213,9 +262,15 @@ def total_row(rows: list[dict]) -> dict:
     row = dict.fromkeys(COLUMNS)
     original = sum(r["original_bits"] for r in rows)
     compressed = sum(r["compressed_bits"] for r in rows)
-    row.update(convention=rows[0]["convention"] if rows else None, name="total", kind="total",
-               params=sum(r["params"] for r in rows), original_bits=original,
-               compressed_bits=compressed, cr=original / compressed if compressed else float("nan"))
+    row.update(
+        convention=rows[0]["convention"] if rows else None,
+        name="total",
+        kind="total",
+        params=sum(r["params"] for r in rows),
+        original_bits=original,
+        compressed_bits=compressed,
+        cr=original / compressed if compressed else float("nan"),
+    )
     return row
 
 
@@ -266,7 +321,9 @@ def table_from_specs(layer_specs, settings, convention="official") -> list[dict]
     ks = list(settings["K"])
     ps = list(settings.get("p", [0.0] * len(ks)))
     if len(ks) != num_convs or len(ps) != num_convs:
-        raise ValueError(f"settings has {len(ks)} K and {len(ps)} p for {num_convs} conv specs: allowed one each")
+        raise ValueError(
+            f"settings has {len(ks)} K and {len(ps)} p for {num_convs} conv specs: allowed one each"
+        )
     rows, i = [], 0
     for j, spec in enumerate(layer_specs):
         kind = check_choice("kind", spec.get("kind", "conv"), ("conv", "linear", "batchnorm"))
@@ -282,7 +339,10 @@ def table_from_specs(layer_specs, settings, convention="official") -> list[dict]
 def _reference_path() -> Path:
     """The reference JSON: data/reference/ of the repo, else the copy packaged in dkm/reference/."""
     here = Path(__file__).resolve()
-    candidates = [here.parents[1] / "data" / "reference" / REFERENCE_FILE, here.parent / "reference" / REFERENCE_FILE]
+    candidates = [
+        here.parents[1] / "data" / "reference" / REFERENCE_FILE,
+        here.parent / "reference" / REFERENCE_FILE,
+    ]
     for path in filter(Path.is_file, candidates):
         return path
     raise FileNotFoundError(f"{REFERENCE_FILE} not found in {[str(c.parent) for c in candidates]}")
@@ -306,4 +366,6 @@ def official_specs() -> list[dict]:
     bias = bool(ref["model"]["conv_bias"])
     convs = [dict(layer, bias=bias) for layer in ref["layers"]]
     last_width = max(layer["out"] for layer in ref["layers"])
-    return convs + [{"kind": "linear", "name": "fc", "in": last_width, "out": ref["model"]["num_classes"]}]
+    return convs + [
+        {"kind": "linear", "name": "fc", "in": last_width, "out": ref["model"]["num_classes"]}
+    ]

@@ -5,6 +5,7 @@ every piece of state listed in `KEYS`. `load_checkpoint` refuses (CheckpointErro
 file that is unreadable, foreign, of another version, incomplete, or of another training config
 (fields in RESUME_FREE excepted: they do not change the maths).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,20 @@ FORMAT = "dkm.train.checkpoint"
 FORMAT_VERSION = 1
 # config fields that may differ between an interrupted run and its resumption (no effect on the maths)
 RESUME_FREE = ("device", "threads", "log_every", "checkpoint_every")
-KEYS = ("config", "step", "epoch", "batch", "seconds", "model", "optimizer", "scheduler", "regularizer", "rng",
-        "sums", "history")
+KEYS = (
+    "config",
+    "step",
+    "epoch",
+    "batch",
+    "seconds",
+    "model",
+    "optimizer",
+    "scheduler",
+    "regularizer",
+    "rng",
+    "sums",
+    "history",
+)
 
 
 class CheckpointError(ValueError):
@@ -50,14 +63,20 @@ def load_checkpoint(path, config: "TrainConfig | None" = None, map_location="cpu
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # any unreadable file: truncated, not a zip, a foreign pickle…
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to start over") from e
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to start over"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a {FORMAT} file (a foreign checkpoint?)")
     if ckpt.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format_version={ckpt.get('format_version')!r}: allowed {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"checkpoint {path} has format_version={ckpt.get('format_version')!r}: allowed {FORMAT_VERSION}"
+        )
     missing = [k for k in KEYS if k not in ckpt]
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing}: a damaged or hand-edited checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} lacks {missing}: a damaged or hand-edited checkpoint"
+        )
     if config is not None:
         _check_same_config(path, ckpt["config"], config.to_dict())
     return ckpt
@@ -65,6 +84,12 @@ def load_checkpoint(path, config: "TrainConfig | None" = None, map_location="cpu
 
 def _check_same_config(path: Path, saved: dict, current: dict) -> None:
     keys = sorted((set(saved) | set(current)) - set(RESUME_FREE))
-    diffs = [f"{k}={saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in keys if saved.get(k) != current.get(k)]
+    diffs = [
+        f"{k}={saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
     if diffs:
-        raise CheckpointError(f"checkpoint {path} was written with another config: {'; '.join(diffs)}")
+        raise CheckpointError(
+            f"checkpoint {path} was written with another config: {'; '.join(diffs)}"
+        )

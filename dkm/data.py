@@ -14,6 +14,7 @@ Subsets are uniform (not stratified): both datasets are exactly balanced, so n i
 about n/10 per class; the subset of n is a prefix of one seeded permutation, so a smaller n
 with the same seed is contained in a larger one.
 """
+
 from __future__ import annotations
 
 import functools
@@ -47,11 +48,31 @@ FASHION_MNIST_STD = 0.35302424451492254
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 INPUT_SHAPES = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # one image, C × H × W
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 FASHION_MNIST_FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -90,7 +111,9 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return gzip.decompress(path.read_bytes())
     except (OSError, EOFError, zlib.error) as e:
-        raise IdxFormatError(f"{path}: cannot decompress ({e}); the file is truncated or corrupt") from e
+        raise IdxFormatError(
+            f"{path}: cannot decompress ({e}); the file is truncated or corrupt"
+        ) from e
 
 
 def read_idx(path) -> np.ndarray:
@@ -98,18 +121,28 @@ def read_idx(path) -> np.ndarray:
     path = Path(path)
     raw = _read_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise IdxFormatError(f"{path}: bad magic number {raw[:4].hex() or '(empty file)'}: not an idx file")
+        raise IdxFormatError(
+            f"{path}: bad magic number {raw[:4].hex() or '(empty file)'}: not an idx file"
+        )
     ndim, header = raw[3], 4 + 4 * raw[3]
     if len(raw) < header:
-        raise IdxFormatError(f"{path}: {len(raw)} bytes, shorter than its {header}-byte header: truncated")
+        raise IdxFormatError(
+            f"{path}: {len(raw)} bytes, shorter than its {header}-byte header: truncated"
+        )
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     # size check: header + Π dims · itemsize bytes, exactly
     expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:
-        raise IdxFormatError(f"{path}: {len(raw)} bytes, expected {expected} for dims {dims}: "
-                             "the file is truncated or corrupt (re-install or re-download it)")
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+        raise IdxFormatError(
+            f"{path}: {len(raw)} bytes, expected {expected} for dims {dims}: "
+            "the file is truncated or corrupt (re-install or re-download it)"
+        )
+    return (
+        np.frombuffer(raw, dtype, offset=header)
+        .reshape(dims)
+        .astype(dtype.newbyteorder("="), copy=False)
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -150,8 +183,11 @@ def _candidates(root) -> list[tuple[str, Path | None]]:
     if root is not None:
         return [("root=", Path(root))]
     env = os.environ.get(ENV_VAR)
-    return [(f"${ENV_VAR}", Path(env) if env else None),
-            ("repo data dir", REPO_DATA_DIR), ("Debian dataset-fashion-mnist", SYSTEM_DATA_DIR)]
+    return [
+        (f"${ENV_VAR}", Path(env) if env else None),
+        ("repo data dir", REPO_DATA_DIR),
+        ("Debian dataset-fashion-mnist", SYSTEM_DATA_DIR),
+    ]
 
 
 def _download(target: Path) -> Path:
@@ -196,8 +232,10 @@ def fashion_mnist_arrays(train: bool = True, root=None, download: bool = False):
     stems = FASHION_MNIST_FILES[train]
     images, labels = (_load_idx(_idx_file(directory, s)) for s in stems)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
-        raise IdxFormatError(f"{directory}: images {images.shape} and labels {labels.shape} "
-                             "are not Fashion-MNIST's (n, 28, 28) and (n,)")
+        raise IdxFormatError(
+            f"{directory}: images {images.shape} and labels {labels.shape} "
+            "are not Fashion-MNIST's (n, 28, 28) and (n,)"
+        )
     if labels.size and labels.max() > 9:
         raise IdxFormatError(f"{directory / stems[1]}: label {labels.max()} outside 0..9")
     return images, labels
@@ -222,7 +260,9 @@ def loaders(dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoade
     _check_bool("shuffle", shuffle)
     seed = check_int("seed", seed, 0, 2**63 - 1)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0
+    )
 
 
 # ---------------------------------------------------------------- datasets
@@ -234,11 +274,15 @@ def _normalize(X: torch.Tensor, mean, std) -> torch.Tensor:
     return X.float().mul_((1 / (255 * std)).float()).sub_((mean / std).float())
 
 
-def fashion_mnist(train: bool = True, n=None, seed: int = 0, root=None, download: bool = False) -> TensorDataset:
+def fashion_mnist(
+    train: bool = True, n=None, seed: int = 0, root=None, download: bool = False
+) -> TensorDataset:
     """Fashion-MNIST as X float32 (n, 1, 28, 28) normalized with the training mean/std, y int64 (n,)."""
     images, labels = fashion_mnist_arrays(train, root, download)
     idx = subset_indices(len(labels), n, seed).numpy()
-    X = _normalize(torch.from_numpy(images[idx]).unsqueeze(1), (FASHION_MNIST_MEAN,), (FASHION_MNIST_STD,))
+    X = _normalize(
+        torch.from_numpy(images[idx]).unsqueeze(1), (FASHION_MNIST_MEAN,), (FASHION_MNIST_STD,)
+    )
     return TensorDataset(X, torch.from_numpy(labels[idx].astype(np.int64)))
 
 
@@ -252,10 +296,13 @@ def _torchvision_cifar10(root: Path, train: bool, download: bool):
         raise DatasetNotFoundError(
             f"CIFAR-10 not found or corrupted under {root / 'cifar-10-batches-py'} (torchvision: {e}). "
             f"To get it: cifar10(..., root={str(root)!r}, download=True) where a network is reachable, "
-            "or unpack cifar-10-python.tar.gz there.") from e
+            "or unpack cifar-10-python.tar.gz there."
+        ) from e
 
 
-def cifar10(train: bool = True, n=None, seed: int = 0, root=None, download: bool = False) -> TensorDataset:
+def cifar10(
+    train: bool = True, n=None, seed: int = 0, root=None, download: bool = False
+) -> TensorDataset:
     """CIFAR-10 as X float32 (n, 3, 32, 32) normalized per channel, y int64 (n,); downloads only if asked."""
     _check_bool("train", train)
     _check_bool("download", download)

@@ -25,6 +25,7 @@ of the Eyeriss figures below). Every constant is a published figure, none is fit
   multiplications, the same additions (see `shared_mults`). Ifmap and psum traffic are unchanged.
 - Not counted: biases (one add per output), batch norm, pooling, activation functions.
 """
+
 from __future__ import annotations
 
 import math
@@ -89,27 +90,40 @@ def rs_accesses(layer: LayerInfo, mults: float | None = None) -> dict:
     mults = macs if mults is None else mults
     # weights: a filter row stays in the RF for the F positions of an output row (abcd = B·E·F),
     # multicast along a strip of e PEs, fetched from the buffer once per strip and image
-    w = {"rf": mults, "array": macs / F,
-         "buffer": layer.weights * layer.batch * math.ceil(E / m["e"]), "dram": layer.weights}
+    w = {
+        "rf": mults,
+        "array": macs / F,
+        "buffer": layer.weights * layer.batch * math.ceil(E / m["e"]),
+        "dram": layer.weights,
+    }
     # ifmaps: a value in the RF serves p filters × S/U window positions; a buffer read is
     # multicast diagonally to the R/U PEs of a set and to the t sets
     arr_i = macs / (m["p"] * max(1.0, S / U_x))
-    i = {"rf": mults, "array": arr_i,
-         "buffer": max(layer.inputs, arr_i / (max(1.0, min(R, ARRAY_ROWS) / U_y) * m["t"])),
-         "dram": layer.inputs}
+    i = {
+        "rf": mults,
+        "array": arr_i,
+        "buffer": max(layer.inputs, arr_i / (max(1.0, min(R, ARRAY_ROWS) / U_y) * m["t"])),
+        "dram": layer.inputs,
+    }
     # psums, per output value: (2a−1)·DRAM + 2a(b−1)·buffer + ab(c−1)·array + 2abc(d−1)·RF (Chen et al.
     # 2016 §V) with a = 1, d = q·S taps summed in a PE, c = R rows summed down a PE column, b = the rest
     d_o, c_o = m["q"] * S, R
     b_o = max(1.0, layer.reduction / (d_o * c_o))
     n = layer.outputs
-    o = {"rf": 2 * b_o * c_o * (d_o - 1) * n, "array": b_o * (c_o - 1) * n, "buffer": 2 * (b_o - 1) * n, "dram": n}
+    o = {
+        "rf": 2 * b_o * c_o * (d_o - 1) * n,
+        "array": b_o * (c_o - 1) * n,
+        "buffer": 2 * (b_o - 1) * n,
+        "dram": n,
+    }
     # shared layers also read each reused row product (one psum-wide value per output) from the RF
     o["rf"] += (macs - mults) / S
     return {"weights": w, "inputs": i, "psums": o}
 
 
-def layer_energy(layer: LayerInfo, bits: int = 16, act_bits: int | None = None,
-                 share: Share | None = None) -> dict:
+def layer_energy(
+    layer: LayerInfo, bits: int = 16, act_bits: int | None = None, share: Share | None = None
+) -> dict:
     """Energy (E_MAC16) of one layer by component (arith, rf, array, buffer, dram) and data type."""
     w_bits = check_int("bits", bits, 1, 32)
     a_bits = w_bits if act_bits is None else check_int("act_bits", act_bits, 1, 32)
@@ -119,11 +133,21 @@ def layer_energy(layer: LayerInfo, bits: int = 16, act_bits: int | None = None,
     store_bits = weight_storage_bits(layer, w_bits, share)
     counts = rs_accesses(layer, mults)
     # bits per access: weights at their storage density (indexes + codebook when shared), RF reads at w
-    width = {"weights": {lv: store_bits / layer.weights for lv in LEVELS} | {"rf": w_bits},
-             "inputs": dict.fromkeys(LEVELS, a_bits),
-             "psums": dict.fromkeys(LEVELS, acc) | {"dram": a_bits}}
-    out = {"name": layer.name, "kind": layer.kind, "macs": layer.macs, "mults": mults, "adds": layer.macs,
-           "params": layer.params, "weight_bits": store_bits, "K": share.num_clusters if share else 0}
+    width = {
+        "weights": {lv: store_bits / layer.weights for lv in LEVELS} | {"rf": w_bits},
+        "inputs": dict.fromkeys(LEVELS, a_bits),
+        "psums": dict.fromkeys(LEVELS, acc) | {"dram": a_bits},
+    }
+    out = {
+        "name": layer.name,
+        "kind": layer.kind,
+        "macs": layer.macs,
+        "mults": mults,
+        "adds": layer.macs,
+        "params": layer.params,
+        "weight_bits": store_bits,
+        "K": share.num_clusters if share else 0,
+    }
     # multiply ≈ w·a FAs, add ≈ acc FAs (paper §4), in units of a 16-bit MAC
     out["arith"] = (mults * w_bits * a_bits + layer.macs * acc) / FA_PER_MAC16
     for lv in LEVELS:
@@ -147,12 +171,16 @@ def _effective_share(layer: LayerInfo, share: Share | None) -> Share | None:
     if share is None:
         return None
     if layer.kind != "conv":
-        raise ValueError(f"layer {layer.name!r} is {layer.kind}: sharing applies to conv layers only")
+        raise ValueError(
+            f"layer {layer.name!r} is {layer.kind}: sharing applies to conv layers only"
+        )
     check_int(f"K of {layer.name}", share.num_clusters, 1)
     check_float(f"p of {layer.name}", share.p, 0.0, 1.0, hi_open=True)
     if share.assignments is not None and share.assignments.numel() != layer.kernel_rows:
-        raise ValueError(f"assignments of {layer.name!r} have {share.assignments.numel()} entries: "
-                         f"allowed exactly N = {layer.kernel_rows} (one per kernel row)")
+        raise ValueError(
+            f"assignments of {layer.name!r} have {share.assignments.numel()} entries: "
+            f"allowed exactly N = {layer.kernel_rows} (one per kernel row)"
+        )
     return None if share.num_clusters >= layer.kernel_rows else share
 
 
@@ -187,7 +215,9 @@ def shared_mults(layer: LayerInfo, share: Share) -> float:
             total += count * layer.c_in * expected_distinct(M * len(rows), K, share.p)
     else:
         a = share.assignments.reshape(g, M, C, R).long()
-        chan = (torch.arange(g).view(g, 1, 1, 1) * C + torch.arange(C).view(1, 1, C, 1)).expand_as(a)
+        chan = (torch.arange(g).view(g, 1, 1, 1) * C + torch.arange(C).view(1, 1, C, 1)).expand_as(
+            a
+        )
         r = torch.arange(R).view(1, 1, 1, R).expand_as(a)
         for rows, count in pats.items():
             mask = torch.isin(r, torch.tensor(rows, dtype=torch.long))
@@ -195,7 +225,9 @@ def shared_mults(layer: LayerInfo, share: Share) -> float:
     return float(layer.batch * F * S * total)
 
 
-def net_energy(layers, bits: int = 16, act_bits: int | None = None, shares: dict | None = None) -> list:
+def net_energy(
+    layers, bits: int = 16, act_bits: int | None = None, shares: dict | None = None
+) -> list:
     """Per-layer energy rows for a list of LayerInfo (an Inventory's `.layers`); `shares`: name → Share."""
     shares = shares or {}
     unknown = set(shares) - {l.name for l in layers}
@@ -206,23 +238,31 @@ def net_energy(layers, bits: int = 16, act_bits: int | None = None, shares: dict
 
 def totals(rows: list) -> dict:
     """Column sums of energy rows (MACs, multiplications, every component)."""
-    keys = ("macs", "mults", "adds", "params") + COMPONENTS + ("weights", "inputs", "psums", "total")
+    keys = (
+        ("macs", "mults", "adds", "params") + COMPONENTS + ("weights", "inputs", "psums", "total")
+    )
     return {"name": "TOTAL"} | {k: sum(r[k] for r in rows) for k in keys}
 
 
 # ---- shared-model descriptions -------------------------------------------------------------
 
+
 def official_shares(layers: list, setting: str) -> dict:
     """name → Share for the authors' `setting` ("45x", "47x", "50x"), matched to the net's convs in order."""
     table = load_reference()
     if setting not in table["settings"]:
-        raise ValueError(f"shared={setting!r} is not allowed: choose one of {', '.join(table['settings'])}")
+        raise ValueError(
+            f"shared={setting!r} is not allowed: choose one of {', '.join(table['settings'])}"
+        )
     convs = [l for l in layers if l.kind == "conv"]
     spec = table["layers"]
-    if len(convs) != len(spec) or any((l.c_in, l.c_out, l.kernel[0]) != (s["in"], s["out"], s["k"])
-                                      for l, s in zip(convs, spec)):
-        raise ValueError(f"shared={setting!r} describes WRN-16-4's 16 convs; this net's "
-                         f"{len(convs)} convs do not match them (in, out, k)")
+    if len(convs) != len(spec) or any(
+        (l.c_in, l.c_out, l.kernel[0]) != (s["in"], s["out"], s["k"]) for l, s in zip(convs, spec)
+    ):
+        raise ValueError(
+            f"shared={setting!r} describes WRN-16-4's 16 convs; this net's "
+            f"{len(convs)} convs do not match them (in, out, k)"
+        )
     K, p = table["settings"][setting]["K"], table["settings"][setting]["p"]
     return {l.name: Share(int(k), float(q)) for l, k, q in zip(convs, K, p)}
 
@@ -230,11 +270,14 @@ def official_shares(layers: list, setting: str) -> dict:
 def auto_shares(net: torch.nn.Module, layers: list) -> dict:
     """name → Share read from the weights: the distinct kernel rows of a conv are its centers (K < N only)."""
     from .rows import to_rows
+
     mods, shares = dict(net.named_modules()), {}
     for l in layers:
         if l.kind != "conv" or l.name not in mods:
             continue
-        _, assignments = torch.unique(to_rows(mods[l.name].weight.detach()), dim=0, return_inverse=True)
+        _, assignments = torch.unique(
+            to_rows(mods[l.name].weight.detach()), dim=0, return_inverse=True
+        )
         K = int(assignments.max()) + 1
         if K < l.kernel_rows:
             shares[l.name] = Share(K, 0.0, assignments)
@@ -244,7 +287,7 @@ def auto_shares(net: torch.nn.Module, layers: list) -> dict:
 def _as_share(name: str, v) -> Share:
     if isinstance(v, Share):
         return v
-    if hasattr(v, "assignments") and hasattr(v, "codebook"):          # a dkm.sharing.SharedLayer
+    if hasattr(v, "assignments") and hasattr(v, "codebook"):  # a dkm.sharing.SharedLayer
         return Share(v.num_clusters, float(v.p), v.assignments)
     if isinstance(v, dict):
         return Share(int(v["K"]), float(v.get("p", 0.0)))
@@ -258,18 +301,21 @@ def make_shares(layers: list, shared=None, net=None) -> dict:
     "45x"/"47x"/"50x" (the authors' settings); "auto" (distinct rows of `net`); or a JSON file of a dict."""
     if shared is None:
         return {}
-    if hasattr(shared, "layers") and hasattr(shared, "skipped"):       # a dkm.sharing.ShareResult
+    if hasattr(shared, "layers") and hasattr(shared, "skipped"):  # a dkm.sharing.ShareResult
         shared = shared.layers
     if isinstance(shared, str):
         return _shares_from_str(layers, shared, net)
     if not isinstance(shared, dict):
-        raise TypeError(f"shared must be a dict, a ShareResult or a string, got {type(shared).__name__}")
+        raise TypeError(
+            f"shared must be a dict, a ShareResult or a string, got {type(shared).__name__}"
+        )
     return {name: _as_share(name, v) for name, v in shared.items()}
 
 
 def _shares_from_str(layers: list, shared: str, net) -> dict:
     import json
     from pathlib import Path
+
     if shared in OFFICIAL_SETTINGS:
         return official_shares(layers, shared)
     if shared == "auto":
@@ -277,19 +323,28 @@ def _shares_from_str(layers: list, shared: str, net) -> dict:
             raise ValueError("shared='auto' reads the shared rows from the weights: pass the net")
         return auto_shares(net, layers)
     if not Path(shared).exists():
-        raise ValueError(f"shared={shared!r} is not allowed: choose 45x, 47x, 50x, auto or an existing JSON file")
+        raise ValueError(
+            f"shared={shared!r} is not allowed: choose 45x, 47x, 50x, auto or an existing JSON file"
+        )
     return make_shares(layers, json.loads(Path(shared).read_text()))
 
 
 # ---- dense vs shared -------------------------------------------------------------------------
+
 
 def compare_energy(layers: list, shares: dict, bits: int = 16, act_bits: int | None = None) -> list:
     """Per layer: dense and shared energy by component, multiplications, and the ratio dense/shared."""
     dense, shared = net_energy(layers, bits, act_bits), net_energy(layers, bits, act_bits, shares)
     rows = []
     for d, s in zip(dense + [totals(dense)], shared + [totals(shared)]):
-        row = {"name": d["name"], "bits": bits, "K": s.get("K", ""), "macs": d["macs"],
-               "dense_mults": d["mults"], "shared_mults": s["mults"]}
+        row = {
+            "name": d["name"],
+            "bits": bits,
+            "K": s.get("K", ""),
+            "macs": d["macs"],
+            "dense_mults": d["mults"],
+            "shared_mults": s["mults"],
+        }
         for c in COMPONENTS + ("total",):
             row[f"dense_{c}"], row[f"shared_{c}"] = d[c], s[c]
         row["ratio"] = d["total"] / s["total"]
@@ -300,14 +355,22 @@ def compare_energy(layers: list, shares: dict, bits: int = 16, act_bits: int | N
 def wrn16_4(device="meta"):
     """WRN-16-4 as the authors' sharing table describes it (dropout 0.3, conv bias, 10 classes); meta: shapes only."""
     from .models import wide_resnet
+
     m = load_reference()["model"]
     with torch.device(device):
-        return wide_resnet(m["depth"], m["widen_factor"], m["dropout"], 3, m["num_classes"], m["conv_bias"])
+        return wide_resnet(
+            m["depth"], m["widen_factor"], m["dropout"], 3, m["num_classes"], m["conv_bias"]
+        )
 
 
 def wrn_sharing_table(settings=OFFICIAL_SETTINGS, bits=(8, 16)) -> list:
     """Dense vs shared WRN-16-4 (3×32×32 input) per layer under the authors' settings: rows for plotting."""
     from .inventory import layer_inventory
+
     layers = layer_inventory(wrn16_4(), (3, 32, 32)).layers
-    return [{"setting": s} | row for s in settings for b in bits
-            for row in compare_energy(layers, official_shares(layers, s), b)]
+    return [
+        {"setting": s} | row
+        for s in settings
+        for b in bits
+        for row in compare_energy(layers, official_shares(layers, s), b)
+    ]

@@ -3,6 +3,7 @@
 Data order is a function of (seed, epoch) only (`epoch_order`): training resumes exactly, and batch
 norm is re-estimated on the same images for the same seed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,9 @@ def resolve_device(device="auto") -> torch.device:
         return device
     check_choice("device", device, DEVICES)
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' is not available (torch.cuda.is_available() is False): allowed 'auto' or 'cpu'")
+        raise ValueError(
+            "device='cuda' is not available (torch.cuda.is_available() is False): allowed 'auto' or 'cpu'"
+        )
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -72,7 +75,10 @@ def evaluate(net: nn.Module, dataset, batch_size: int = 512, device="auto") -> d
     batch_size, n = check_int("batch_size", batch_size, 1), _check_dataset("dataset", dataset)
     device = resolve_device(device)
     net.to(device)
-    correct, loss = torch.zeros((), device=device), torch.zeros((), dtype=torch.float64, device=device)
+    correct, loss = (
+        torch.zeros((), device=device),
+        torch.zeros((), dtype=torch.float64, device=device),
+    )
     with _modes_kept(net):
         net.eval()
         for X, y in _batches(dataset, torch.arange(n), batch_size):
@@ -83,18 +89,31 @@ def evaluate(net: nn.Module, dataset, batch_size: int = 512, device="auto") -> d
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(net: nn.Module, dataset, num_batches: int = 20, batch_size: int = 128,
-                          seed: int = 0, device="auto") -> nn.Module:
+def recalibrate_batchnorm(
+    net: nn.Module,
+    dataset,
+    num_batches: int = 20,
+    batch_size: int = 128,
+    seed: int = 0,
+    device="auto",
+) -> nn.Module:
     """Re-estimate BN running stats after sharing: the average over the first num_batches of epoch_order(n, seed, 0).
 
     Only batch-norm layers run in train mode (dropout stays off, as at inference); momentum is
     set to None (cumulative average: running_mean = mean of the batch means, running_var = mean of
     the unbiased batch variances), then every mode and momentum is restored.
     """
-    num_batches, batch_size = check_int("num_batches", num_batches, 1), check_int("batch_size", batch_size, 1)
+    num_batches, batch_size = (
+        check_int("num_batches", num_batches, 1),
+        check_int("batch_size", batch_size, 1),
+    )
     n, seed = _check_dataset("dataset", dataset), check_int("seed", seed, 0, 2**63 - 1)
     device = resolve_device(device)
-    bns = [m for m in net.to(device).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = [
+        m
+        for m in net.to(device).modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     momenta = [m.momentum for m in bns]
     with _modes_kept(net):
         net.eval()
@@ -103,7 +122,9 @@ def recalibrate_batchnorm(net: nn.Module, dataset, num_batches: int = 20, batch_
             m.momentum = None
             m.train()
         try:
-            for X, _ in _batches(dataset, epoch_order(n, seed, 0)[: num_batches * batch_size], batch_size):
+            for X, _ in _batches(
+                dataset, epoch_order(n, seed, 0)[: num_batches * batch_size], batch_size
+            ):
                 net(X.to(device))
         finally:
             for m, momentum in zip(bns, momenta):

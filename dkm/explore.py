@@ -3,6 +3,7 @@
 The functions read the pipeline's cached runs (dkm.pipeline) or run small computations (k-means of one
 layer, a shared copy of a net); the sliders that call them live in dkm.widgets.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,7 +31,14 @@ def relaxation_curve(W: torch.Tensor, Ks, seed: int = 0, title: str = "") -> dic
     Ks = [check_int("K", k, 1, W.shape[1]) for k in Ks]
     km = [kmeans(W.T, k, seed=seed).inertia / total for k in Ks]
     relaxed = [relaxed_bound(W, k) / total for k in Ks]
-    return {"title": title, "K": Ks, "kmeans": km, "relaxed": relaxed, "rank": min(W.shape), "total": total}
+    return {
+        "title": title,
+        "K": Ks,
+        "kmeans": km,
+        "relaxed": relaxed,
+        "rank": min(W.shape),
+        "total": total,
+    }
 
 
 def largest_conv(net) -> tuple[int, str]:
@@ -47,10 +55,18 @@ def run_history(stage: str, config: dict) -> dict:
     return json.loads((pl.run_dir(stage, config) / "history.json").read_text())
 
 
-def retrain_run(profile, method: str, seed: int, plan: dict | None = None, mode: str | None = None,
-                lam: float | None = None):
+def retrain_run(
+    profile,
+    method: str,
+    seed: int,
+    plan: dict | None = None,
+    mode: str | None = None,
+    lam: float | None = None,
+):
     """(net, config, history) of a re-training run of the pipeline (trained once, then read)."""
-    K, p = (None, None) if plan is None else (plan["K"], plan["p"])   # as pl.source_net: the sweep's cache
+    K, p = (
+        (None, None) if plan is None else (plan["K"], plan["p"])
+    )  # as pl.source_net: the sweep's cache
     net, config = pl.retrain(profile, method, seed, num_clusters=K, mode=mode, lam=lam, p=p)
     return net, config, run_history("retrain", config)
 
@@ -76,10 +92,21 @@ def cached_retrains(profile) -> list[dict]:
     for config, d in cached_runs(pl.pretrain_config(profile), "retrain"):
         if config["method"] != "dkm" or not (d / "history.json").exists():
             continue
-        results = [json.loads((e / "result.json").read_text()) for c, e in cached_runs(config, "evaluate")
-                   if c["share"] == "kmeans"]
-        runs.append({"lam": config["lam"], "mode": config["mode"], "K": max(config["num_clusters"]), "config": config,
-                     "history": json.loads((d / "history.json").read_text()), "results": results})
+        results = [
+            json.loads((e / "result.json").read_text())
+            for c, e in cached_runs(config, "evaluate")
+            if c["share"] == "kmeans"
+        ]
+        runs.append(
+            {
+                "lam": config["lam"],
+                "mode": config["mode"],
+                "K": max(config["num_clusters"]),
+                "config": config,
+                "history": json.loads((d / "history.json").read_text()),
+                "results": results,
+            }
+        )
     return sorted(runs, key=lambda r: (r["lam"], r["K"], r["mode"]))
 
 
@@ -106,7 +133,9 @@ def layer_kmeans_errors(net, plan: dict, seed: int = 0) -> dict:
     return errors
 
 
-def curves(history: dict, start: dict | None = None, final: dict | None = None, layer_errors: bool = True) -> dict:
+def curves(
+    history: dict, start: dict | None = None, final: dict | None = None, layer_errors: bool = True
+) -> dict:
     """The numbers of one run for plots.retraining_figure: per log record, layer errors divided by `start`.
 
     layer_errors=False drops the recorded ‖W(I − FFᵀ)‖² (they are k-means errors only for the indicator F);
@@ -114,17 +143,27 @@ def curves(history: dict, start: dict | None = None, final: dict | None = None, 
     """
     steps = history["steps"]
     accuracy = [r.get("train_accuracy") for r in steps]
-    out = {"step": [r["step"] for r in steps], "loss": [r["task_loss"] for r in steps],
-           "accuracy": None if None in accuracy else accuracy, "layer_errors": None, "final_errors": None}
+    out = {
+        "step": [r["step"] for r in steps],
+        "loss": [r["task_loss"] for r in steps],
+        "accuracy": None if None in accuracy else accuracy,
+        "layer_errors": None,
+        "final_errors": None,
+    }
     if layer_errors and start is not None and steps and steps[0].get("layer_errors"):
-        out["layer_errors"] = {name: [r["layer_errors"][name] / start[name] for r in steps]
-                               for name in steps[0]["layer_errors"] if name in start}
+        out["layer_errors"] = {
+            name: [r["layer_errors"][name] / start[name] for r in steps]
+            for name in steps[0]["layer_errors"]
+            if name in start
+        }
     if start is not None and final is not None:
         out["final_errors"] = {name: final[name] / start[name] for name in final if name in start}
     return out
 
 
-def live_retrain(profile, lam: float, mode: str = "indicator", seed: int = 0, target_cr: float | None = None) -> dict:
+def live_retrain(
+    profile, lam: float, mode: str = "indicator", seed: int = 0, target_cr: float | None = None
+) -> dict:
     """Re-train the profile's net at λ (cached per λ), share it, evaluate: {"curves", "result", "seconds", "K"}."""
     started = time.perf_counter()
     net0, _ = pl.pretrain(profile)
@@ -132,12 +171,18 @@ def live_retrain(profile, lam: float, mode: str = "indicator", seed: int = 0, ta
     start = layer_kmeans_errors(net0, plan, seed)
     net, config, history = retrain_run(profile, "dkm", seed, plan, mode, lam)
     result = pl.share_and_evaluate(profile, net, config, "kmeans", plan, seed)
-    return {"curves": curves(history, start), "result": result, "K": max(plan["K"]),
-            "seconds": time.perf_counter() - started}
+    return {
+        "curves": curves(history, start),
+        "result": result,
+        "K": max(plan["K"]),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 # ---------------------------------------------------------------- 03: assignments
-def layer_clusters(weight: torch.Tensor, num_clusters: int, seed: int = 0, max_points: int = 1500) -> dict:
+def layer_clusters(
+    weight: torch.Tensor, num_clusters: int, seed: int = 0, max_points: int = 1500
+) -> dict:
     """k-means of a conv's kernel rows: a random subset of rows for drawing, every row's distance to its center.
 
     Distances are divided by the RMS row norm √(mean ‖w‖²), so a net whose weights merely shrink does
@@ -147,8 +192,14 @@ def layer_clusters(weight: torch.Tensor, num_clusters: int, seed: int = 0, max_p
     km = kmeans(rows, num_clusters, seed=seed)
     dist = (rows - km.codebook[km.assignments]).norm(dim=1) / rows.pow(2).sum(1).mean().sqrt()
     keep = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
-    return {"rows": rows[keep].numpy(), "assignments": km.assignments[keep].numpy(), "distances": dist.numpy(),
-            "codebook": km.codebook.numpy(), "inertia": km.inertia, "rank": rank_bound(weight.shape)}
+    return {
+        "rows": rows[keep].numpy(),
+        "assignments": km.assignments[keep].numpy(),
+        "distances": dist.numpy(),
+        "codebook": km.codebook.numpy(),
+        "inertia": km.inertia,
+        "rank": rank_bound(weight.shape),
+    }
 
 
 def first_kernels(weight: torch.Tensor, count: int = 8) -> np.ndarray:

@@ -13,6 +13,7 @@ File layout (little-endian), format version 1:
 So the file holds exactly what the `fixed` convention counts, plus the state that convention leaves
 out (batch norm, buffers), plus the prefix and the JSON metadata.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,11 +33,23 @@ from .accounting import _shared_layers, compression_table, fixed_index_width
 MAGIC = b"DKMSHARE"
 VERSION = 1
 _PREFIX = struct.Struct("<8sHIQI")  # magic, version, meta_len, payload_len, crc32
-HEADER_ALLOWANCE_BYTES = 4096      # the fixed part of the header allowance (prefix + JSON skeleton)
-ENTRY_ALLOWANCE_BYTES = 256        # JSON metadata per shared layer and per stored state tensor
-_DTYPES = {str(d).removeprefix("torch."): d for d in (
-    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-    torch.int16, torch.int8, torch.uint8, torch.bool)}
+HEADER_ALLOWANCE_BYTES = 4096  # the fixed part of the header allowance (prefix + JSON skeleton)
+ENTRY_ALLOWANCE_BYTES = 256  # JSON metadata per shared layer and per stored state tensor
+_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    )
+}
 
 
 class ExportFormatError(ValueError):
@@ -66,7 +79,7 @@ def unpack_indexes(data: bytes, num_rows: int, bits: int) -> torch.Tensor:
         return torch.zeros(num_rows, dtype=torch.int64)
     flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=num_rows * bits)
     # a_i = Σ_j bit_ij · 2^(bits−1−j)
-    powers = (np.int64(1) << np.arange(bits - 1, -1, -1, dtype=np.int64))
+    powers = np.int64(1) << np.arange(bits - 1, -1, -1, dtype=np.int64)
     return torch.from_numpy(flat.reshape(num_rows, bits).astype(np.int64) @ powers)
 
 
@@ -85,18 +98,26 @@ def _check_for_save(net: nn.Module, layers: dict) -> None:
     for name, layer in layers.items():
         conv = modules.get(name)
         if not isinstance(conv, nn.Conv2d):
-            raise ValueError(f"shared layer {name!r} is not a Conv2d of the net: allowed conv layer names only")
+            raise ValueError(
+                f"shared layer {name!r} is not a Conv2d of the net: allowed conv layer names only"
+            )
         if hasattr(conv, "parametrizations") and "weight" in conv.parametrizations:
-            raise ValueError(f"shared layer {name!r} has a parametrized (tied) weight: call untie_centers first")
+            raise ValueError(
+                f"shared layer {name!r} has a parametrized (tied) weight: call untie_centers first"
+            )
         c_out, c_in, kh, kw = shape = tuple(conv.weight.shape)
         fits = tuple(layer.codebook.shape[1:]) == (kw,) and layer.num_rows == c_out * c_in * kh
         if tuple(layer.shape) != shape or not fits:
-            raise ValueError(f"shared layer {name!r} (shape {tuple(layer.shape)}, "
-                             f"codebook {tuple(layer.codebook.shape)}, "
-                             f"{layer.num_rows} rows) does not fit the net's weight {shape}")
+            raise ValueError(
+                f"shared layer {name!r} (shape {tuple(layer.shape)}, "
+                f"codebook {tuple(layer.codebook.shape)}, "
+                f"{layer.num_rows} rows) does not fit the net's weight {shape}"
+            )
         a = layer.assignments
         if a.numel() and (int(a.min()) < 0 or int(a.max()) >= layer.num_clusters):
-            raise ValueError(f"shared layer {name!r} has assignments outside 0..K−1 = 0..{layer.num_clusters - 1}")
+            raise ValueError(
+                f"shared layer {name!r} has assignments outside 0..K−1 = 0..{layer.num_clusters - 1}"
+            )
 
 
 def _encode(net: nn.Module, layers: dict, skipped: dict) -> tuple[dict, bytearray]:
@@ -105,9 +126,18 @@ def _encode(net: nn.Module, layers: dict, skipped: dict) -> tuple[dict, bytearra
     meta = {"byteorder": sys.byteorder, "layers": [], "state": [], "skipped": dict(skipped)}
     for name, layer in layers.items():
         bits = fixed_index_width(layer.num_clusters)
-        meta["layers"].append({"name": name, "index": int(layer.index), "shape": list(layer.shape),
-                               "K": layer.num_clusters, "p": float(layer.p), "bias_numel": int(layer.bias_numel),
-                               "bits": bits, "offset": len(payload)})
+        meta["layers"].append(
+            {
+                "name": name,
+                "index": int(layer.index),
+                "shape": list(layer.shape),
+                "K": layer.num_clusters,
+                "p": float(layer.p),
+                "bias_numel": int(layer.bias_numel),
+                "bits": bits,
+                "offset": len(payload),
+            }
+        )
         payload += _tensor_bytes(layer.codebook.to(torch.float32))
         payload += pack_indexes(layer.assignments, bits)
     skip = _shared_weight_keys(layers)
@@ -117,16 +147,24 @@ def _encode(net: nn.Module, layers: dict, skipped: dict) -> tuple[dict, bytearra
         dtype = str(t.dtype).removeprefix("torch.")
         if dtype not in _DTYPES:
             raise ValueError(f"state entry {key!r} has dtype {dtype}: allowed {', '.join(_DTYPES)}")
-        meta["state"].append({"key": key, "dtype": dtype, "shape": list(t.shape), "offset": len(payload)})
+        meta["state"].append(
+            {"key": key, "dtype": dtype, "shape": list(t.shape), "offset": len(payload)}
+        )
         payload += _tensor_bytes(t)
     return meta, payload
 
 
 def _uncounted_state_bytes(net: nn.Module) -> int:
     """Bytes of stored state the `fixed` convention leaves out: all but Conv2d/Linear weights and biases."""
-    counted = {f"{n}.{p}" for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-               for p, _ in m.named_parameters(recurse=False)}
-    return sum(t.numel() * t.element_size() for k, t in net.state_dict().items() if k not in counted)
+    counted = {
+        f"{n}.{p}"
+        for n, m in net.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+        for p, _ in m.named_parameters(recurse=False)
+    }
+    return sum(
+        t.numel() * t.element_size() for k, t in net.state_dict().items() if k not in counted
+    )
 
 
 def save_shared(net: nn.Module, shared, path, verbose: bool = False) -> dict:
@@ -139,11 +177,17 @@ def save_shared(net: nn.Module, shared, path, verbose: bool = False) -> dict:
     crc = zlib.crc32(payload, zlib.crc32(meta_bytes))
     prefix = _PREFIX.pack(MAGIC, VERSION, len(meta_bytes), len(payload), crc)
     write_atomic(path, prefix + meta_bytes + bytes(payload))
-    info = {"path": str(path), "bytes": path.stat().st_size,
-            "fixed_convention_bytes": sum(r["compressed_bits"] for r in compression_table(net, layers, "fixed")) / 8,
-            "uncounted_state_bytes": _uncounted_state_bytes(net),
-            "header_bytes": len(prefix) + len(meta_bytes),
-            "header_allowance_bytes": header_allowance(len(meta["layers"]) + len(meta["state"]))}
+    info = {
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "fixed_convention_bytes": sum(
+            r["compressed_bits"] for r in compression_table(net, layers, "fixed")
+        )
+        / 8,
+        "uncounted_state_bytes": _uncounted_state_bytes(net),
+        "header_bytes": len(prefix) + len(meta_bytes),
+        "header_allowance_bytes": header_allowance(len(meta["layers"]) + len(meta["state"])),
+    }
     if verbose:
         print(size_report(info))
     return info
@@ -151,10 +195,12 @@ def save_shared(net: nn.Module, shared, path, verbose: bool = False) -> dict:
 
 def size_report(info: dict) -> str:
     """One line: the real file size next to the `fixed`-convention size."""
-    return (f"{info['path']}: {info['bytes']:,} bytes on disk | "
-            f"fixed convention {info['fixed_convention_bytes']:,.0f} bytes"
-            f" + {info['uncounted_state_bytes']:,} bytes of batch-norm/buffer state"
-            f" + {info['header_bytes']:,} bytes of header")
+    return (
+        f"{info['path']}: {info['bytes']:,} bytes on disk | "
+        f"fixed convention {info['fixed_convention_bytes']:,.0f} bytes"
+        f" + {info['uncounted_state_bytes']:,} bytes of batch-norm/buffer state"
+        f" + {info['header_bytes']:,} bytes of header"
+    )
 
 
 # ---------------------------------------------------------------- load
@@ -162,18 +208,24 @@ def _read(path: Path) -> tuple[dict, memoryview]:
     """Check magic, version, length and checksum; return the metadata and the payload."""
     data = path.read_bytes()
     if len(data) < _PREFIX.size:
-        raise ExportFormatError(f"{path}: truncated file: {len(data)} bytes, "
-                                f"shorter than the {_PREFIX.size}-byte prefix")
+        raise ExportFormatError(
+            f"{path}: truncated file: {len(data)} bytes, "
+            f"shorter than the {_PREFIX.size}-byte prefix"
+        )
     magic, version, meta_len, payload_len, crc = _PREFIX.unpack_from(data)
     if magic != MAGIC:
-        raise ExportFormatError(f"{path}: not a dkm shared-model file: magic {magic!r}, expected {MAGIC!r}")
+        raise ExportFormatError(
+            f"{path}: not a dkm shared-model file: magic {magic!r}, expected {MAGIC!r}"
+        )
     if version != VERSION:
-        raise ExportFormatError(f"{path}: format version {version} is not supported: this dkm reads version {VERSION}")
+        raise ExportFormatError(
+            f"{path}: format version {version} is not supported: this dkm reads version {VERSION}"
+        )
     end = _PREFIX.size + meta_len + payload_len
     if len(data) != end:
         problem = "truncated file" if len(data) < end else "trailing bytes after the payload"
         raise ExportFormatError(f"{path}: {problem}: {len(data)} bytes, the header announces {end}")
-    body = memoryview(data)[_PREFIX.size:]
+    body = memoryview(data)[_PREFIX.size :]
     if zlib.crc32(body) != crc:
         raise ExportFormatError(f"{path}: checksum mismatch (CRC32): the file is corrupted")
     try:
@@ -181,15 +233,19 @@ def _read(path: Path) -> tuple[dict, memoryview]:
     except ValueError as e:
         raise ExportFormatError(f"{path}: unreadable metadata: {e}") from None
     if meta.get("byteorder") != sys.byteorder:
-        raise ExportFormatError(f"{path}: written on a {meta.get('byteorder')}-endian machine, "
-                                f"this one is {sys.byteorder}")
+        raise ExportFormatError(
+            f"{path}: written on a {meta.get('byteorder')}-endian machine, "
+            f"this one is {sys.byteorder}"
+        )
     return meta, body[meta_len:]
 
 
 def _slice(path: Path, payload: memoryview, offset: int, nbytes: int, what: str) -> bytes:
     if offset < 0 or offset + nbytes > len(payload):
-        raise ExportFormatError(f"{path}: {what} lies outside the payload ({offset}+{nbytes} > {len(payload)})")
-    return bytes(payload[offset:offset + nbytes])
+        raise ExportFormatError(
+            f"{path}: {what} lies outside the payload ({offset}+{nbytes} > {len(payload)})"
+        )
+    return bytes(payload[offset : offset + nbytes])
 
 
 def _decode_layer(path: Path, entry: dict, payload: memoryview, convs: dict):
@@ -198,24 +254,43 @@ def _decode_layer(path: Path, entry: dict, payload: memoryview, convs: dict):
 
     name, shape, k, bits = entry["name"], tuple(entry["shape"]), int(entry["K"]), int(entry["bits"])
     if name not in convs:
-        raise ExportFormatError(f"{path}: architecture mismatch: shared layer {name!r} is not a Conv2d of the net")
+        raise ExportFormatError(
+            f"{path}: architecture mismatch: shared layer {name!r} is not a Conv2d of the net"
+        )
     if tuple(convs[name].weight.shape) != shape:
-        raise ExportFormatError(f"{path}: architecture mismatch: layer {name!r} has shape {shape} in the file, "
-                                f"{tuple(convs[name].weight.shape)} in the net")
+        raise ExportFormatError(
+            f"{path}: architecture mismatch: layer {name!r} has shape {shape} in the file, "
+            f"{tuple(convs[name].weight.shape)} in the net"
+        )
     num_rows, s = math.prod(shape[:3]), shape[3]
     cb = _slice(path, payload, entry["offset"], 4 * k * s, f"codebook of {name!r}")
-    idx = _slice(path, payload, entry["offset"] + len(cb), math.ceil(num_rows * bits / 8), f"indexes of {name!r}")
+    idx = _slice(
+        path,
+        payload,
+        entry["offset"] + len(cb),
+        math.ceil(num_rows * bits / 8),
+        f"indexes of {name!r}",
+    )
     codebook = torch.frombuffer(bytearray(cb), dtype=torch.float32).reshape(k, s)
     assignments = unpack_indexes(idx, num_rows, bits)
     if num_rows and int(assignments.max()) >= k:
         raise ExportFormatError(f"{path}: layer {name!r} has an index ≥ K={k}")
-    return SharedLayer(name, int(entry["index"]), shape, codebook, assignments,
-                       float(entry["p"]), int(entry["bias_numel"]))
+    return SharedLayer(
+        name,
+        int(entry["index"]),
+        shape,
+        codebook,
+        assignments,
+        float(entry["p"]),
+        int(entry["bias_numel"]),
+    )
 
 
 def _decode_tensor(path: Path, entry: dict, payload: memoryview) -> torch.Tensor:
     if entry["dtype"] not in _DTYPES:
-        raise ExportFormatError(f"{path}: state entry {entry['key']!r} has unknown dtype {entry['dtype']!r}")
+        raise ExportFormatError(
+            f"{path}: state entry {entry['key']!r} has unknown dtype {entry['dtype']!r}"
+        )
     dtype, shape = _DTYPES[entry["dtype"]], tuple(entry["shape"])
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     blob = _slice(path, payload, entry["offset"], nbytes, f"state entry {entry['key']!r}")
@@ -229,12 +304,16 @@ def _check_state(path: Path, net: nn.Module, state: dict, skip: set) -> None:
     expected = {k: v for k, v in net.state_dict().items() if k not in skip}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ExportFormatError(f"{path}: architecture mismatch: missing in the file {missing[:5]}, "
-                                f"unknown to the net {unexpected[:5]}")
+        raise ExportFormatError(
+            f"{path}: architecture mismatch: missing in the file {missing[:5]}, "
+            f"unknown to the net {unexpected[:5]}"
+        )
     for key, t in state.items():
         if t.shape != expected[key].shape:
-            raise ExportFormatError(f"{path}: architecture mismatch: {key!r} has shape {tuple(t.shape)} in the file, "
-                                    f"{tuple(expected[key].shape)} in the net")
+            raise ExportFormatError(
+                f"{path}: architecture mismatch: {key!r} has shape {tuple(t.shape)} in the file, "
+                f"{tuple(expected[key].shape)} in the net"
+            )
 
 
 def load_shared(path, net: nn.Module):

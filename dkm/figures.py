@@ -6,6 +6,7 @@ papermill runs each notebook (parameters PROFILE and FIG_DIR injected) into
 gallery `<fig_dir>/README.md` shows every PNG with one line. The default profile `cpu` writes into
 `figures/` (committed); any other profile into `build/figures/<profile>/`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,27 +25,49 @@ from ._io import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-NOTEBOOKS = ("01_spectral_relaxation", "02_retraining", "03_cluster_assignments", "04_compression", "05_energy")
+NOTEBOOKS = (
+    "01_spectral_relaxation",
+    "02_retraining",
+    "03_cluster_assignments",
+    "04_compression",
+    "05_energy",
+)
 PROFILE_NAMES = ("smoke", "cpu", "paper")
 DEFAULT_PROFILE = "cpu"
 # stem -> (notebook, what it shows): the contract of DESIGN.md, "Figures the package regenerates"
 FIGURES = {
-    "fig01_relaxation": ("01", "k-means error vs its spectral relaxation over K; the rank condition"),
-    "fig02_retraining": ("02", "training curves with and without the regularizer; k-means error of each layer falling"),
-    "fig03_assignments": ("03", "kernel rows in R³ coloured by cluster, before and after re-training; "
-                                "histograms of distance to the nearest center"),
+    "fig01_relaxation": (
+        "01",
+        "k-means error vs its spectral relaxation over K; the rank condition",
+    ),
+    "fig02_retraining": (
+        "02",
+        "training curves with and without the regularizer; k-means error of each layer falling",
+    ),
+    "fig03_assignments": (
+        "03",
+        "kernel rows in R³ coloured by cluster, before and after re-training; "
+        "histograms of distance to the nearest center",
+    ),
     "fig04_filters": ("03", "conv filters before/after sharing, pre-trained vs re-trained"),
     "fig05_cr_accuracy": ("04", "accuracy vs CR: Deep k-Means vs every baseline"),
-    "fig06_energy_validation": ("05", "our energy metric vs the ZigZag reference per layer, AlexNet and GoogLeNet, "
-                                      "with R² (and R² of MACs alone)"),
+    "fig06_energy_validation": (
+        "05",
+        "our energy metric vs the ZigZag reference per layer, AlexNet and GoogLeNet, "
+        "with R² (and R² of MACs alone)",
+    ),
     "fig07_energy_breakdown": ("05", "energy per layer, dense vs shared, by component"),
 }
-TABLES = {"table01_compression": ("04", "per-layer K, p, bits, CR of the authors' reference settings")}
+TABLES = {
+    "table01_compression": ("04", "per-layer K, p, bits, CR of the authors' reference settings")
+}
 _STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-PNG_HELP = ("Plotly's PNG export (kaleido ≥ 1) drives a headless Chrome/Chromium. Install one: "
-            "`sudo apt-get install chromium` (Debian/Ubuntu; `make setup` does it when run as root) or "
-            "`plotly_get_chrome` (downloads Chrome for kaleido); if it is installed elsewhere, set "
-            "BROWSER_PATH=/path/to/chromium.")
+PNG_HELP = (
+    "Plotly's PNG export (kaleido ≥ 1) drives a headless Chrome/Chromium. Install one: "
+    "`sudo apt-get install chromium` (Debian/Ubuntu; `make setup` does it when run as root) or "
+    "`plotly_get_chrome` (downloads Chrome for kaleido); if it is installed elsewhere, set "
+    "BROWSER_PATH=/path/to/chromium."
+)
 
 
 class FigureExportError(RuntimeError):
@@ -63,7 +86,9 @@ def fig_dir_for(profile: str) -> Path:
 
 def _check_stem(stem: str) -> str:
     if not isinstance(stem, str) or not _STEM.match(stem):
-        raise ValueError(f"stem={stem!r}: allowed a file name without directory or extension, e.g. 'fig01_relaxation'")
+        raise ValueError(
+            f"stem={stem!r}: allowed a file name without directory or extension, e.g. 'fig01_relaxation'"
+        )
     return stem
 
 
@@ -76,7 +101,9 @@ def png_bytes(fig, scale: float = 1.0) -> bytes:
     import plotly.io as pio
 
     if not _KALEIDO["started"]:
-        kaleido.start_sync_server(silence_warnings=True, mathjax=False)  # no LaTeX in our figures: no CDN fetch
+        kaleido.start_sync_server(
+            silence_warnings=True, mathjax=False
+        )  # no LaTeX in our figures: no CDN fetch
         atexit.register(kaleido.stop_sync_server, silence_warnings=True)
         _KALEIDO["started"] = True
     with warnings.catch_warnings():
@@ -92,14 +119,18 @@ def save_figure(fig, stem: str, fig_dir) -> list[Path]:
     stem, fig_dir = _check_stem(stem), Path(fig_dir)
     # a fixed div id: regenerating an unchanged figure gives the same .html
     html = fig.to_html(include_plotlyjs="cdn", full_html=True, div_id=stem).encode()
-    if os.environ.get("DKM_PNG") == "0":  # a re-run whose PNGs were already checked (tests/test_notebooks.py)
+    if (
+        os.environ.get("DKM_PNG") == "0"
+    ):  # a re-run whose PNGs were already checked (tests/test_notebooks.py)
         write_atomic(fig_dir / f"{stem}.html", html)
         return [fig_dir / f"{stem}.html"]
     try:
         png = png_bytes(fig)
     except Exception as err:  # any failure of the browser: say which figure and how to fix it
-        raise FigureExportError(f"PNG export of {stem!r} failed ({type(err).__name__}: {err}). {PNG_HELP} "
-                                f"Nothing was written for {stem!r}.") from err
+        raise FigureExportError(
+            f"PNG export of {stem!r} failed ({type(err).__name__}: {err}). {PNG_HELP} "
+            f"Nothing was written for {stem!r}."
+        ) from err
     paths = [fig_dir / f"{stem}.html", fig_dir / f"{stem}.png"]
     for path, data in zip(paths, (html, png)):
         write_atomic(path, data)
@@ -140,16 +171,33 @@ def save_table(rows: list[dict], stem: str, fig_dir, columns=None) -> list[Path]
 def gallery(fig_dir, profile: str | None = None) -> str:
     """Markdown showing every PNG of `fig_dir` with one line on what it shows, then links to the tables."""
     fig_dir = Path(fig_dir)
-    head = ["# Figures", "", "Regenerated headlessly by `make figures`" + (f" (profile `{profile}`)" if profile else "")
-            + ": every notebook run with papermill, each figure saved as an interactive `.html` and a static `.png`.", ""]
+    head = [
+        "# Figures",
+        "",
+        "Regenerated headlessly by `make figures`"
+        + (f" (profile `{profile}`)" if profile else "")
+        + ": every notebook run with papermill, each figure saved as an interactive `.html` and a static `.png`.",
+        "",
+    ]
     body = []
     for png in sorted(fig_dir.glob("*.png")):
         notebook, line = FIGURES.get(png.stem, ("?", "(not a figure of DESIGN.md's table)"))
-        body += [f"## `{png.stem}` (notebook {notebook})", "", f"{line}. Interactive: [{png.stem}.html]({png.stem}.html)",
-                 "", f"![{png.stem}]({png.name})", ""]
+        body += [
+            f"## `{png.stem}` (notebook {notebook})",
+            "",
+            f"{line}. Interactive: [{png.stem}.html]({png.stem}.html)",
+            "",
+            f"![{png.stem}]({png.name})",
+            "",
+        ]
     for md in sorted(fig_dir.glob("table*.md")):
         notebook, line = TABLES.get(md.stem, ("?", "(not a table of DESIGN.md's table)"))
-        body += [f"## `{md.stem}` (notebook {notebook})", "", f"{line}: [{md.name}]({md.name}), [{md.stem}.csv]({md.stem}.csv)", ""]
+        body += [
+            f"## `{md.stem}` (notebook {notebook})",
+            "",
+            f"{line}: [{md.name}]({md.name}), [{md.stem}.csv]({md.stem}.csv)",
+            "",
+        ]
     return "\n".join(head + (body or ["No figure yet: run `make figures`.", ""]))
 
 
@@ -169,19 +217,27 @@ def select_notebooks(only=None) -> list[str]:
     """Every notebook, or those whose name starts with one of the comma-separated `only` entries ("4" = "04")."""
     if only is None:
         return list(NOTEBOOKS)
-    keys = [str(k).strip() for k in (only.split(",") if isinstance(only, str) else only) if str(k).strip()]
+    keys = [
+        str(k).strip()
+        for k in (only.split(",") if isinstance(only, str) else only)
+        if str(k).strip()
+    ]
     unknown = [k for k in keys if not any(_matches(nb, k) for nb in NOTEBOOKS)]
     if unknown or not keys:
-        raise ValueError(f"only={only!r}: unknown {unknown or keys}; allowed notebook numbers or names: {', '.join(NOTEBOOKS)}")
+        raise ValueError(
+            f"only={only!r}: unknown {unknown or keys}; allowed notebook numbers or names: {', '.join(NOTEBOOKS)}"
+        )
     return [nb for nb in NOTEBOOKS if any(_matches(nb, k) for k in keys)]
 
 
 def _failure(name: str, err, output: Path) -> NotebookError:
     source = (getattr(err, "source", "") or "").strip().splitlines()
     shown = "\n    ".join(source[:6] + (["…"] if len(source) > 6 else []))
-    return NotebookError(f"notebook {name}.ipynb failed in cell {getattr(err, 'cell_index', '?')} (execution count "
-                         f"{getattr(err, 'exec_count', '?')}):\n    {shown}\n{getattr(err, 'ename', type(err).__name__)}: "
-                         f"{getattr(err, 'evalue', err)}\nexecuted copy with the traceback: {output}")
+    return NotebookError(
+        f"notebook {name}.ipynb failed in cell {getattr(err, 'cell_index', '?')} (execution count "
+        f"{getattr(err, 'exec_count', '?')}):\n    {shown}\n{getattr(err, 'ename', type(err).__name__)}: "
+        f"{getattr(err, 'evalue', err)}\nexecuted copy with the traceback: {output}"
+    )
 
 
 def run_notebook(name: str, profile: str, out_dir, fig_dir, kernel_name: str = "python3") -> Path:
@@ -192,15 +248,22 @@ def run_notebook(name: str, profile: str, out_dir, fig_dir, kernel_name: str = "
     output = Path(out_dir) / f"{name}.ipynb"
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(output), kernel_name=kernel_name,
-                            parameters={"PROFILE": profile, "FIG_DIR": str(Path(fig_dir).resolve())},
-                            cwd=str(NOTEBOOK_DIR), progress_bar=False)
+        pm.execute_notebook(
+            str(NOTEBOOK_DIR / f"{name}.ipynb"),
+            str(output),
+            kernel_name=kernel_name,
+            parameters={"PROFILE": profile, "FIG_DIR": str(Path(fig_dir).resolve())},
+            cwd=str(NOTEBOOK_DIR),
+            progress_bar=False,
+        )
     except pm.PapermillExecutionError as err:
         raise _failure(name, err, output) from None
     return output
 
 
-def run_all(profile: str = DEFAULT_PROFILE, only=None, out_dir=None, fig_dir=None, log=print) -> dict:
+def run_all(
+    profile: str = DEFAULT_PROFILE, only=None, out_dir=None, fig_dir=None, log=print
+) -> dict:
     """Run the chosen notebooks in order, then write the gallery; {notebook: seconds}. Stops at the first failure."""
     check_choice("profile", profile, PROFILE_NAMES)
     out_dir = Path(out_dir) if out_dir else ROOT / "build" / "notebooks" / profile
@@ -218,12 +281,25 @@ def run_all(profile: str = DEFAULT_PROFILE, only=None, out_dir=None, fig_dir=Non
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of `python -m dkm figures`."""
-    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES,
-                        help="experiment size: smoke (seconds), cpu (default, writes figures/), paper (GPU)")
-    parser.add_argument("--only", default=None, metavar="NN,NN", help="run only these notebooks, e.g. 04,05")
-    parser.add_argument("--out-dir", default=None, help="where the executed notebooks go (default build/notebooks/<profile>)")
-    parser.add_argument("--fig-dir", default=None, help="where the figures go (default figures/ for cpu, "
-                                                        "build/figures/<profile>/ otherwise)")
+    parser.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        choices=PROFILE_NAMES,
+        help="experiment size: smoke (seconds), cpu (default, writes figures/), paper (GPU)",
+    )
+    parser.add_argument(
+        "--only", default=None, metavar="NN,NN", help="run only these notebooks, e.g. 04,05"
+    )
+    parser.add_argument(
+        "--out-dir",
+        default=None,
+        help="where the executed notebooks go (default build/notebooks/<profile>)",
+    )
+    parser.add_argument(
+        "--fig-dir",
+        default=None,
+        help="where the figures go (default figures/ for cpu, build/figures/<profile>/ otherwise)",
+    )
     return parser
 
 
@@ -241,7 +317,9 @@ def cli_main(args) -> int:
 
 def main(argv=None) -> int:
     """`python -m dkm.figures …` (the same as `python -m dkm figures …`)."""
-    args = build_parser(argparse.ArgumentParser(prog="dkm figures", description=__doc__)).parse_args(argv)
+    args = build_parser(
+        argparse.ArgumentParser(prog="dkm figures", description=__doc__)
+    ).parse_args(argv)
     try:
         return cli_main(args)
     except ValueError as err:  # a bad --only or --profile: one line, as dkm.cli does

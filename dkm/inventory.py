@@ -8,6 +8,7 @@ parameters but are neither (batch norm, Conv1d, …) are listed in `Inventory.sk
 Only shapes matter: a net built on the meta device (`with torch.device("meta"): net = …`) is
 inventoried without allocating or initializing its weights.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,17 +23,17 @@ from ._checks import check_int
 class LayerInfo:
     """One conv or linear call: the sizes of its loop nest."""
 
-    name: str            # module name in the net (a 2nd call of the same module gets "#2")
-    kind: str            # "conv" or "linear"
+    name: str  # module name in the net (a 2nd call of the same module gets "#2")
+    kind: str  # "conv" or "linear"
     batch: int
     c_in: int
     c_out: int
     groups: int
-    kernel: tuple        # (kh, kw)
-    stride: tuple        # (sh, sw)
-    padding: tuple       # (ph, pw), per side
-    in_size: tuple       # (H, W) of the input
-    out_size: tuple      # (E, F) of the output
+    kernel: tuple  # (kh, kw)
+    stride: tuple  # (sh, sw)
+    padding: tuple  # (ph, pw), per side
+    in_size: tuple  # (H, W) of the input
+    out_size: tuple  # (E, F) of the output
     bias: bool
 
     @property
@@ -76,22 +77,27 @@ class Inventory:
     """The conv and linear layers of a net in call order, plus the skipped parametrized modules."""
 
     input_shape: tuple
-    layers: list = field(default_factory=list)     # LayerInfo, in forward-call order
-    skipped: dict = field(default_factory=dict)    # module name -> reason
+    layers: list = field(default_factory=list)  # LayerInfo, in forward-call order
+    skipped: dict = field(default_factory=dict)  # module name -> reason
 
     def totals(self) -> dict:
         """Sums of MACs, parameters (of the listed layers) and output activations."""
-        return {"layers": len(self.layers), "macs": sum(l.macs for l in self.layers),
-                "params": sum(l.params for l in self.layers),
-                "activations": sum(l.outputs for l in self.layers), "skipped": len(self.skipped)}
+        return {
+            "layers": len(self.layers),
+            "macs": sum(l.macs for l in self.layers),
+            "params": sum(l.params for l in self.layers),
+            "activations": sum(l.outputs for l in self.layers),
+            "skipped": len(self.skipped),
+        }
 
 
 def check_input_shape(input_shape) -> tuple:
     """(C, H, W) or (B, C, H, W) with positive ints, else a ValueError naming `input_shape`."""
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, torch.Size)) else None
     if shape is None or len(shape) not in (3, 4):
-        raise ValueError(f"input_shape={input_shape!r} is not an image shape: "
-                         "allowed (C, H, W) or (B, C, H, W)")
+        raise ValueError(
+            f"input_shape={input_shape!r} is not an image shape: allowed (C, H, W) or (B, C, H, W)"
+        )
     shape = tuple(check_int(f"input_shape[{i}]", v, 1, 1 << 20) for i, v in enumerate(shape))
     return shape if len(shape) == 4 else (1,) + shape
 
@@ -105,22 +111,47 @@ def _conv_padding(m: nn.Conv2d, hw_in, hw_out) -> tuple:
     if not isinstance(m.padding, str):
         return _pair(m.padding)
     # total pad = (out−1)·stride + dilation·(k−1) + 1 − in
-    tot = [(o - 1) * s + d * (k - 1) + 1 - i for o, s, d, k, i in
-           zip(hw_out, m.stride, m.dilation, m.kernel_size, hw_in)]
+    tot = [
+        (o - 1) * s + d * (k - 1) + 1 - i
+        for o, s, d, k, i in zip(hw_out, m.stride, m.dilation, m.kernel_size, hw_in)
+    ]
     return tuple(max(t, 0) // 2 for t in tot)
 
 
 def _conv_info(name: str, m: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> LayerInfo:
     hw_in, hw_out = tuple(x.shape[-2:]), tuple(y.shape[-2:])
-    return LayerInfo(name, "conv", int(x.shape[0]), m.in_channels, m.out_channels, m.groups,
-                     _pair(m.kernel_size), _pair(m.stride), _conv_padding(m, hw_in, hw_out),
-                     hw_in, hw_out, m.bias is not None)
+    return LayerInfo(
+        name,
+        "conv",
+        int(x.shape[0]),
+        m.in_channels,
+        m.out_channels,
+        m.groups,
+        _pair(m.kernel_size),
+        _pair(m.stride),
+        _conv_padding(m, hw_in, hw_out),
+        hw_in,
+        hw_out,
+        m.bias is not None,
+    )
 
 
 def _linear_info(name: str, m: nn.Linear, x: torch.Tensor) -> LayerInfo:
-    batch = x.numel() // m.in_features     # leading dims act as the batch
-    return LayerInfo(name, "linear", batch, m.in_features, m.out_features, 1,
-                     (1, 1), (1, 1), (0, 0), (1, 1), (1, 1), m.bias is not None)
+    batch = x.numel() // m.in_features  # leading dims act as the batch
+    return LayerInfo(
+        name,
+        "linear",
+        batch,
+        m.in_features,
+        m.out_features,
+        1,
+        (1, 1),
+        (1, 1),
+        (0, 0),
+        (1, 1),
+        (1, 1),
+        m.bias is not None,
+    )
 
 
 def _skip_reason(m: nn.Module):
@@ -137,7 +168,10 @@ def _hook(records: list, counts: dict, name: str):
         counts[name] = counts.get(name, 0) + 1
         tag = name if counts[name] == 1 else f"{name}#{counts[name]}"
         x = args[0]
-        records.append(_conv_info(tag, m, x, out) if isinstance(m, nn.Conv2d) else _linear_info(tag, m, x))
+        records.append(
+            _conv_info(tag, m, x, out) if isinstance(m, nn.Conv2d) else _linear_info(tag, m, x)
+        )
+
     return hook
 
 
@@ -157,16 +191,21 @@ def layer_inventory(net: nn.Module, input_shape) -> Inventory:
 def _run(net: nn.Module, shape: tuple, handles: list) -> None:
     """One no-grad eval-mode forward on zeros; restores the training flag and removes the hooks."""
     p = next(net.parameters(), None)
-    x = torch.zeros(shape, dtype=p.dtype if p is not None else torch.float32,
-                    device=p.device if p is not None else "cpu")
+    x = torch.zeros(
+        shape,
+        dtype=p.dtype if p is not None else torch.float32,
+        device=p.device if p is not None else "cpu",
+    )
     was_training = net.training
     try:
         net.eval()
         with torch.no_grad():
             net(x)
     except Exception as err:
-        raise ValueError(f"forward of {type(net).__name__} failed on an input of shape "
-                           f"input_shape={shape}: {type(err).__name__}: {err}") from err
+        raise ValueError(
+            f"forward of {type(net).__name__} failed on an input of shape "
+            f"input_shape={shape}: {type(err).__name__}: {err}"
+        ) from err
     finally:
         net.train(was_training)
         for h in handles:

@@ -41,6 +41,7 @@ Dominant cluster (the authors' deploy code, option `p`): with p > 0, the int(N·
 the mean row form cluster 0, whose center is their mean; the other rows are clustered into K − 1
 clusters (indexes 1..K−1). See /work/shared/reference/wrn16_4_official_sharing.json.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,30 +54,37 @@ from ._checks import check_choice, check_finite, check_float, check_int
 from ._threads import torch_threads
 
 INITS = ("kmeans++", "linear", "density", "random")
-_CHUNK_ELEMS = 1 << 16  # distances per chunk (rows × K): 256 kB of float32, stays in L2 (fastest measured)
+_CHUNK_ELEMS = (
+    1 << 16
+)  # distances per chunk (rows × K): 256 kB of float32, stays in L2 (fastest measured)
 
 
 @dataclass
 class KMeansResult:
     """K centers (codebook), the center index of every row, and the k-means error (inertia)."""
 
-    codebook: torch.Tensor     # (K, s), same dtype as X
+    codebook: torch.Tensor  # (K, s), same dtype as X
     assignments: torch.Tensor  # (N,) int64
-    inertia: float             # Σ_i ‖x_i − codebook[assignments_i]‖²
-    n_iter: int                # Lloyd iterations done
+    inertia: float  # Σ_i ‖x_i − codebook[assignments_i]‖²
+    n_iter: int  # Lloyd iterations done
 
 
 # ---- argument checks ------------------------------------------------------------------------------
+
 
 def _check_rows(name: str, X) -> torch.Tensor:
     """X as a finite 2-D float32/float64 tensor (detached), or a TypeError/ValueError naming `name`."""
     if not isinstance(X, torch.Tensor):
         X = torch.as_tensor(X)
     if X.dim() != 2 or X.shape[0] < 1 or X.shape[1] < 1:
-        raise ValueError(f"{name} has shape {tuple(X.shape)}: allowed a 2-D (N, s) tensor with N ≥ 1, s ≥ 1")
+        raise ValueError(
+            f"{name} has shape {tuple(X.shape)}: allowed a 2-D (N, s) tensor with N ≥ 1, s ≥ 1"
+        )
     if X.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{name} has dtype {X.dtype}: allowed torch.float32 or torch.float64")
-    return check_finite(name, X.detach().cpu())   # k-means runs on the CPU (results go back to X's device)
+    return check_finite(
+        name, X.detach().cpu()
+    )  # k-means runs on the CPU (results go back to X's device)
 
 
 def _device(X) -> torch.device:
@@ -88,12 +96,15 @@ def _check_centers(centers, K: int, X: torch.Tensor) -> torch.Tensor:
     """Explicit starting centers: a finite (K, s) tensor, cast to X's dtype (a copy)."""
     centers = _check_rows("init_centers", centers)
     if tuple(centers.shape) != (K, X.shape[1]):
-        raise ValueError(f"init_centers has shape {tuple(centers.shape)}: allowed ({K}, {X.shape[1]}) "
-                         f"(one center per cluster to fit, row length s)")
+        raise ValueError(
+            f"init_centers has shape {tuple(centers.shape)}: allowed ({K}, {X.shape[1]}) "
+            f"(one center per cluster to fit, row length s)"
+        )
     return centers.to(X.dtype).clone()
 
 
 # ---- assignment ---------------------------------------------------------------------------------------
+
 
 def _nearest_matmul(X: torch.Tensor, codebook: torch.Tensor, second: bool = False):
     """Nearest center of every row (and the 2nd-nearest squared distance if `second`), in chunks."""
@@ -104,13 +115,13 @@ def _nearest_matmul(X: torch.Tensor, codebook: torch.Tensor, second: bool = Fals
     step = max(1, _CHUNK_ELEMS // K)
     for i in range(0, N, step):
         # ‖x − c‖² = ‖x‖² − 2x·c + ‖c‖²: the argmin over c needs only ‖c‖² − 2x·c
-        part = torch.addmm(c_sq, X[i:i + step], minus_2ct)
+        part = torch.addmm(c_sq, X[i : i + step], minus_2ct)
         # numpy's argmin is SIMD over a row; torch's CPU argmin/min(dim) is 3-5× slower here (measured)
-        np.argmin(part.numpy(), 1, out=assignments[i:i + step].numpy())
-        torch.amin(part, 1, out=sq_dists[i:i + step])
+        np.argmin(part.numpy(), 1, out=assignments[i : i + step].numpy())
+        torch.amin(part, 1, out=sq_dists[i : i + step])
         if second and K > 1:
-            part.scatter_(1, assignments[i:i + step, None], math.inf)
-            torch.amin(part, 1, out=sq_second[i:i + step])
+            part.scatter_(1, assignments[i : i + step, None], math.inf)
+            torch.amin(part, 1, out=sq_second[i : i + step])
     x_sq = (X * X).sum(1)
     return assignments, sq_dists.add_(x_sq).clamp_(min=0.0), sq_second.add_(x_sq).clamp_(min=0.0)
 
@@ -139,7 +150,9 @@ def assign(X, codebook):
     device, X = _device(X), _check_rows("X", X)
     codebook = _check_rows("codebook", codebook)
     if codebook.shape[1] != X.shape[1]:
-        raise ValueError(f"codebook has rows of length {codebook.shape[1]}: allowed s={X.shape[1]} like X")
+        raise ValueError(
+            f"codebook has rows of length {codebook.shape[1]}: allowed s={X.shape[1]} like X"
+        )
     return tuple(t.to(device) for t in _assign(X, codebook.to(X.dtype)))
 
 
@@ -149,6 +162,7 @@ def _inertia(X: torch.Tensor, codebook: torch.Tensor, assignments: torch.Tensor)
 
 
 # ---- initializations ----------------------------------------------------------------------------------
+
 
 def _principal(X: torch.Tensor):
     """Mean row μ, first principal direction v (sign fixed) and projections t_i = (x_i − μ)·v."""
@@ -225,11 +239,14 @@ def init_centers(X, num_clusters, init="kmeans++", seed=0) -> torch.Tensor:
 
 # ---- Lloyd iterations -----------------------------------------------------------------------------
 
+
 def _bounds(X: torch.Tensor, centers: torch.Tensor):
     """Nearest center a of every row, with Hamerly's bounds u ≥ ‖x − c_a‖, l ≤ min_{k≠a} ‖x − c_k‖ (float64)."""
     assignments, d1, d2 = _nearest_matmul(X, centers, second=True)
     # rounding of the expansion is below slack = 8·eps·(‖x‖² + max‖c‖²): widen the bounds by it
-    slack = 8 * torch.finfo(X.dtype).eps * ((X * X).sum(1) + (centers * centers).sum(1).max()).double()
+    slack = (
+        8 * torch.finfo(X.dtype).eps * ((X * X).sum(1) + (centers * centers).sum(1).max()).double()
+    )
     return assignments, (d1.double() + slack).sqrt(), (d2.double() - slack).clamp(min=0).sqrt()
 
 
@@ -243,7 +260,9 @@ class _Lloyd:
             self.assignments = _assign_sorted(X, centers)[0]
         else:
             self.assignments, self.upper, self.lower = _bounds(X, centers)
-        self.sums = torch.zeros(K, X.shape[1], dtype=torch.float64).index_add_(0, self.assignments, X.double())
+        self.sums = torch.zeros(K, X.shape[1], dtype=torch.float64).index_add_(
+            0, self.assignments, X.double()
+        )
         self.counts = torch.bincount(self.assignments, minlength=K)
 
     def _move(self, rows: torch.Tensor, new: torch.Tensor) -> None:
@@ -259,13 +278,13 @@ class _Lloyd:
         empty = torch.nonzero(self.counts == 0)[:, 0]
         if len(empty):
             sq_dists = ((self.X - centers.index_select(0, self.assignments)) ** 2).sum(1)
-            far = torch.argsort(sq_dists, descending=True, stable=True)[:len(empty)]
-            far = far[sq_dists[far] > 0]             # a row sitting on its center cannot help
-            self._move(far, empty[:len(far)])
-            if not self.sorted:                      # force their exact re-assignment next step
+            far = torch.argsort(sq_dists, descending=True, stable=True)[: len(empty)]
+            far = far[sq_dists[far] > 0]  # a row sitting on its center cannot help
+            self._move(far, empty[: len(far)])
+            if not self.sorted:  # force their exact re-assignment next step
                 self.upper[far], self.lower[far] = math.inf, 0.0
         new = (self.sums / self.counts.clamp(min=1)[:, None]).to(self.X.dtype)
-        return torch.where((self.counts > 0)[:, None], new, centers)   # still empty: keep the center
+        return torch.where((self.counts > 0)[:, None], new, centers)  # still empty: keep the center
 
     def step(self, centers: torch.Tensor, move: torch.Tensor) -> int:
         """Assign every row to its nearest center (centers moved by δ = `move`); return how many rows moved."""
@@ -283,7 +302,7 @@ class _Lloyd:
         rows = torch.nonzero(self.upper > bound)[:, 0]
         x = self.X.index_select(0, rows)
         own = centers.index_select(0, self.assignments.index_select(0, rows))
-        tight = ((x - own).double() ** 2).sum(1).sqrt()        # exact u of the candidate rows
+        tight = ((x - own).double() ** 2).sum(1).sqrt()  # exact u of the candidate rows
         self.upper.index_copy_(0, rows, tight)
         keep = tight > bound.index_select(0, rows)
         rows, (new, upper, lower) = rows[keep], _bounds(x[keep], centers)
@@ -304,7 +323,7 @@ def _lloyd(X: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float) ->
         # per-center shift δ_k = ‖c_k^new − c_k‖; the criterion is Σ_k δ_k²
         move = ((new - centers).double() ** 2).sum(1).sqrt()
         centers = new
-        if float((move ** 2).sum()) <= tol_abs or n_iter == max_iter:
+        if float((move**2).sum()) <= tol_abs or n_iter == max_iter:
             break
         # no row moved: the centers are the means of their nearest rows (the next means are the same)
         if state.step(centers, move) == 0:
@@ -331,10 +350,14 @@ def _check_dominant(N: int, K: int, p: float) -> None:
     """p > 0 needs K ≥ 2, at least one dominant row and K − 1 rows left for the other clusters."""
     size = int(N * p)
     if K < 2:
-        raise ValueError(f"num_clusters={K} is out of range with p={p}: allowed num_clusters ≥ 2 when p > 0")
+        raise ValueError(
+            f"num_clusters={K} is out of range with p={p}: allowed num_clusters ≥ 2 when p > 0"
+        )
     if size < 1 or N - size < K - 1:
-        raise ValueError(f"p={p} puts int(N·p)={size} of N={N} rows in the dominant cluster: allowed "
-                         f"1 ≤ int(N·p) ≤ N − (num_clusters − 1) = {N - K + 1}")
+        raise ValueError(
+            f"p={p} puts int(N·p)={size} of N={N} rows in the dominant cluster: allowed "
+            f"1 ≤ int(N·p) ≤ N − (num_clusters − 1) = {N - K + 1}"
+        )
 
 
 def _with_dominant(X, K, p, init, max_iter, tol, seed, start) -> KMeansResult:
@@ -355,8 +378,17 @@ def _plain(X, K, init, max_iter, tol, seed, start) -> KMeansResult:
     return _lloyd(X, centers, max_iter, tol)
 
 
-def kmeans(X, num_clusters, init="kmeans++", p=0.0, max_iter=100, tol=1e-4, seed=0,
-           init_centers=None, threads=1) -> KMeansResult:
+def kmeans(
+    X,
+    num_clusters,
+    init="kmeans++",
+    p=0.0,
+    max_iter=100,
+    tol=1e-4,
+    seed=0,
+    init_centers=None,
+    threads=1,
+) -> KMeansResult:
     """k-means of the N rows of X into K = num_clusters clusters (paper §3.3), optional dominant cluster p.
 
     init_centers: explicit starting centers, (K, s) — or (K − 1, s) for the non-dominant clusters when p > 0;
@@ -378,6 +410,11 @@ def _kmeans(X, num_clusters, init, p, max_iter, tol, seed, init_centers) -> KMea
     if p > 0:
         _check_dominant(X.shape[0], K, p)
     start = None if init_centers is None else _check_centers(init_centers, K - (p > 0), X)
-    fit = _with_dominant(X, K, p, init, max_iter, tol, seed, start) if p > 0 else _plain(
-        X, K, init, max_iter, tol, seed, start)
-    return KMeansResult(fit.codebook.to(device), fit.assignments.to(device), fit.inertia, fit.n_iter)
+    fit = (
+        _with_dominant(X, K, p, init, max_iter, tol, seed, start)
+        if p > 0
+        else _plain(X, K, init, max_iter, tol, seed, start)
+    )
+    return KMeansResult(
+        fit.codebook.to(device), fit.assignments.to(device), fit.inertia, fit.n_iter
+    )

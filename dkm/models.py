@@ -3,6 +3,7 @@
 Layer names are stable and readable, e.g. for WRN-16-4:
 ``conv1, stage1.0.conv1, stage1.0.conv2, stage1.0.shortcut, stage1.1.conv1, stage1.1.conv2, stage2.0.conv1, …, fc``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,14 +41,24 @@ class BasicBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-k: conv1, three stages of (depth−4)/6 blocks of widths 16k, 32k, 64k, BN-ReLU, pool, fc."""
 
-    def __init__(self, depth=16, widen_factor=4, dropout=0.0, in_channels=3, num_classes=10, conv_bias=False):
+    def __init__(
+        self, depth=16, widen_factor=4, dropout=0.0, in_channels=3, num_classes=10, conv_bias=False
+    ):
         super().__init__()
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=conv_bias)
         for i in range(3):
-            blocks = [BasicBlock(widths[i] if b == 0 else widths[i + 1], widths[i + 1],
-                                 (1 if i == 0 else 2) if b == 0 else 1, dropout, conv_bias) for b in range(n)]
+            blocks = [
+                BasicBlock(
+                    widths[i] if b == 0 else widths[i + 1],
+                    widths[i + 1],
+                    (1 if i == 0 else 2) if b == 0 else 1,
+                    dropout,
+                    conv_bias,
+                )
+                for b in range(n)
+            ]
             setattr(self, f"stage{i + 1}", nn.Sequential(*blocks))
         self.bn = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
@@ -59,11 +70,15 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(F_.adaptive_avg_pool2d(x, 1), 1))
 
 
-def wide_resnet(depth=16, widen_factor=4, dropout=0.0, in_channels=3, num_classes=10, conv_bias=False) -> WideResNet:
+def wide_resnet(
+    depth=16, widen_factor=4, dropout=0.0, in_channels=3, num_classes=10, conv_bias=False
+) -> WideResNet:
     """WRN-depth-widen_factor; depth must be 6n+4 (16 convs for WRN-16-k, matching the official layer table)."""
     check_int("depth", depth, 10, 100)
     if (depth - 4) % 6:
-        raise ValueError(f"depth={depth} is not allowed: a Wide ResNet has depth 6n+4 (10, 16, 22, 28, …)")
+        raise ValueError(
+            f"depth={depth} is not allowed: a Wide ResNet has depth 6n+4 (10, 16, 22, 28, …)"
+        )
     check_int("widen_factor", widen_factor, 1, 20)
     check_float("dropout", dropout, 0.0, 1.0, hi_open=True)
     check_int("in_channels", in_channels, 1, 64)
@@ -125,5 +140,7 @@ def conv_layers(net: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     """Every Conv2d of `net` as (name, module), in model order; raise if there is none."""
     convs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise ValueError(f"net={type(net).__name__} has no Conv2d layer: allowed only models with at least one conv")
+        raise ValueError(
+            f"net={type(net).__name__} has no Conv2d layer: allowed only models with at least one conv"
+        )
     return convs

@@ -5,6 +5,7 @@ the stage's full configuration — which nests the configuration of the stage it
 `config.json` beside it. So changing λ, K, a seed or a learning rate never reuses a stale result,
 and re-running a finished experiment only reads files.
 """
+
 from __future__ import annotations
 
 import copy
@@ -61,7 +62,9 @@ def run_dir(stage: str, config: dict) -> Path:
         except (OSError, json.JSONDecodeError) as err:
             raise RunError(f"{cfg} is corrupt ({err}): delete {path} to recompute it") from None
         if saved != canonical:
-            raise RunError(f"{cfg} holds another configuration than its key says: delete {path} to recompute it")
+            raise RunError(
+                f"{cfg} holds another configuration than its key says: delete {path} to recompute it"
+            )
     else:
         write_atomic(cfg, json.dumps(canonical, indent=2, sort_keys=True))
     return path
@@ -94,7 +97,9 @@ def _build(model_config: dict) -> torch.nn.Module:
     """A fresh net of the root configuration, its tensors in the configured memory format (part of every key)."""
     net = build_model(model_config["model"], **model_config["model_kwargs"])
     if model_config.get("memory_format", "contiguous") == "channels_last":
-        net = net.to(memory_format=torch.channels_last)  # the convs' outputs follow; sums run in another order
+        net = net.to(
+            memory_format=torch.channels_last
+        )  # the convs' outputs follow; sums run in another order
     return net
 
 
@@ -104,7 +109,9 @@ def _load_model(path: Path, model_config: dict) -> torch.nn.Module:
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     except Exception as err:  # a truncated or foreign file: say which and how to recover
-        raise RunError(f"{path} is not a loadable {model_config['model']} state ({err}): delete {path.parent}") from None
+        raise RunError(
+            f"{path} is not a loadable {model_config['model']} state ({err}): delete {path.parent}"
+        ) from None
     return net
 
 
@@ -115,8 +122,10 @@ def load_run(path) -> tuple[torch.nn.Module, dict]:
         raise RunError(f"{path} is not a run directory of the pipeline (no config.json)")
     config = _load_json(path / "config.json")
     if config.get("stage") not in ("pretrain", "retrain"):
-        raise RunError(f"{path} is a {config.get('stage')!r} run, which keeps no model: pass a pretrain-* or "
-                       f"retrain-* directory (or write a shared model with `python -m dkm share --export`)")
+        raise RunError(
+            f"{path} is a {config.get('stage')!r} run, which keeps no model: pass a pretrain-* or "
+            f"retrain-* directory (or write a shared model with `python -m dkm share --export`)"
+        )
     if not (path / "model.pt").is_file():
         raise RunError(f"{path} holds no model.pt: the run did not finish (re-run its stage)")
     return _load_model(path / "model.pt", _root_config(config)), config
@@ -125,17 +134,28 @@ def load_run(path) -> tuple[torch.nn.Module, dict]:
 # ---------------------------------------------------------------- stages
 def pretrain_config(profile: Profile) -> dict:
     """Configuration of the pre-training stage (the root of every key)."""
-    return {"stage": "pretrain", **_data_config(profile), "model": profile.model,
-            "model_kwargs": profile.model_kwargs, "train": dataclasses.asdict(profile.pretrain),
-            "threads": profile.threads, "memory_format": profile.memory_format}
+    return {
+        "stage": "pretrain",
+        **_data_config(profile),
+        "model": profile.model,
+        "model_kwargs": profile.model_kwargs,
+        "train": dataclasses.asdict(profile.pretrain),
+        "threads": profile.threads,
+        "memory_format": profile.memory_format,
+    }
 
 
 def pretrain(profile: Profile, progress=None) -> tuple[torch.nn.Module, dict]:
     """The pre-trained net of the profile (trained once, then read from its run directory)."""
     config = pretrain_config(profile)
     with _compute(profile):
-        return _trained(config, progress, lambda net, train_set, d: train(
-            net, train_set, profile.pretrain, checkpoint_dir=d, progress=progress))
+        return _trained(
+            config,
+            progress,
+            lambda net, train_set, d: train(
+                net, train_set, profile.pretrain, checkpoint_dir=d, progress=progress
+            ),
+        )
 
 
 def _compute(profile: Profile):
@@ -179,8 +199,15 @@ def _start_net(config: dict, progress) -> torch.nn.Module:
     return _load_model(run_dir(parent["stage"], parent) / "model.pt", _root_config(config))
 
 
-def retrain_config(profile: Profile, method: str, seed: int, num_clusters=None, mode: str | None = None,
-                   lam: float | None = None, p=None) -> dict:
+def retrain_config(
+    profile: Profile,
+    method: str,
+    seed: int,
+    num_clusters=None,
+    mode: str | None = None,
+    lam: float | None = None,
+    p=None,
+) -> dict:
     """Configuration of a re-training run from the pre-trained net (method "dkm" needs num_clusters).
 
     p: per-conv dominant-cluster fractions of the plan; used by the indicator F only (the spectral F has no
@@ -188,20 +215,41 @@ def retrain_config(profile: Profile, method: str, seed: int, num_clusters=None, 
     check_choice("method", method, RETRAIN_METHODS)
     check_int("seed", seed, 0)
     train_cfg = dataclasses.asdict(dataclasses.replace(profile.retrain, seed=seed))
-    config = {"stage": "retrain", "parent": pretrain_config(profile), "method": method, "train": train_cfg,
-              "n_retrain": profile.n_retrain}
+    config = {
+        "stage": "retrain",
+        "parent": pretrain_config(profile),
+        "method": method,
+        "train": train_cfg,
+        "n_retrain": profile.n_retrain,
+    }
     if method == "dkm":
         if num_clusters is None:
-            raise ValueError("num_clusters is required for method='dkm' (one K per conv, e.g. from plan_clusters)")
+            raise ValueError(
+                "num_clusters is required for method='dkm' (one K per conv, e.g. from plan_clusters)"
+            )
         lam = profile.lam if lam is None else check_float("lam", lam, 0.0)
-        config.update(mode=check_choice("mode", mode or "indicator", ("indicator", "spectral")), view=profile.view,
-                      lam=lam, refresh_every=profile.refresh_every, num_clusters=list(num_clusters))
+        config.update(
+            mode=check_choice("mode", mode or "indicator", ("indicator", "spectral")),
+            view=profile.view,
+            lam=lam,
+            refresh_every=profile.refresh_every,
+            num_clusters=list(num_clusters),
+        )
         if config["mode"] == "indicator" and p is not None and any(p):
             config["p"] = [check_float("p", q, 0.0, 1.0, hi_open=True) for q in p]
     return config
 
 
-def retrain(profile: Profile, method: str, seed: int, num_clusters=None, mode=None, lam=None, progress=None, p=None):
+def retrain(
+    profile: Profile,
+    method: str,
+    seed: int,
+    num_clusters=None,
+    mode=None,
+    lam=None,
+    progress=None,
+    p=None,
+):
     """Re-train the pre-trained net: `plain` (the control) or `dkm` (with the k-means regularizer)."""
     pretrain(profile, progress)
     config = retrain_config(profile, method, seed, num_clusters, mode, lam, p)
@@ -209,8 +257,15 @@ def retrain(profile: Profile, method: str, seed: int, num_clusters=None, mode=No
 
     def fit(net, train_set, d):
         reg = None if method == "plain" else _regularizer(net, config)
-        return train(net, _subset(train_set, profile.n_retrain), tc, regularizer=reg, checkpoint_dir=d,
-                     progress=progress)
+        return train(
+            net,
+            _subset(train_set, profile.n_retrain),
+            tc,
+            regularizer=reg,
+            checkpoint_dir=d,
+            progress=progress,
+        )
+
     with _compute(profile):
         return _trained(config, progress, fit)
 
@@ -225,30 +280,58 @@ def source_net(profile: Profile, source: str, plan: dict, seed: int, progress=No
         return pretrain(profile, progress)
     if source == "plain":
         return retrain(profile, "plain", seed, progress=progress)
-    return retrain(profile, "dkm", seed, num_clusters=plan["K"], mode=source.split("-", 1)[1], progress=progress,
-                   p=plan["p"])
+    return retrain(
+        profile,
+        "dkm",
+        seed,
+        num_clusters=plan["K"],
+        mode=source.split("-", 1)[1],
+        progress=progress,
+        p=plan["p"],
+    )
 
 
 def _regularizer(net, config: dict) -> KMeansRegularizer:
     """The regularizer of a dkm re-training: every conv whose K is below its number of rows."""
     convs = conv_layers(net)
-    chosen = {name: k for (name, conv), k in zip(convs, config["num_clusters"])
-              if k < conv.weight.numel() // conv.weight.shape[-1]}
+    chosen = {
+        name: k
+        for (name, conv), k in zip(convs, config["num_clusters"])
+        if k < conv.weight.numel() // conv.weight.shape[-1]
+    }
     p = dict(zip([name for name, _ in convs], config.get("p", [0.0] * len(convs))))
-    with warnings.catch_warnings():  # the degenerate case is reported in the results, not warned per run
+    with (
+        warnings.catch_warnings()
+    ):  # the degenerate case is reported in the results, not warned per run
         warnings.simplefilter("ignore", DegenerateRelaxationWarning)
-        return KMeansRegularizer(net, config["lam"], chosen, mode=config["mode"], view=config["view"],
-                                 refresh_every=config["refresh_every"], layers=list(chosen), seed=config["train"]["seed"],
-                                 p={name: p[name] for name in chosen})
+        return KMeansRegularizer(
+            net,
+            config["lam"],
+            chosen,
+            mode=config["mode"],
+            view=config["view"],
+            refresh_every=config["refresh_every"],
+            layers=list(chosen),
+            seed=config["train"]["seed"],
+            p={name: p[name] for name in chosen},
+        )
 
 
 # ---------------------------------------------------------------- share + evaluate
 def evaluation_config(profile: Profile, source: dict, method: str, plan: dict, seed: int) -> dict:
     """Configuration of sharing a source net (pretrain or retrain config) with `method`, then evaluating it."""
     check_choice("share method", method, SHARE_INITS)
-    config = {"stage": "evaluate", "parent": source, "share": method, "init": SHARE_INITS[method],
-              "num_clusters": list(plan["K"]), "p": list(plan["p"]), "seed": check_int("seed", seed, 0),
-              "n_test": profile.n_test, "bn_batches": profile.bn_batches}
+    config = {
+        "stage": "evaluate",
+        "parent": source,
+        "share": method,
+        "init": SHARE_INITS[method],
+        "num_clusters": list(plan["K"]),
+        "p": list(plan["p"]),
+        "seed": check_int("seed", seed, 0),
+        "n_test": profile.n_test,
+        "bn_batches": profile.bn_batches,
+    }
     if method == "deep_compression":
         config["finetune"] = dataclasses.asdict(dataclasses.replace(profile.finetune, seed=seed))
         config["center_gradient"] = profile.center_gradient
@@ -256,8 +339,15 @@ def evaluation_config(profile: Profile, source: dict, method: str, plan: dict, s
     return config
 
 
-def share_and_evaluate(profile: Profile, net: torch.nn.Module, source: dict, method: str, plan: dict, seed: int,
-                       progress=None) -> dict:
+def share_and_evaluate(
+    profile: Profile,
+    net: torch.nn.Module,
+    source: dict,
+    method: str,
+    plan: dict,
+    seed: int,
+    progress=None,
+) -> dict:
     """Share a copy of `net` (row-wise k-means, §3.3), evaluate it with and without BN re-estimation; cached."""
     config = evaluation_config(profile, source, method, plan, seed)
     d = run_dir("evaluate", config)
@@ -273,7 +363,13 @@ def _share_and_evaluate(profile, net, source, method, config, seed, progress) ->
     train_set, test_set = _datasets(profile.dataset, profile.n_train, profile.n_test)
     net = copy.deepcopy(net)
     result = {"top1_before": _source_accuracy(source, net, test_set)}
-    shared = share(net, num_clusters=config["num_clusters"], p=config["p"], init=config["init"], seed=1000 + 100 * seed)
+    shared = share(
+        net,
+        num_clusters=config["num_clusters"],
+        p=config["p"],
+        init=config["init"],
+        seed=1000 + 100 * seed,
+    )
     if method == "deep_compression":
         _finetune_centers(net, shared, train_set, profile, config, progress)
     result["top1"] = evaluate(net, test_set)["accuracy"]
@@ -299,6 +395,10 @@ def _source_accuracy(source: dict, net, test_set) -> float:
 def _finetune_centers(net, shared, train_set, profile: Profile, config: dict, progress) -> None:
     """Deep Compression (Han et al. 2016): train the codebooks (gradient: sum or mean per cluster) and the rest."""
     tie_centers(net, shared, gradient=config["center_gradient"])
-    train(net, _subset(train_set, profile.n_retrain), dataclasses.replace(profile.finetune, seed=config["seed"]),
-          progress=progress)
+    train(
+        net,
+        _subset(train_set, profile.n_retrain),
+        dataclasses.replace(profile.finetune, seed=config["seed"]),
+        progress=progress,
+    )
     untie_centers(net, shared)

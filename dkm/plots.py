@@ -3,6 +3,7 @@
 Each builder draws exactly the values it is given (no hidden computation), so a notebook computes,
 a builder draws, and `dkm.figures.save_figure` writes. Stems of the saved figures: DESIGN.md.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,8 +12,15 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 PALETTE = qualitative.D3
-METHOD_COLORS = {"kmeans": PALETTE[0], "density": PALETTE[7], "deep_compression": PALETTE[4], "plain": PALETTE[5],
-                 "dkm-indicator": PALETTE[3], "dkm-spectral": PALETTE[1], "pretrained": "#444"}
+METHOD_COLORS = {
+    "kmeans": PALETTE[0],
+    "density": PALETTE[7],
+    "deep_compression": PALETTE[4],
+    "plain": PALETTE[5],
+    "dkm-indicator": PALETTE[3],
+    "dkm-spectral": PALETTE[1],
+    "pretrained": "#444",
+}
 TEMPLATE = "plotly_white"
 
 
@@ -28,24 +36,62 @@ def _method_color(label: str, i: int) -> str:
 
 
 def _finish(fig: go.Figure, title: str, height: int = 420, width: int = 1100) -> go.Figure:
-    fig.update_layout(title=title, template=TEMPLATE, height=height, width=width, margin=dict(t=80, l=60, r=30, b=50))
+    fig.update_layout(
+        title=title,
+        template=TEMPLATE,
+        height=height,
+        width=width,
+        margin=dict(t=80, l=60, r=30, b=50),
+    )
     return fig
 
 
 # ---------------------------------------------------------------- 01: the relaxation
-def relaxation_figure(panels: list[dict], title: str = "k-means error and its spectral relaxation",
-                      ytitle: str = "error / ‖W‖²") -> go.Figure:
+def relaxation_figure(
+    panels: list[dict],
+    title: str = "k-means error and its spectral relaxation",
+    ytitle: str = "error / ‖W‖²",
+) -> go.Figure:
     """fig01: per panel {"title", "K", "kmeans", "relaxed", "rank"}: both errors over K and the line K = rank bound."""
-    fig = make_subplots(1, len(panels), subplot_titles=[p["title"] for p in panels], horizontal_spacing=0.07)
+    fig = make_subplots(
+        1, len(panels), subplot_titles=[p["title"] for p in panels], horizontal_spacing=0.07
+    )
     for j, p in enumerate(panels, start=1):
         first = j == 1
-        fig.add_trace(go.Scatter(x=list(p["K"]), y=list(p["kmeans"]), name="k-means error (Lloyd, k-means++)",
-                                 mode="lines+markers", line=dict(color=_color(0)), legendgroup="km", showlegend=first), 1, j)
-        fig.add_trace(go.Scatter(x=list(p["K"]), y=list(p["relaxed"]), name="relaxed optimum Σ_{i>K} σ_i²",
-                                 mode="lines+markers", line=dict(color=_color(1), dash="dash"), legendgroup="rx",
-                                 showlegend=first), 1, j)
-        fig.add_vline(x=p["rank"], line=dict(color="#888", dash="dot"), row=1, col=j,
-                      annotation_text=f"K = min(s, N) = {p['rank']}", annotation_position="top right")
+        fig.add_trace(
+            go.Scatter(
+                x=list(p["K"]),
+                y=list(p["kmeans"]),
+                name="k-means error (Lloyd, k-means++)",
+                mode="lines+markers",
+                line=dict(color=_color(0)),
+                legendgroup="km",
+                showlegend=first,
+            ),
+            1,
+            j,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=list(p["K"]),
+                y=list(p["relaxed"]),
+                name="relaxed optimum Σ_{i>K} σ_i²",
+                mode="lines+markers",
+                line=dict(color=_color(1), dash="dash"),
+                legendgroup="rx",
+                showlegend=first,
+            ),
+            1,
+            j,
+        )
+        fig.add_vline(
+            x=p["rank"],
+            line=dict(color="#888", dash="dot"),
+            row=1,
+            col=j,
+            annotation_text=f"K = min(s, N) = {p['rank']}",
+            annotation_position="top right",
+        )
         fig.update_xaxes(title_text="K (clusters)", row=1, col=j)
     fig.update_yaxes(title_text=ytitle, rangemode="tozero", row=1, col=1)
     return _finish(fig, title)
@@ -58,26 +104,61 @@ def clusters_figure(points, assignments, title: str = "", centers=None) -> go.Fi
     three = points.shape[1] == 3
     scatter = go.Scatter3d if three else go.Scatter
     coords = lambda P: dict(x=P[:, 0], y=P[:, 1], **({"z": P[:, 2]} if three else {}))  # noqa: E731
-    fig = go.Figure(scatter(**coords(points), mode="markers", name="rows", text=[f"cluster {a}" for a in assignments],
-                            marker=dict(size=2.5 if three else 5, color=colors, opacity=0.7)))
+    fig = go.Figure(
+        scatter(
+            **coords(points),
+            mode="markers",
+            name="rows",
+            text=[f"cluster {a}" for a in assignments],
+            marker=dict(size=2.5 if three else 5, color=colors, opacity=0.7),
+        )
+    )
     if centers is not None:
-        fig.add_trace(scatter(**coords(np.asarray(centers, dtype=float)), mode="markers", name="centers",
-                              marker=dict(size=5 if three else 11, color="black", symbol="x")))
+        fig.add_trace(
+            scatter(
+                **coords(np.asarray(centers, dtype=float)),
+                mode="markers",
+                name="centers",
+                marker=dict(size=5 if three else 11, color="black", symbol="x"),
+            )
+        )
     return _finish(fig, title, height=480, width=640)
 
 
 # ---------------------------------------------------------------- 02: re-training
-def retraining_figure(runs: dict, title: str = "Re-training with and without the k-means regularizer") -> go.Figure:
+def retraining_figure(
+    runs: dict, title: str = "Re-training with and without the k-means regularizer"
+) -> go.Figure:
     """fig02: runs {label: {"step", "loss", "accuracy", "layer_errors" {layer: [...]}|None, "final_errors" {layer: x}|None}}."""
-    fig = make_subplots(1, 3, horizontal_spacing=0.08, subplot_titles=(
-        "task loss (cross-entropy)", "training accuracy (%)", "k-means error of each layer / pre-trained"))
+    fig = make_subplots(
+        1,
+        3,
+        horizontal_spacing=0.08,
+        subplot_titles=(
+            "task loss (cross-entropy)",
+            "training accuracy (%)",
+            "k-means error of each layer / pre-trained",
+        ),
+    )
     for i, (label, run) in enumerate(runs.items()):
         color = _method_color(label, i)
         kw = dict(legendgroup=label, line=dict(color=color))
-        fig.add_trace(go.Scatter(x=run["step"], y=run["loss"], name=label, mode="lines", **kw), 1, 1)
+        fig.add_trace(
+            go.Scatter(x=run["step"], y=run["loss"], name=label, mode="lines", **kw), 1, 1
+        )
         if run.get("accuracy") is not None:
-            fig.add_trace(go.Scatter(x=run["step"], y=[100 * a for a in run["accuracy"]], name=label, mode="lines",
-                                     showlegend=False, **kw), 1, 2)
+            fig.add_trace(
+                go.Scatter(
+                    x=run["step"],
+                    y=[100 * a for a in run["accuracy"]],
+                    name=label,
+                    mode="lines",
+                    showlegend=False,
+                    **kw,
+                ),
+                1,
+                2,
+            )
         _layer_traces(fig, label, run, color)
     fig.update_xaxes(title_text="optimizer step")
     fig.update_yaxes(type="log", row=1, col=3)
@@ -88,29 +169,79 @@ def _layer_traces(fig: go.Figure, label: str, run: dict, color: str) -> None:
     """Per-layer error curves (solid, one dash per layer) and end-of-run values (markers) in panel 3."""
     dashes = ("solid", "dot", "dash", "longdash", "dashdot", "longdashdot")
     for j, (layer, values) in enumerate((run.get("layer_errors") or {}).items()):
-        fig.add_trace(go.Scatter(x=run["step"], y=values, name=f"{label}: {layer}", mode="lines", legendgroup=label,
-                                 showlegend=False, line=dict(color=color, dash=dashes[j % len(dashes)])), 1, 3)
+        fig.add_trace(
+            go.Scatter(
+                x=run["step"],
+                y=values,
+                name=f"{label}: {layer}",
+                mode="lines",
+                legendgroup=label,
+                showlegend=False,
+                line=dict(color=color, dash=dashes[j % len(dashes)]),
+            ),
+            1,
+            3,
+        )
     final = run.get("final_errors") or {}
     if final:
-        fig.add_trace(go.Scatter(x=[run["step"][-1]] * len(final), y=list(final.values()), text=list(final),
-                                 name=f"{label}: end", mode="markers", legendgroup=label, showlegend=False,
-                                 marker=dict(color=color, size=9, symbol="diamond")), 1, 3)
+        fig.add_trace(
+            go.Scatter(
+                x=[run["step"][-1]] * len(final),
+                y=list(final.values()),
+                text=list(final),
+                name=f"{label}: end",
+                mode="markers",
+                legendgroup=label,
+                showlegend=False,
+                marker=dict(color=color, size=9, symbol="diamond"),
+            ),
+            1,
+            3,
+        )
 
 
 # ---------------------------------------------------------------- 03: assignments and filters
-def assignments_figure(before: dict, after: dict, title: str = "Kernel rows coloured by cluster") -> go.Figure:
+def assignments_figure(
+    before: dict, after: dict, title: str = "Kernel rows coloured by cluster"
+) -> go.Figure:
     """fig03: {"label", "rows" (n×3), "assignments" (n,), "distances" (N,)} before and after re-training."""
-    fig = make_subplots(2, 2, specs=[[{"type": "scene"}, {"type": "scene"}], [{"colspan": 2}, None]],
-                        row_heights=[0.62, 0.38], vertical_spacing=0.08,
-                        subplot_titles=(before["label"], after["label"], "distance of each row to its center"))
+    fig = make_subplots(
+        2,
+        2,
+        specs=[[{"type": "scene"}, {"type": "scene"}], [{"colspan": 2}, None]],
+        row_heights=[0.62, 0.38],
+        vertical_spacing=0.08,
+        subplot_titles=(before["label"], after["label"], "distance of each row to its center"),
+    )
     for col, side in enumerate((before, after), start=1):
         rows = np.asarray(side["rows"], dtype=float)
-        fig.add_trace(go.Scatter3d(x=rows[:, 0], y=rows[:, 1], z=rows[:, 2], mode="markers", showlegend=False,
-                                   name=side["label"], marker=dict(size=2, opacity=0.7,
-                                                                   color=[_color(int(a)) for a in side["assignments"]])),
-                      1, col)
-        fig.add_trace(go.Histogram(x=list(side["distances"]), name=side["label"], opacity=0.6, nbinsx=60,
-                                   histnorm="probability", marker_color=_color(col + 1)), 2, 1)
+        fig.add_trace(
+            go.Scatter3d(
+                x=rows[:, 0],
+                y=rows[:, 1],
+                z=rows[:, 2],
+                mode="markers",
+                showlegend=False,
+                name=side["label"],
+                marker=dict(
+                    size=2, opacity=0.7, color=[_color(int(a)) for a in side["assignments"]]
+                ),
+            ),
+            1,
+            col,
+        )
+        fig.add_trace(
+            go.Histogram(
+                x=list(side["distances"]),
+                name=side["label"],
+                opacity=0.6,
+                nbinsx=60,
+                histnorm="probability",
+                marker_color=_color(col + 1),
+            ),
+            2,
+            1,
+        )
     fig.update_layout(barmode="overlay")
     fig.update_xaxes(title_text="‖row − its center‖ / RMS row norm", row=2, col=1)
     fig.update_yaxes(title_text="fraction of rows", row=2, col=1)
@@ -123,7 +254,7 @@ def _tiles(kernels) -> np.ndarray:
     n, kh, kw = kernels.shape
     out = np.full((kh, n * (kw + 1) - 1), np.nan)
     for i, k in enumerate(kernels):
-        out[:, i * (kw + 1): i * (kw + 1) + kw] = k
+        out[:, i * (kw + 1) : i * (kw + 1) + kw] = k
     return out
 
 
@@ -133,23 +264,52 @@ def filters_figure(panels: dict, title: str = "Conv kernels before and after sha
     zmax = max(float(np.nanmax(np.abs(t))) for t in tiles.values())
     fig = make_subplots(len(tiles), 1, subplot_titles=list(tiles), vertical_spacing=0.08)
     for i, t in enumerate(tiles.values(), start=1):
-        fig.add_trace(go.Heatmap(z=t[::-1], zmin=-zmax, zmax=zmax, zmid=0, colorscale="RdBu_r",
-                                 showscale=i == 1, hoverongaps=False), i, 1)
+        fig.add_trace(
+            go.Heatmap(
+                z=t[::-1],
+                zmin=-zmax,
+                zmax=zmax,
+                zmid=0,
+                colorscale="RdBu_r",
+                showscale=i == 1,
+                hoverongaps=False,
+            ),
+            i,
+            1,
+        )
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, scaleanchor="x", scaleratio=1)
+    fig.update_yaxes(
+        showticklabels=False, showgrid=False, zeroline=False, scaleanchor="x", scaleratio=1
+    )
     return _finish(fig, title, height=150 + 170 * len(tiles), width=1100)
 
 
 # ---------------------------------------------------------------- 03/04: bars (slider states)
-def bars_figure(labels, values, title: str = "", ytitle: str = "top-1 accuracy (%)", errors=None,
-                reference: float | None = None, reference_label: str = "") -> go.Figure:
+def bars_figure(
+    labels,
+    values,
+    title: str = "",
+    ytitle: str = "top-1 accuracy (%)",
+    errors=None,
+    reference: float | None = None,
+    reference_label: str = "",
+) -> go.Figure:
     """One bar per label (colour by method name), optional error bars and a dashed reference line."""
     labels = list(labels)
-    fig = go.Figure(go.Bar(x=labels, y=list(values), text=[f"{v:.1f}" for v in values], textposition="outside",
-                           marker_color=[_method_color(lab, i) for i, lab in enumerate(labels)],
-                           error_y=None if errors is None else dict(type="data", array=list(errors))))
+    fig = go.Figure(
+        go.Bar(
+            x=labels,
+            y=list(values),
+            text=[f"{v:.1f}" for v in values],
+            textposition="outside",
+            marker_color=[_method_color(lab, i) for i, lab in enumerate(labels)],
+            error_y=None if errors is None else dict(type="data", array=list(errors)),
+        )
+    )
     if reference is not None:
-        fig.add_hline(y=reference, line=dict(dash="dash", color="#444"), annotation_text=reference_label)
+        fig.add_hline(
+            y=reference, line=dict(dash="dash", color="#444"), annotation_text=reference_label
+        )
     fig.update_yaxes(title_text=ytitle, rangemode="tozero")
     return _finish(fig, title, height=430, width=760)
 
@@ -160,53 +320,113 @@ def _dash(method: str) -> str:
     return "dot" if method.endswith("+ft") else "solid" if method.startswith("dkm") else "dash"
 
 
-def cr_accuracy_figure(panels: dict, reference: float | None = None,
-                       title: str = "Top-1 accuracy vs compression ratio") -> go.Figure:
+def cr_accuracy_figure(
+    panels: dict, reference: float | None = None, title: str = "Top-1 accuracy vs compression ratio"
+) -> go.Figure:
     """fig05: {panel title: summary rows {"method", "cr_official", "mean", "spread"}} (accuracies as fractions)."""
-    fig = make_subplots(1, len(panels), subplot_titles=list(panels), shared_yaxes=True, horizontal_spacing=0.05)
+    fig = make_subplots(
+        1, len(panels), subplot_titles=list(panels), shared_yaxes=True, horizontal_spacing=0.05
+    )
     for j, rows in enumerate(panels.values(), start=1):
         methods = list(dict.fromkeys(r["method"] for r in rows))
         for i, method in enumerate(methods):
             pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["cr_official"])
             dkm = method.startswith("dkm")
-            fig.add_trace(go.Scatter(
-                x=[r["cr_official"] for r in pts], y=[100 * r["mean"] for r in pts], name=method, legendgroup=method,
-                showlegend=j == 1, mode="lines+markers", line=dict(color=_method_color(method, i), width=3 if dkm else 1.5,
-                                                                   dash=_dash(method)),
-                error_y=dict(type="data", array=[100 * r["spread"] for r in pts])), 1, j)
+            fig.add_trace(
+                go.Scatter(
+                    x=[r["cr_official"] for r in pts],
+                    y=[100 * r["mean"] for r in pts],
+                    name=method,
+                    legendgroup=method,
+                    showlegend=j == 1,
+                    mode="lines+markers",
+                    line=dict(
+                        color=_method_color(method, i), width=3 if dkm else 1.5, dash=_dash(method)
+                    ),
+                    error_y=dict(type="data", array=[100 * r["spread"] for r in pts]),
+                ),
+                1,
+                j,
+            )
         if reference is not None:
-            fig.add_hline(y=100 * reference, line=dict(color="#444", dash="dot"), row=1, col=j,
-                          annotation_text="uncompressed", annotation_position="bottom right")
-        fig.update_xaxes(title_text="compression ratio (official convention)", type="log", row=1, col=j)
+            fig.add_hline(
+                y=100 * reference,
+                line=dict(color="#444", dash="dot"),
+                row=1,
+                col=j,
+                annotation_text="uncompressed",
+                annotation_position="bottom right",
+            )
+        fig.update_xaxes(
+            title_text="compression ratio (official convention)", type="log", row=1, col=j
+        )
     fig.update_yaxes(title_text="top-1 accuracy (%)", row=1, col=1)
     return _finish(fig, title, height=460, width=1200)
 
 
 # ---------------------------------------------------------------- 05: energy
-def energy_validation_figure(nets: dict, title: str = "Energy metric vs the ZigZag reference, per layer") -> go.Figure:
+def energy_validation_figure(
+    nets: dict, title: str = "Energy metric vs the ZigZag reference, per layer"
+) -> go.Figure:
     """fig06: {net: {"names", "reference", "ours", "macs", "r2", "r2_macs"}}: log-log scatter per net, R² in the titles."""
-    titles = [f"{net}: R² = {d['r2']:.3f} (MACs alone: {d['r2_macs']:.3f})" for net, d in nets.items()]
+    titles = [
+        f"{net}: R² = {d['r2']:.3f} (MACs alone: {d['r2_macs']:.3f})" for net, d in nets.items()
+    ]
     fig = make_subplots(1, len(nets), subplot_titles=titles, horizontal_spacing=0.08)
     for j, d in enumerate(nets.values(), start=1):
         ref = np.asarray(d["reference"], dtype=float)
-        fig.add_trace(go.Scatter(x=[ref.min(), ref.max()], y=[ref.min(), ref.max()], mode="lines", name="y = x",
-                                 legendgroup="diag", showlegend=j == 1, line=dict(color="#999", dash="dot")), 1, j)
+        fig.add_trace(
+            go.Scatter(
+                x=[ref.min(), ref.max()],
+                y=[ref.min(), ref.max()],
+                mode="lines",
+                name="y = x",
+                legendgroup="diag",
+                showlegend=j == 1,
+                line=dict(color="#999", dash="dot"),
+            ),
+            1,
+            j,
+        )
         for i, (key, label) in enumerate((("ours", "our metric"), ("macs", "MACs alone"))):
             y = np.asarray(d[key], dtype=float)
-            fig.add_trace(go.Scatter(x=ref, y=y, mode="markers", name=label, legendgroup=key, showlegend=j == 1,
-                                     text=list(d["names"]), marker=dict(color=_color(i), size=8, opacity=0.8)), 1, j)
+            fig.add_trace(
+                go.Scatter(
+                    x=ref,
+                    y=y,
+                    mode="markers",
+                    name=label,
+                    legendgroup=key,
+                    showlegend=j == 1,
+                    text=list(d["names"]),
+                    marker=dict(color=_color(i), size=8, opacity=0.8),
+                ),
+                1,
+                j,
+            )
         fig.update_xaxes(title_text="ZigZag energy (pJ)", type="log", row=1, col=j)
         fig.update_yaxes(type="log", row=1, col=j)
     fig.update_yaxes(title_text="estimate (scaled to the reference by least squares)", row=1, col=1)
     return _finish(fig, title, height=470, width=1200)
 
 
-def energy_breakdown_figure(rows: list[dict], components: list, title: str = "Energy per layer, dense vs shared",
-                            unit: str = "E_MAC16") -> go.Figure:
+def energy_breakdown_figure(
+    rows: list[dict],
+    components: list,
+    title: str = "Energy per layer, dense vs shared",
+    unit: str = "E_MAC16",
+) -> go.Figure:
     """fig07: rows {"layer", "variant", <component>: energy}, in drawing order: bars stacked by component."""
-    x = [[r["layer"] for r in rows], [r["variant"] for r in rows]]  # layer, then dense/shared side by side
-    fig = go.Figure([go.Bar(x=x, y=[r[comp] for r in rows], name=comp, marker_color=_color(i))
-                     for i, comp in enumerate(components)])
+    x = [
+        [r["layer"] for r in rows],
+        [r["variant"] for r in rows],
+    ]  # layer, then dense/shared side by side
+    fig = go.Figure(
+        [
+            go.Bar(x=x, y=[r[comp] for r in rows], name=comp, marker_color=_color(i))
+            for i, comp in enumerate(components)
+        ]
+    )
     fig.update_layout(barmode="stack")
     fig.update_yaxes(title_text=f"energy ({unit})")
     return _finish(fig, title, height=480, width=1200)

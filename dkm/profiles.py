@@ -3,6 +3,7 @@
 The `cpu` profile is sized by measurement (README, "Evidence"): the whole experiment behind the
 CR–accuracy figure — pre-training once, every method at every CR target, both seeds — on a 2-core CPU.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,27 +23,31 @@ class Profile:
     """Everything an experiment depends on; each stage's cache key holds every field that stage uses (dkm.pipeline)."""
 
     name: str
-    dataset: str                      # "fashion_mnist" | "cifar10"
-    n_train: int | None               # None: the whole training split
+    dataset: str  # "fashion_mnist" | "cifar10"
+    n_train: int | None  # None: the whole training split
     n_test: int | None
-    n_retrain: int | None             # images for re-training and center fine-tuning (a fixed subset; None: all)
-    model: str                        # dkm.models registry name
+    n_retrain: (
+        int | None
+    )  # images for re-training and center fine-tuning (a fixed subset; None: all)
+    model: str  # dkm.models registry name
     model_kwargs: dict
     pretrain: TrainConfig
-    retrain: TrainConfig              # Deep k-Means and the plain control: same epochs, same lr
-    finetune: TrainConfig             # Deep Compression style center fine-tuning
-    lam: float                        # λ of the k-means regularizer (sum-normalized, see dkm.spectral)
-    refresh_every: int                # T: optimizer steps between F updates
+    retrain: TrainConfig  # Deep k-Means and the plain control: same epochs, same lr
+    finetune: TrainConfig  # Deep Compression style center fine-tuning
+    lam: float  # λ of the k-means regularizer (sum-normalized, see dkm.spectral)
+    refresh_every: int  # T: optimizer steps between F updates
     modes: tuple = ("indicator", "spectral")
     view: str = "rows"
     cr_targets: tuple = (8.0, 16.0, 32.0, 45.0)
-    official_settings: tuple = ()     # the authors' per-layer K/p settings run as extra points (WRN-16-4 only)
+    official_settings: tuple = ()  # the authors' per-layer K/p settings run as extra points (WRN-16-4 only)
     seeds: tuple = (0, 1)
-    p: float = 0.0                    # dominant-cluster fraction used by the CR → K plan
-    bn_batches: int = 20              # training batches used to re-estimate batch norm after sharing
-    threads: int | None = None        # torch threads for every stage (results on CPU depend on it); None: as is
+    p: float = 0.0  # dominant-cluster fraction used by the CR → K plan
+    bn_batches: int = 20  # training batches used to re-estimate batch norm after sharing
+    threads: int | None = (
+        None  # torch threads for every stage (results on CPU depend on it); None: as is
+    )
     memory_format: str = "contiguous"  # of the nets' tensors: "channels_last" is faster for convs on CPU (other sums)
-    center_gradient: str = "mean"     # Deep Compression fine-tuning: a center's gradient, "mean" or "sum" over its cluster
+    center_gradient: str = "mean"  # Deep Compression fine-tuning: a center's gradient, "mean" or "sum" over its cluster
     description: str = ""
 
     def __post_init__(self):
@@ -66,36 +71,93 @@ class Profile:
 def _smoke() -> Profile:
     base = TrainConfig(epochs=1, lr=0.01, batch_size=64, schedule="cosine", log_every=10)
     return Profile(
-        name="smoke", dataset="fashion_mnist", n_train=2000, n_test=1000, n_retrain=None,
-        model="small_cnn", model_kwargs={"in_channels": 1, "num_classes": 10, "width": 8},
-        pretrain=dataclasses.replace(base, epochs=3, lr=0.1), retrain=base, finetune=base,
-        lam=5.0, refresh_every=10, cr_targets=(8.0, 16.0), seeds=(0,), bn_batches=5, threads=1,
-        description="tiny CNN, 2k Fashion-MNIST images, 3 + 1 epochs: seconds; for tests and nbval")
+        name="smoke",
+        dataset="fashion_mnist",
+        n_train=2000,
+        n_test=1000,
+        n_retrain=None,
+        model="small_cnn",
+        model_kwargs={"in_channels": 1, "num_classes": 10, "width": 8},
+        pretrain=dataclasses.replace(base, epochs=3, lr=0.1),
+        retrain=base,
+        finetune=base,
+        lam=5.0,
+        refresh_every=10,
+        cr_targets=(8.0, 16.0),
+        seeds=(0,),
+        bn_batches=5,
+        threads=1,
+        description="tiny CNN, 2k Fashion-MNIST images, 3 + 1 epochs: seconds; for tests and nbval",
+    )
 
 
 def _cpu() -> Profile:
     pre = TrainConfig(epochs=4, lr=0.1, batch_size=128, schedule="cosine", log_every=50)
     re = TrainConfig(epochs=1, lr=0.01, batch_size=128, schedule="cosine", log_every=50)
     return Profile(
-        name="cpu", dataset="fashion_mnist", n_train=None, n_test=None, n_retrain=20000,
-        model="wide_resnet", model_kwargs={"depth": 10, "widen_factor": 1, "dropout": 0.0, "in_channels": 1,
-                                           "num_classes": 10, "conv_bias": False},
-        pretrain=pre, retrain=re, finetune=re, lam=5.0, refresh_every=50, cr_targets=(16.0, 24.0, 32.0, 45.0),
-        threads=2, memory_format="channels_last",
-        description="WRN-10-1 on full Fashion-MNIST (re-training on 20k images): the default, minutes on a 2-core CPU")
+        name="cpu",
+        dataset="fashion_mnist",
+        n_train=None,
+        n_test=None,
+        n_retrain=20000,
+        model="wide_resnet",
+        model_kwargs={
+            "depth": 10,
+            "widen_factor": 1,
+            "dropout": 0.0,
+            "in_channels": 1,
+            "num_classes": 10,
+            "conv_bias": False,
+        },
+        pretrain=pre,
+        retrain=re,
+        finetune=re,
+        lam=5.0,
+        refresh_every=50,
+        cr_targets=(16.0, 24.0, 32.0, 45.0),
+        threads=2,
+        memory_format="channels_last",
+        description="WRN-10-1 on full Fashion-MNIST (re-training on 20k images): the default, minutes on a 2-core CPU",
+    )
 
 
 def _paper() -> Profile:
-    pre = TrainConfig(epochs=200, lr=0.1, batch_size=128, schedule="step", milestones=(60, 120, 160), gamma=0.2,
-                      nesterov=True, log_every=100)
+    pre = TrainConfig(
+        epochs=200,
+        lr=0.1,
+        batch_size=128,
+        schedule="step",
+        milestones=(60, 120, 160),
+        gamma=0.2,
+        nesterov=True,
+        log_every=100,
+    )
     re = TrainConfig(epochs=30, lr=0.01, batch_size=128, schedule="cosine", log_every=100)
     return Profile(
-        name="paper", dataset="cifar10", n_train=None, n_test=None, n_retrain=None,
-        model="wide_resnet", model_kwargs={"depth": 16, "widen_factor": 4, "dropout": 0.3, "in_channels": 3,
-                                           "num_classes": 10, "conv_bias": True},
-        pretrain=pre, retrain=re, finetune=re, lam=0.5, refresh_every=200, cr_targets=(20.0, 30.0, 45.0, 50.0),
-        official_settings=OFFICIAL_SETTINGS, seeds=(0, 1),
-        description="WRN-16-4 on CIFAR-10 with the authors' settings: GPU hours")
+        name="paper",
+        dataset="cifar10",
+        n_train=None,
+        n_test=None,
+        n_retrain=None,
+        model="wide_resnet",
+        model_kwargs={
+            "depth": 16,
+            "widen_factor": 4,
+            "dropout": 0.3,
+            "in_channels": 3,
+            "num_classes": 10,
+            "conv_bias": True,
+        },
+        pretrain=pre,
+        retrain=re,
+        finetune=re,
+        lam=0.5,
+        refresh_every=200,
+        cr_targets=(20.0, 30.0, 45.0, 50.0),
+        official_settings=OFFICIAL_SETTINGS,
+        seeds=(0, 1),
+        description="WRN-16-4 on CIFAR-10 with the authors' settings: GPU hours",
+    )
 
 
 PROFILES = {"smoke": _smoke, "cpu": _cpu, "paper": _paper}

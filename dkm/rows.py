@@ -10,6 +10,7 @@ A conv weight has shape (C_out, C_in/groups, kh, kw). Three layouts ("views") ar
 
 rank(W) ≤ min(s, N): with kernel rows (s = 3) the spectral relaxation is informative only for K < 3.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,9 @@ def vector_length(shape, view: str = "rows") -> int:
     """Length s of one column of W for a conv weight of `shape` under `view`."""
     check_choice("view", view, VIEWS)
     if len(shape) != 4:
-        raise ValueError(f"shape={tuple(shape)} is not a conv weight shape: expected 4 dims (C_out, C_in, kh, kw)")
+        raise ValueError(
+            f"shape={tuple(shape)} is not a conv weight shape: expected 4 dims (C_out, C_in, kh, kw)"
+        )
     _, c_in, kh, kw = shape
     return {"rows": kw, "kernels": kh * kw, "filters": c_in * kh * kw}[view]
 
@@ -38,7 +41,9 @@ def from_matrix(W: torch.Tensor, shape, view: str = "rows") -> torch.Tensor:
     """Inverse of `to_matrix`: fold W ∈ R^{s×N} back into a conv weight of `shape`."""
     s = vector_length(shape, view)
     if W.shape[0] != s or W.numel() != torch.Size(shape).numel():
-        raise ValueError(f"W has shape {tuple(W.shape)}, which does not fold into {tuple(shape)} under view={view!r}")
+        raise ValueError(
+            f"W has shape {tuple(W.shape)}, which does not fold into {tuple(shape)} under view={view!r}"
+        )
     return W.T.reshape(shape)
 
 

@@ -1,4 +1,5 @@
 """Step 3 of the method: row-wise k-means weight sharing of every conv layer (paper §3.3)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,18 +15,17 @@ from .models import conv_layers
 from .rows import to_rows
 
 
-
 @dataclass
 class SharedLayer:
     """One shared conv layer: W is replaced by codebook[assignments] (rows of length s)."""
 
-    name: str                 # module name in the net, e.g. "block1.layer.0.conv1"
-    index: int                # position among the net's Conv2d layers (0-based, model order)
-    shape: tuple              # conv weight shape (C_out, C_in/groups, kh, kw)
-    codebook: torch.Tensor    # (K, s) float32 centers
-    assignments: torch.Tensor # (N,) int64, N = C_out·C_in/groups·kh
-    p: float = 0.0            # dominant-cluster fraction used (0: none)
-    bias_numel: int = 0       # size of the conv bias (kept uncompressed), 0 if none
+    name: str  # module name in the net, e.g. "block1.layer.0.conv1"
+    index: int  # position among the net's Conv2d layers (0-based, model order)
+    shape: tuple  # conv weight shape (C_out, C_in/groups, kh, kw)
+    codebook: torch.Tensor  # (K, s) float32 centers
+    assignments: torch.Tensor  # (N,) int64, N = C_out·C_in/groups·kh
+    p: float = 0.0  # dominant-cluster fraction used (0: none)
+    bias_numel: int = 0  # size of the conv bias (kept uncompressed), 0 if none
 
     @property
     def num_clusters(self) -> int:
@@ -52,8 +52,8 @@ class SharedLayer:
 class ShareResult:
     """Every shared layer by module name, plus the conv layers skipped with the reason."""
 
-    layers: dict = field(default_factory=dict)    # name -> SharedLayer
-    skipped: dict = field(default_factory=dict)   # name -> reason (str)
+    layers: dict = field(default_factory=dict)  # name -> SharedLayer
+    skipped: dict = field(default_factory=dict)  # name -> reason (str)
 
 
 def _per_layer(name: str, value, convs, default=None) -> list:
@@ -63,22 +63,28 @@ def _per_layer(name: str, value, convs, default=None) -> list:
         return [default if value is None else value] * len(convs)
     if isinstance(value, (list, tuple)):
         if len(value) != len(convs):
-            raise ValueError(f"{name} has {len(value)} entries but the net has {len(convs)} conv layers: "
-                             f"allowed one entry per conv, or a dict by layer name/index")
+            raise ValueError(
+                f"{name} has {len(value)} entries but the net has {len(convs)} conv layers: "
+                f"allowed one entry per conv, or a dict by layer name/index"
+            )
         return list(value)
     if isinstance(value, dict):
         out = [None] * len(convs)
         for key, v in value.items():
             out[_layer_index(name, key, names)] = v
         return out
-    raise TypeError(f"{name} must be a number, a list (one per conv) or a dict by layer name/index, got {type(value).__name__}")
+    raise TypeError(
+        f"{name} must be a number, a list (one per conv) or a dict by layer name/index, got {type(value).__name__}"
+    )
 
 
 def _layer_index(param: str, key, names: list) -> int:
     """Index of a conv layer given by name or position; error lists what exists."""
     if isinstance(key, str):
         if key not in names:
-            raise ValueError(f"{param}: unknown layer name {key!r}: allowed names are {', '.join(names)}")
+            raise ValueError(
+                f"{param}: unknown layer name {key!r}: allowed names are {', '.join(names)}"
+            )
         return names.index(key)
     return check_int(f"{param} layer index", key, 0, len(names) - 1)
 
@@ -88,7 +94,9 @@ def _skip_reason(conv: nn.Conv2d, k, n_rows: int, explicit: bool) -> str | None:
     if k is None:
         return "no K given for this layer"
     if not torch.isfinite(conv.weight).all():
-        raise ValueError(f"the weight of conv {conv} has non-finite values: allowed finite weights only")
+        raise ValueError(
+            f"the weight of conv {conv} has non-finite values: allowed finite weights only"
+        )
     if k == n_rows:
         return f"K={k} equals the number of rows N={n_rows}: left dense (the authors' convention)"
     if k > n_rows and not explicit:
@@ -96,8 +104,17 @@ def _skip_reason(conv: nn.Conv2d, k, n_rows: int, explicit: bool) -> str | None:
     return None
 
 
-def share(net: nn.Module, num_clusters=None, p=0.0, init: str = "kmeans++", exclude=(), seed: int = 1000,
-          max_iter: int = 100, tol: float = 1e-4, official: str | None = None) -> ShareResult:
+def share(
+    net: nn.Module,
+    num_clusters=None,
+    p=0.0,
+    init: str = "kmeans++",
+    exclude=(),
+    seed: int = 1000,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    official: str | None = None,
+) -> ShareResult:
     """Row-wise k-means sharing of every Conv2d (paper §3.3): W ← codebook[assignments], in place.
 
     num_clusters / p: one value for all layers, a list (one per conv, model order) or a dict by layer name
@@ -108,7 +125,9 @@ def share(net: nn.Module, num_clusters=None, p=0.0, init: str = "kmeans++", excl
     if official is not None:
         num_clusters, p = official_per_layer(official, len(convs))
     if num_clusters is None:
-        raise ValueError("num_clusters is required (an int, a list per conv or a dict), or pass official='45x'")
+        raise ValueError(
+            "num_clusters is required (an int, a list per conv or a dict), or pass official='45x'"
+        )
     explicit = not isinstance(num_clusters, int)
     ks = _per_layer("num_clusters", num_clusters, convs)
     ps = _per_layer("p", p, convs, default=0.0)
@@ -116,16 +135,27 @@ def share(net: nn.Module, num_clusters=None, p=0.0, init: str = "kmeans++", excl
     result = ShareResult()
     for i, ((name, conv), k, p_i) in enumerate(zip(convs, ks, ps)):
         rows = to_rows(conv.weight.detach())
-        reason = "excluded by the caller" if i in excluded else _skip_reason(conv, k, rows.shape[0], explicit)
+        reason = (
+            "excluded by the caller"
+            if i in excluded
+            else _skip_reason(conv, k, rows.shape[0], explicit)
+        )
         if reason:
             result.skipped[name] = reason
             continue
         check_int(f"num_clusters[{name}]", k, 1, rows.shape[0])
         check_float(f"p[{name}]", p_i or 0.0, 0.0, 1.0, hi_open=True)
-        p_i = dominant_p(rows.shape[0], k, p_i)   # no room for a dominant cluster: plain k-means
+        p_i = dominant_p(rows.shape[0], k, p_i)  # no room for a dominant cluster: plain k-means
         km = kmeans(rows, k, init=init, p=p_i, max_iter=max_iter, tol=tol, seed=seed + i)
-        layer = SharedLayer(name, i, tuple(conv.weight.shape), km.codebook, km.assignments,
-                            p_i, 0 if conv.bias is None else conv.bias.numel())
+        layer = SharedLayer(
+            name,
+            i,
+            tuple(conv.weight.shape),
+            km.codebook,
+            km.assignments,
+            p_i,
+            0 if conv.bias is None else conv.bias.numel(),
+        )
         with torch.no_grad():
             conv.weight.copy_(layer.weight())
         result.layers[name] = layer
@@ -136,8 +166,10 @@ def official_per_layer(setting: str, num_convs: int) -> tuple[list, list]:
     """Per-conv K and p lists of the authors' setting "45x" | "47x" | "50x" (data/reference/)."""
     settings = official_settings(setting)
     if num_convs != len(settings["K"]):
-        raise ValueError(f"official={setting!r} is defined for WRN-16-4 with {len(settings['K'])} conv layers, "
-                         f"but the net has {num_convs}: allowed only a net with the official layer table")
+        raise ValueError(
+            f"official={setting!r} is defined for WRN-16-4 with {len(settings['K'])} conv layers, "
+            f"but the net has {num_convs}: allowed only a net with the official layer table"
+        )
     return settings["K"], settings["p"]
 
 
@@ -163,14 +195,23 @@ class _ScaleGrad(torch.autograd.Function):
 class TiedWeight(nn.Module):
     """Parametrization weight = codebook[assignments]; a center's gradient is the sum or the mean over its cluster."""
 
-    def __init__(self, assignments: torch.Tensor, shape: tuple, gradient: str = "sum", num_clusters: int | None = None):
+    def __init__(
+        self,
+        assignments: torch.Tensor,
+        shape: tuple,
+        gradient: str = "sum",
+        num_clusters: int | None = None,
+    ):
         super().__init__()
         check_choice("gradient", gradient, CENTER_GRADIENTS)
         self.register_buffer("assignments", assignments.clone())
         self.shape = tuple(shape)
         self.gradient = gradient
         k = num_clusters or (int(assignments.max()) + 1 if assignments.numel() else 0)
-        self.register_buffer("inverse_counts", 1.0 / torch.bincount(assignments, minlength=k).clamp_min(1).unsqueeze(1))
+        self.register_buffer(
+            "inverse_counts",
+            1.0 / torch.bincount(assignments, minlength=k).clamp_min(1).unsqueeze(1),
+        )
 
     def forward(self, codebook):
         # ∂L/∂c_k = Σ_{i: a(i)=k} ∂L/∂w_i  (Han et al. 2016, eq. 3) — the backward of this gather.
@@ -185,7 +226,9 @@ class TiedWeight(nn.Module):
     def right_inverse(self, weight):
         # the least-squares codebook of a weight: each center is the mean of its rows
         rows = to_rows(weight)
-        sums = torch.zeros(len(self.inverse_counts), rows.shape[1], dtype=rows.dtype).index_add_(0, self.assignments, rows)
+        sums = torch.zeros(len(self.inverse_counts), rows.shape[1], dtype=rows.dtype).index_add_(
+            0, self.assignments, rows
+        )
         return sums * self.inverse_counts.to(sums)
 
 
@@ -198,10 +241,16 @@ def tie_centers(net: nn.Module, result: ShareResult, gradient: str = "sum") -> l
     params = []
     for name, layer in result.layers.items():
         conv = modules[name]
-        tied = TiedWeight(layer.assignments, layer.shape, gradient=gradient, num_clusters=layer.codebook.shape[0])
+        tied = TiedWeight(
+            layer.assignments, layer.shape, gradient=gradient, num_clusters=layer.codebook.shape[0]
+        )
         parametrize.register_parametrization(conv, "weight", tied)
-        with torch.no_grad():  # keep the exact codebook (unused centers included), not the recomputed means
-            conv.parametrizations.weight.original.copy_(layer.codebook.to(conv.parametrizations.weight.original))
+        with (
+            torch.no_grad()
+        ):  # keep the exact codebook (unused centers included), not the recomputed means
+            conv.parametrizations.weight.original.copy_(
+                layer.codebook.to(conv.parametrizations.weight.original)
+            )
         params.append(conv.parametrizations.weight.original)
     return params
 

@@ -10,6 +10,7 @@ Two choices of F:
 - `indicator`: the hard k-means indicator, so W F Fᵀ replaces each column by its cluster mean
   and the term is the exact k-means error.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -31,19 +32,29 @@ class DegenerateRelaxationWarning(UserWarning):
 
 def _check_W(W: torch.Tensor) -> torch.Tensor:
     if not isinstance(W, torch.Tensor) or W.dim() != 2:
-        raise ValueError(f"W must be a 2-D tensor s×N (columns are the vectors), got {getattr(W, 'shape', W)!r}")
+        raise ValueError(
+            f"W must be a 2-D tensor s×N (columns are the vectors), got {getattr(W, 'shape', W)!r}"
+        )
     return check_finite("W", W)
 
 
-def _check_assignments(assignments: torch.Tensor, n: int, num_clusters: int | None = None) -> torch.Tensor:
+def _check_assignments(
+    assignments: torch.Tensor, n: int, num_clusters: int | None = None
+) -> torch.Tensor:
     a = torch.as_tensor(assignments)
     if a.dim() != 1 or a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool:
-        raise ValueError(f"assignments must be a 1-D integer tensor, got dtype {a.dtype} and shape {tuple(a.shape)}")
+        raise ValueError(
+            f"assignments must be a 1-D integer tensor, got dtype {a.dtype} and shape {tuple(a.shape)}"
+        )
     if n is not None and a.numel() != n:
-        raise ValueError(f"assignments has {a.numel()} entries: allowed exactly N={n} (one per column of W)")
+        raise ValueError(
+            f"assignments has {a.numel()} entries: allowed exactly N={n} (one per column of W)"
+        )
     hi = "" if num_clusters is None else f" < num_clusters={num_clusters}"
     if a.numel() and (a.min() < 0 or (num_clusters is not None and a.max() >= num_clusters)):
-        raise ValueError(f"assignments has values in [{int(a.min())}, {int(a.max())}]: allowed 0 ≤ a{hi}")
+        raise ValueError(
+            f"assignments has values in [{int(a.min())}, {int(a.max())}]: allowed 0 ≤ a{hi}"
+        )
     return a.long()
 
 
@@ -65,7 +76,9 @@ def kmeans_error(W: torch.Tensor, assignments: torch.Tensor) -> float:
     return error
 
 
-def indicator_matrix(assignments: torch.Tensor, num_clusters: int, dtype=torch.float64) -> torch.Tensor:
+def indicator_matrix(
+    assignments: torch.Tensor, num_clusters: int, dtype=torch.float64
+) -> torch.Tensor:
     """F ∈ R^{N×K}, F_ik = 1/√n_k if a(i) = k (empty clusters: zero column), so FᵀF = I on used clusters."""
     K = check_int("num_clusters", num_clusters, lo=1)
     a = _check_assignments(assignments, None, K)
@@ -139,8 +152,14 @@ def _randomized_right_vectors(W, rank, oversample, n_iter, seed):
     return Q @ Vbh[:rank].T
 
 
-def spectral_F(W: torch.Tensor, num_clusters: int, randomized: bool = False, oversample: int = 10,
-               n_iter: int = 2, seed: int = 0) -> torch.Tensor:
+def spectral_F(
+    W: torch.Tensor,
+    num_clusters: int,
+    randomized: bool = False,
+    oversample: int = 10,
+    n_iter: int = 2,
+    seed: int = 0,
+) -> torch.Tensor:
     """Top-K right singular vectors of W (N×min(K, s, N), orthonormal columns): the relaxed optimum (§3.2).
 
     W has rank ≤ r = min(s, N), so at most r columns are meaningful: when K ≥ r, F holds the r
@@ -157,8 +176,13 @@ def spectral_F(W: torch.Tensor, num_clusters: int, randomized: bool = False, ove
     return Vh[:rank].T.contiguous()
 
 
-def indicator_F(W: torch.Tensor, num_clusters: int, seed: int = 0, p: float = 0.0,
-                init_centers: torch.Tensor | None = None) -> IndicatorF:
+def indicator_F(
+    W: torch.Tensor,
+    num_clusters: int,
+    seed: int = 0,
+    p: float = 0.0,
+    init_centers: torch.Tensor | None = None,
+) -> IndicatorF:
     """Normalized indicator F of hard k-means (dkm.kmeans, on CPU) of the columns of W, as assignments."""
     from .kmeans import kmeans
 
@@ -188,18 +212,20 @@ class _Penalty(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         # grad of λ/2‖W(I−FFᵀ)‖² is λ·W(I−FFᵀ)(I−FFᵀ)ᵀ = λ·W(I−FFᵀ): I − FFᵀ is a symmetric projection
-        grads = (grad * ctx.lam * R.T.reshape(shape) for R, shape in zip(ctx.saved_tensors, ctx.shapes))
+        grads = (
+            grad * ctx.lam * R.T.reshape(shape) for R, shape in zip(ctx.saved_tensors, ctx.shapes)
+        )
         return (None, None, None, *grads)
 
 
 @dataclass
 class _Layer:
     name: str
-    index: int            # position among the net's Conv2d layers (as SharedLayer.index)
+    index: int  # position among the net's Conv2d layers (as SharedLayer.index)
     module: nn.Conv2d
     num_clusters: int
-    p: float = 0.0        # dominant-cluster fraction (indicator F only)
-    F: object = None      # spectral: N×r tensor; indicator: IndicatorF
+    p: float = 0.0  # dominant-cluster fraction (indicator F only)
+    F: object = None  # spectral: N×r tensor; indicator: IndicatorF
 
 
 def _resolve(param: str, key, names: list) -> str:
@@ -215,13 +241,17 @@ def _select(net: nn.Module, layers):
     """(every Conv2d name, [(conv index, name, module) of the chosen layers])."""
     convs = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise ValueError(f"net ({type(net).__name__}) has no nn.Conv2d layer: the regularizer acts on conv weights")
+        raise ValueError(
+            f"net ({type(net).__name__}) has no nn.Conv2d layer: the regularizer acts on conv weights"
+        )
     names = [name for name, _ in convs]
     layers = [layers] if isinstance(layers, (str, int)) else layers
     chosen = names if layers is None else [_resolve("layers", key, names) for key in layers]
     if not chosen or len(set(chosen)) != len(chosen):
-        raise ValueError(f"layers={layers!r} must select at least one Conv2d, each once: "
-                         f"allowed names {names} or indices 0..{len(names) - 1}")
+        raise ValueError(
+            f"layers={layers!r} must select at least one Conv2d, each once: "
+            f"allowed names {names} or indices 0..{len(names) - 1}"
+        )
     return names, [(names.index(name), name, convs[names.index(name)][1]) for name in chosen]
 
 
@@ -232,8 +262,10 @@ def _per_layer(param: str, value, names: list, chosen: list) -> dict:
     given = {_resolve(param, key, names): v for key, v in value.items()}
     missing, extra = [n for n in chosen if n not in given], [n for n in given if n not in chosen]
     if missing or extra:
-        raise ValueError(f"{param}={value!r} must give one value for each selected layer {chosen}: "
-                         f"missing {missing}, not selected {extra}")
+        raise ValueError(
+            f"{param}={value!r} must give one value for each selected layer {chosen}: "
+            f"missing {missing}, not selected {extra}"
+        )
     return given
 
 
@@ -254,8 +286,19 @@ class KMeansRegularizer:
     DegenerateRelaxationWarning is issued once per such layer.
     """
 
-    def __init__(self, net, lam, num_clusters, mode="indicator", view="rows", refresh_every=50,
-                 layers=None, randomized=False, seed=0, p=0.0):
+    def __init__(
+        self,
+        net,
+        lam,
+        num_clusters,
+        mode="indicator",
+        view="rows",
+        refresh_every=50,
+        layers=None,
+        randomized=False,
+        seed=0,
+        p=0.0,
+    ):
         self.lam = check_float("lam", lam, lo=0.0)
         self.mode = check_choice("mode", mode, MODES)
         self.view = check_choice("view", view, VIEWS)
@@ -264,7 +307,9 @@ class KMeansRegularizer:
         names, chosen = _select(net, layers)
         Ks = _per_layer("num_clusters", num_clusters, names, [name for _, name, _ in chosen])
         ps = _per_layer("p", p, names, [name for _, name, _ in chosen])
-        self._layers = [_Layer(name, i, m, self._check_layer_K(name, m, Ks[name])) for i, name, m in chosen]
+        self._layers = [
+            _Layer(name, i, m, self._check_layer_K(name, m, Ks[name])) for i, name, m in chosen
+        ]
         for layer in self._layers:
             layer.p = self._check_layer_p(layer, ps[layer.name])
         self.layer_names = [layer.name for layer in self._layers]
@@ -279,8 +324,10 @@ class KMeansRegularizer:
     def _check_layer_p(self, layer: _Layer, p) -> float:
         p = check_float(f"p[{layer.name!r}]", p, 0.0, 1.0, hi_open=True)
         if p > 0 and self.mode != "indicator":
-            raise ValueError(f"p[{layer.name!r}]={p}: a dominant cluster needs mode='indicator' (allowed p=0 "
-                             f"with mode={self.mode!r})")
+            raise ValueError(
+                f"p[{layer.name!r}]={p}: a dominant cluster needs mode='indicator' (allowed p=0 "
+                f"with mode={self.mode!r})"
+            )
         return dominant_p(self._matrix(layer).shape[1], layer.num_clusters, p)
 
     def _matrix(self, layer: _Layer) -> torch.Tensor:
@@ -305,8 +352,12 @@ class KMeansRegularizer:
             if self.mode == "indicator":
                 start = warm_start(W, layer.F) if isinstance(layer.F, IndicatorF) else None
                 if start is not None and layer.p > 0:
-                    start = start[1:]   # cluster 0 (the dominant one) is recomputed, not warm-started
-                layer.F = indicator_F(W, layer.num_clusters, seed=seed, p=layer.p, init_centers=start)
+                    start = start[
+                        1:
+                    ]  # cluster 0 (the dominant one) is recomputed, not warm-started
+                layer.F = indicator_F(
+                    W, layer.num_clusters, seed=seed, p=layer.p, init_centers=start
+                )
             else:
                 layer.F = spectral_F(W, layer.num_clusters, randomized=self.randomized, seed=seed)
                 self._warn_if_degenerate(layer)
@@ -317,34 +368,53 @@ class KMeansRegularizer:
             return
         self._warned.add(layer.name)
         fix = f"use num_clusters < {r}, another view" if r > 1 else "use another view"
-        warnings.warn(f"layer {layer.name!r}: spectral F with num_clusters={layer.num_clusters} ≥ rank bound "
-                      f"min(s, N)={r} (view={self.view!r}): the relaxed k-means term and its gradient are "
-                      f"identically zero; {fix} or mode='indicator'", DegenerateRelaxationWarning, stacklevel=4)
+        warnings.warn(
+            f"layer {layer.name!r}: spectral F with num_clusters={layer.num_clusters} ≥ rank bound "
+            f"min(s, N)={r} (view={self.view!r}): the relaxed k-means term and its gradient are "
+            f"identically zero; {fix} or mode='indicator'",
+            DegenerateRelaxationWarning,
+            stacklevel=4,
+        )
 
     def layer_errors(self) -> dict:
         """{name: ‖W(I − FFᵀ)‖²} at the current weights (indicator F: the exact k-means error)."""
-        return {layer.name: float((residual(self._matrix(layer).detach(), layer.F) ** 2).sum())
-                for layer in self._layers}
+        return {
+            layer.name: float((residual(self._matrix(layer).detach(), layer.F) ** 2).sum())
+            for layer in self._layers
+        }
 
     def state_dict(self) -> dict:
         """Step counter and every layer's F (spectral: the N×r matrix; indicator: the assignments)."""
         layers = {}
         for layer in self._layers:
             F = layer.F
-            layers[layer.name] = ({"assignments": F.assignments.clone(), "num_clusters": F.num_clusters,
-                                   "inertia": F.inertia} if isinstance(F, IndicatorF) else {"F": F.clone()})
+            layers[layer.name] = (
+                {
+                    "assignments": F.assignments.clone(),
+                    "num_clusters": F.num_clusters,
+                    "inertia": F.inertia,
+                }
+                if isinstance(F, IndicatorF)
+                else {"F": F.clone()}
+            )
         return {"step": self.step, "mode": self.mode, "view": self.view, "layers": layers}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the step counter and F saved by `state_dict` (same net layout, mode and view)."""
         for key in ("mode", "view"):
             if state.get(key) != getattr(self, key):
-                raise ValueError(f"state[{key!r}]={state.get(key)!r}: allowed only this regularizer's "
-                                 f"{key}={getattr(self, key)!r}")
+                raise ValueError(
+                    f"state[{key!r}]={state.get(key)!r}: allowed only this regularizer's "
+                    f"{key}={getattr(self, key)!r}"
+                )
         if sorted(state["layers"]) != sorted(self.layer_names):
-            raise ValueError(f"state has layers {sorted(state['layers'])}: allowed exactly {sorted(self.layer_names)}")
+            raise ValueError(
+                f"state has layers {sorted(state['layers'])}: allowed exactly {sorted(self.layer_names)}"
+            )
         step = check_int("state['step']", state["step"], lo=0)
-        new = {layer.name: self._load_F(layer, state["layers"][layer.name]) for layer in self._layers}
+        new = {
+            layer.name: self._load_F(layer, state["layers"][layer.name]) for layer in self._layers
+        }
         for layer in self._layers:
             layer.F = new[layer.name]
         self.step = step
@@ -352,12 +422,18 @@ class KMeansRegularizer:
     def _load_F(self, layer: _Layer, saved: dict):
         W = self._matrix(layer)
         if self.mode == "indicator":
-            K = check_int(f"state num_clusters of {layer.name!r}", saved["num_clusters"],
-                          lo=layer.num_clusters, hi=layer.num_clusters)
+            K = check_int(
+                f"state num_clusters of {layer.name!r}",
+                saved["num_clusters"],
+                lo=layer.num_clusters,
+                hi=layer.num_clusters,
+            )
             a = _check_assignments(saved["assignments"], W.shape[1], K).to(W.device)
             return IndicatorF(a, K, float(saved.get("inertia", float("nan"))))
         F = saved["F"]
         expected = (W.shape[1], min(layer.num_clusters, *W.shape))
         if tuple(F.shape) != expected:
-            raise ValueError(f"state F of layer {layer.name!r} has shape {tuple(F.shape)}: allowed {expected}")
+            raise ValueError(
+                f"state F of layer {layer.name!r} has shape {tuple(F.shape)}: allowed {expected}"
+            )
         return F.to(dtype=W.dtype, device=W.device).clone()

@@ -23,6 +23,7 @@ authors' per-layer settings named in `official_settings` (`dkm.plan.official_pla
 The table (one row per run × metric; `setting` = "uniform" or "45x"/"47x"/"50x") is
 `data/results/sweep_<profile>.csv` (smoke: build/results/).
 """
+
 from __future__ import annotations
 
 import csv
@@ -43,7 +44,7 @@ METRICS = ("top1_before", "top1", "top1_bn", "K", "cr_official", "cr_fixed", "cr
 BASELINES = ("kmeans", "density", "deep_compression")
 
 
-FINETUNED = "+ft"   # suffix: the re-trained net is shared as by deep_compression (linear init + center fine-tuning)
+FINETUNED = "+ft"  # suffix: the re-trained net is shared as by deep_compression (linear init + center fine-tuning)
 
 
 def methods_of(profile: Profile) -> list[str]:
@@ -61,7 +62,7 @@ def split_method(method: str) -> tuple[str, str]:
     if method in BASELINES:
         return "pretrained", method
     if method.endswith(FINETUNED):
-        return method[:-len(FINETUNED)], "deep_compression"
+        return method[: -len(FINETUNED)], "deep_compression"
     return method, "kmeans"
 
 
@@ -82,8 +83,10 @@ def read_results(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise ResultsFormatError(f"{path} has columns {reader.fieldnames}: this version writes {list(COLUMNS)}; "
-                                     f"move it away (or delete it) and re-run the sweep")
+            raise ResultsFormatError(
+                f"{path} has columns {reader.fieldnames}: this version writes {list(COLUMNS)}; "
+                f"move it away (or delete it) and re-run the sweep"
+            )
         return list(reader)
 
 
@@ -91,7 +94,15 @@ def write_results(path: Path, new_rows: list[dict]) -> None:
     """Merge `new_rows` into the table at `path` (rows of a re-run key replace the old ones), atomically."""
     keys = {r["run_key"] for r in new_rows}
     rows = [r for r in read_results(path) if r["run_key"] not in keys] + new_rows
-    rows.sort(key=lambda r: (r["method"], r["setting"], float(r["target_cr"]), int(r["seed"]), r["metric"]))
+    rows.sort(
+        key=lambda r: (
+            r["method"],
+            r["setting"],
+            float(r["target_cr"]),
+            int(r["seed"]),
+            r["metric"],
+        )
+    )
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -99,12 +110,25 @@ def write_results(path: Path, new_rows: list[dict]) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def _rows(profile: Profile, method: str, plan: dict, seed: int, key: str, result: dict, lam) -> list[dict]:
-    values = {"top1_before": result["top1_before"], "top1": result["top1"], "top1_bn": result["top1_bn"],
-              "K": max(plan["K"]), **{f"cr_{c}": result["cr"][c] for c in ("official", "fixed", "huffman")}}
-    base = {"run_key": key, "profile": profile.name, "method": method, "setting": plan.get("setting", "uniform"),
-            "target_cr": plan["target_cr"],
-            "seed": seed, "lam": "" if lam is None else lam}
+def _rows(
+    profile: Profile, method: str, plan: dict, seed: int, key: str, result: dict, lam
+) -> list[dict]:
+    values = {
+        "top1_before": result["top1_before"],
+        "top1": result["top1"],
+        "top1_bn": result["top1_bn"],
+        "K": max(plan["K"]),
+        **{f"cr_{c}": result["cr"][c] for c in ("official", "fixed", "huffman")},
+    }
+    base = {
+        "run_key": key,
+        "profile": profile.name,
+        "method": method,
+        "setting": plan.get("setting", "uniform"),
+        "target_cr": plan["target_cr"],
+        "seed": seed,
+        "lam": "" if lam is None else lam,
+    }
     return [{**base, "metric": m, "value": f"{values[m]:.6g}"} for m in METRICS]
 
 
@@ -124,11 +148,15 @@ def sweep(profile: Profile, methods=None, progress=None, write=True) -> list[dic
     plans += [official_plan(net, setting) for setting in profile.official_settings]
     grid = [(m, plan, seed) for plan in plans for seed in profile.seeds for m in methods]
     rows = []
-    for method, plan, seed in tqdm(grid, desc=f"sweep {profile.name}", unit="run", disable=not show_progress(progress)):
+    for method, plan, seed in tqdm(
+        grid, desc=f"sweep {profile.name}", unit="run", disable=not show_progress(progress)
+    ):
         source, share_method = split_method(method)
         src_net, src_cfg, lam = _source(profile, source, plan, seed, progress)
         config = pl.evaluation_config(profile, src_cfg, share_method, plan, seed)
-        result = pl.share_and_evaluate(profile, src_net, src_cfg, share_method, plan, seed, progress)
+        result = pl.share_and_evaluate(
+            profile, src_net, src_cfg, share_method, plan, seed, progress
+        )
         rows += _rows(profile, method, plan, seed, pl.config_key(config), result, lam)
     if write:
         write_results(results_path(profile), rows)
@@ -142,9 +170,20 @@ def summary(rows: list[dict], metric: str = "top1") -> list[dict]:
         g = groups.setdefault((r["method"], r.get("setting", "uniform"), float(r["target_cr"])), {})
         g.setdefault(r["metric"], []).append(float(r["value"]))
     out = []
-    for (method, setting, target), g in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+    for (method, setting, target), g in sorted(
+        groups.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])
+    ):
         v = g.get(metric, [])
-        out.append({"method": method, "setting": setting, "target_cr": target,
-                    "cr_official": sum(g["cr_official"]) / len(g["cr_official"]),
-                    "K": g["K"][0], "n": len(v), "mean": sum(v) / len(v), "spread": (max(v) - min(v)) / 2})
+        out.append(
+            {
+                "method": method,
+                "setting": setting,
+                "target_cr": target,
+                "cr_official": sum(g["cr_official"]) / len(g["cr_official"]),
+                "K": g["K"][0],
+                "n": len(v),
+                "mean": sum(v) / len(v),
+                "spread": (max(v) - min(v)) / 2,
+            }
+        )
     return out

@@ -16,6 +16,7 @@ Conventions (the contract the pipeline relies on):
 - Progress: one tqdm bar, shown only when interactive (stderr is a TTY and $CI unset;
   $DKM_PROGRESS=0/1 overrides), or as `progress=True/False` asks. Nothing else is printed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,10 +34,26 @@ import torch.nn.functional as F_
 from torch import nn
 from tqdm.auto import tqdm
 
-from .evaluation import (DEVICES, _batches, _check_dataset, _modes_kept,  # noqa: F401
-                         epoch_order, evaluate, recalibrate_batchnorm, resolve_device)
-from .checkpoint import (CHECKPOINT_NAME, FORMAT, FORMAT_VERSION, RESUME_FREE, CheckpointError,  # noqa: F401
-                         load_checkpoint, remove_stale_temps, save_atomic)
+from .evaluation import (
+    DEVICES,
+    _batches,
+    _check_dataset,
+    _modes_kept,  # noqa: F401
+    epoch_order,
+    evaluate,
+    recalibrate_batchnorm,
+    resolve_device,
+)
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    RESUME_FREE,
+    CheckpointError,  # noqa: F401
+    load_checkpoint,
+    remove_stale_temps,
+    save_atomic,
+)
 from ._threads import torch_threads
 from ._checks import check_choice, check_float, check_int
 
@@ -61,14 +78,14 @@ class TrainConfig:
     nesterov: bool = False
     batch_size: int = 128
     schedule: str = "cosine"
-    min_lr: float = 0.0            # cosine: the final learning rate
-    milestones: tuple = ()         # step: epochs at which lr is multiplied by gamma
-    gamma: float = 0.1             # step: the factor
+    min_lr: float = 0.0  # cosine: the final learning rate
+    milestones: tuple = ()  # step: epochs at which lr is multiplied by gamma
+    gamma: float = 0.1  # step: the factor
     seed: int = 0
     device: str = "auto"
-    log_every: int = 50            # steps between history records
-    checkpoint_every: int = 0      # steps between mid-epoch checkpoints (0: only at epoch ends)
-    threads: int | None = None     # torch threads while training (restored after); None: left as is
+    log_every: int = 50  # steps between history records
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: only at epoch ends)
+    threads: int | None = None  # torch threads while training (restored after); None: left as is
 
     def __post_init__(self):
         check_int("epochs", self.epochs, 1)
@@ -76,7 +93,9 @@ class TrainConfig:
         check_float("momentum", self.momentum, 0.0, 1.0, hi_open=True)
         check_float("weight_decay", self.weight_decay, 0.0)
         if _check_bool("nesterov", self.nesterov) and self.momentum == 0:
-            raise ValueError("nesterov=True needs momentum > 0: allowed momentum in (0, 1) with nesterov")
+            raise ValueError(
+                "nesterov=True needs momentum > 0: allowed momentum in (0, 1) with nesterov"
+            )
         check_int("batch_size", self.batch_size, 1)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_float("min_lr", self.min_lr, 0.0, self.lr)
@@ -98,7 +117,9 @@ class TrainConfig:
         """Inverse of `to_dict`; unknown keys are an error naming them."""
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"TrainConfig: unknown field(s) {unknown}: allowed {[f.name for f in dataclasses.fields(cls)]}")
+            raise ValueError(
+                f"TrainConfig: unknown field(s) {unknown}: allowed {[f.name for f in dataclasses.fields(cls)]}"
+            )
         return cls(**d)
 
 
@@ -107,7 +128,9 @@ def _check_milestones(milestones) -> tuple:
         raise TypeError(f"milestones must be a list of epochs, got {milestones!r}")
     ms = tuple(check_int(f"milestones[{i}]", m, 1) for i, m in enumerate(milestones))
     if any(a >= b for a, b in zip(ms, ms[1:])):
-        raise ValueError(f"milestones={list(ms)} is not allowed: epochs must be strictly increasing")
+        raise ValueError(
+            f"milestones={list(ms)} is not allowed: epochs must be strictly increasing"
+        )
     return ms
 
 
@@ -116,7 +139,9 @@ def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float
     if config.schedule == "cosine":
         # lr_t = min_lr + (lr − min_lr)·(1 + cos(π·t/T))/2, T = total number of steps
         total = config.epochs * steps_per_epoch
-        return config.min_lr + (config.lr - config.min_lr) * (1 + math.cos(math.pi * step / total)) / 2
+        return (
+            config.min_lr + (config.lr - config.min_lr) * (1 + math.cos(math.pi * step / total)) / 2
+        )
     if config.schedule == "step":
         # lr·γ^(number of milestones ≤ current epoch)
         epoch = step // steps_per_epoch
@@ -146,7 +171,11 @@ class History:
     epochs: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"format_version": HISTORY_VERSION, "steps": copy.deepcopy(self.steps), "epochs": copy.deepcopy(self.epochs)}
+        return {
+            "format_version": HISTORY_VERSION,
+            "steps": copy.deepcopy(self.steps),
+            "epochs": copy.deepcopy(self.epochs),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
@@ -173,31 +202,53 @@ class _Run:
     """The state of one training run: everything a checkpoint holds."""
 
     def __init__(self, net, train_set, config: TrainConfig, regularizer):
-        self.net, self.train_set, self.config, self.regularizer = net, train_set, config, regularizer
+        self.net, self.train_set, self.config, self.regularizer = (
+            net,
+            train_set,
+            config,
+            regularizer,
+        )
         self.device = resolve_device(config.device)
         self.n = _check_dataset("train_set", train_set)
         self.steps_per_epoch = math.ceil(self.n / config.batch_size)
-        self.optimizer = torch.optim.SGD(net.to(self.device).parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay, nesterov=config.nesterov)
+        self.optimizer = torch.optim.SGD(
+            net.to(self.device).parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda t: learning_rate(config, t, self.steps_per_epoch) / config.lr)
+            self.optimizer, lambda t: learning_rate(config, t, self.steps_per_epoch) / config.lr
+        )
         self.history, self.step, self.epoch, self.batch, self.seconds = History(), 0, 0, 0, 0.0
         self.interval, self.epoch_sums = _zeros(self.device), _zeros(self.device)
 
     def state(self) -> dict:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config.to_dict(),
-                "step": self.step, "epoch": self.epoch, "batch": self.batch, "seconds": self.seconds,
-                "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "regularizer": None if self.regularizer is None else self.regularizer.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "cuda": cuda},
-                "sums": {"interval": self.interval, "epoch": self.epoch_sums}, "history": self.history.to_dict()}
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "seconds": self.seconds,
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "regularizer": None if self.regularizer is None else self.regularizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "cuda": cuda},
+            "sums": {"interval": self.interval, "epoch": self.epoch_sums},
+            "history": self.history.to_dict(),
+        }
 
     def restore(self, ckpt: dict, path: Path) -> None:
         if (ckpt["regularizer"] is None) != (self.regularizer is None):
             had = "without" if ckpt["regularizer"] is None else "with"
-            raise CheckpointError(f"checkpoint {path} was written {had} a regularizer; this run differs")
+            raise CheckpointError(
+                f"checkpoint {path} was written {had} a regularizer; this run differs"
+            )
         backup = copy.deepcopy(self.net.state_dict())
         try:
             self.net.load_state_dict(ckpt["model"])
@@ -207,9 +258,18 @@ class _Run:
                 self.regularizer.load_state_dict(ckpt["regularizer"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             self.net.load_state_dict(backup)
-            raise CheckpointError(f"checkpoint {path} does not fit this net/regularizer: {e}") from e
-        self.step, self.epoch, self.batch, self.seconds = ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["seconds"]
-        self.interval, self.epoch_sums = (ckpt["sums"][k].to(self.device) for k in ("interval", "epoch"))
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this net/regularizer: {e}"
+            ) from e
+        self.step, self.epoch, self.batch, self.seconds = (
+            ckpt["step"],
+            ckpt["epoch"],
+            ckpt["batch"],
+            ckpt["seconds"],
+        )
+        self.interval, self.epoch_sums = (
+            ckpt["sums"][k].to(self.device) for k in ("interval", "epoch")
+        )
         self.history = History.from_dict(ckpt["history"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
@@ -238,10 +298,21 @@ class _Run:
         return lr
 
     def log(self, lr: float, bar) -> None:
-        loss, task, penalty, correct, images, count = self.interval.tolist()  # the only sync of a logging step
-        self.history.steps.append({"step": self.step, "epoch": self.epoch, "loss": loss / count,
-                                   "task_loss": task / count, "penalty": penalty / count, "lr": lr,
-                                   "train_accuracy": correct / images, "layer_errors": self.layer_errors()})
+        loss, task, penalty, correct, images, count = (
+            self.interval.tolist()
+        )  # the only sync of a logging step
+        self.history.steps.append(
+            {
+                "step": self.step,
+                "epoch": self.epoch,
+                "loss": loss / count,
+                "task_loss": task / count,
+                "penalty": penalty / count,
+                "lr": lr,
+                "train_accuracy": correct / images,
+                "layer_errors": self.layer_errors(),
+            }
+        )
         self.interval.zero_()
         bar.set_postfix(epoch=self.epoch, loss=f"{loss / count:.4f}", refresh=False)
 
@@ -253,9 +324,16 @@ class _Run:
 
     def end_epoch(self, eval_set, started: float) -> dict:
         loss, _, _, correct, count, steps = self.epoch_sums.tolist()
-        record = {"epoch": self.epoch, "step": self.step, "train_loss": loss / steps, "train_accuracy": correct / count,
-                  "eval_accuracy": None, "eval_loss": None, "layer_errors": self.layer_errors(),
-                  "seconds": self.seconds + time.perf_counter() - started}
+        record = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": loss / steps,
+            "train_accuracy": correct / count,
+            "eval_accuracy": None,
+            "eval_loss": None,
+            "layer_errors": self.layer_errors(),
+            "seconds": self.seconds + time.perf_counter() - started,
+        }
         if eval_set is not None:
             result = evaluate(self.net, eval_set, device=self.device)
             record.update(eval_accuracy=result["accuracy"], eval_loss=result["loss"])
@@ -266,14 +344,18 @@ class _Run:
 
     def run_epoch(self, bar, path, eval_set, on_epoch_end) -> None:
         cfg, started = self.config, time.perf_counter()
-        order = epoch_order(self.n, cfg.seed, self.epoch)[self.batch * cfg.batch_size:]
+        order = epoch_order(self.n, cfg.seed, self.epoch)[self.batch * cfg.batch_size :]
         for X, y in _batches(self.train_set, order, cfg.batch_size):
             lr = self.train_step(X, y)
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.batch == self.steps_per_epoch:
                 self.log(lr, bar)
-            if path is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 \
-                    and self.batch < self.steps_per_epoch:
+            if (
+                path is not None
+                and cfg.checkpoint_every
+                and self.step % cfg.checkpoint_every == 0
+                and self.batch < self.steps_per_epoch
+            ):
                 self.seconds += time.perf_counter() - started
                 started = time.perf_counter()
                 save_atomic(self.state(), path)
@@ -285,14 +367,29 @@ class _Run:
 
 
 def _check_regularizer(regularizer) -> None:
-    missing = [m for m in ("penalty", "after_step", "state_dict", "load_state_dict") if not hasattr(regularizer, m)]
+    missing = [
+        m
+        for m in ("penalty", "after_step", "state_dict", "load_state_dict")
+        if not hasattr(regularizer, m)
+    ]
     if missing:
-        raise TypeError(f"regularizer={type(regularizer).__name__} lacks {missing}: allowed None or an object with "
-                        "penalty(), after_step(), state_dict(), load_state_dict() (e.g. dkm.spectral.KMeansRegularizer)")
+        raise TypeError(
+            f"regularizer={type(regularizer).__name__} lacks {missing}: allowed None or an object with "
+            "penalty(), after_step(), state_dict(), load_state_dict() (e.g. dkm.spectral.KMeansRegularizer)"
+        )
 
 
-def train(net: nn.Module, train_set, config: TrainConfig, regularizer=None, checkpoint_dir=None, resume: bool = True,
-          progress=None, eval_set=None, on_epoch_end=None) -> History:
+def train(
+    net: nn.Module,
+    train_set,
+    config: TrainConfig,
+    regularizer=None,
+    checkpoint_dir=None,
+    resume: bool = True,
+    progress=None,
+    eval_set=None,
+    on_epoch_end=None,
+) -> History:
     """Train `net` in place (moved to config.device): SGD on CE + regularizer penalty (§3.2), checkpointed and resumable.
 
     With `checkpoint_dir` and resume=True, a run continues from `<checkpoint_dir>/checkpoint.pt`
@@ -308,10 +405,22 @@ def train(net: nn.Module, train_set, config: TrainConfig, regularizer=None, chec
     _check_bool("resume", resume)
     show = show_progress(progress)
     with torch_threads(config.threads):
-        return _train(net, train_set, config, regularizer, checkpoint_dir, resume, eval_set, on_epoch_end, show)
+        return _train(
+            net,
+            train_set,
+            config,
+            regularizer,
+            checkpoint_dir,
+            resume,
+            eval_set,
+            on_epoch_end,
+            show,
+        )
 
 
-def _train(net, train_set, config, regularizer, checkpoint_dir, resume, eval_set, on_epoch_end, show) -> History:
+def _train(
+    net, train_set, config, regularizer, checkpoint_dir, resume, eval_set, on_epoch_end, show
+) -> History:
     run = _Run(net, train_set, config, regularizer)
     path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
     if path is not None and resume and path.exists():
@@ -322,8 +431,18 @@ def _train(net, train_set, config, regularizer, checkpoint_dir, resume, eval_set
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(path)
     total = config.epochs * run.steps_per_epoch
-    with _modes_kept(net), tqdm(total=total, initial=run.step, desc="train", unit="step", disable=not show,
-                                leave=False, dynamic_ncols=True) as bar:
+    with (
+        _modes_kept(net),
+        tqdm(
+            total=total,
+            initial=run.step,
+            desc="train",
+            unit="step",
+            disable=not show,
+            leave=False,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
         net.train()
         while run.epoch < config.epochs:
             run.run_epoch(bar, path, eval_set, on_epoch_end)

@@ -5,6 +5,7 @@ default state, so a papermill run never waits for a user), and rebuilds it when 
 or when a button is clicked, for answers that take seconds (live re-training). What the sliders
 compute (numbers from cached runs, small k-means) is in dkm.explore.
 """
+
 from __future__ import annotations
 
 import functools

@@ -12,6 +12,7 @@ Operand precision: W = I = `bits`, partial sums O = 2·bits, final outputs `bits
 writes data/reference/zigzag_<net>_<bits>.csv (resumable: rows already there are kept) and
 data/results/energy_validation.csv.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,18 +35,46 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "data" / "results"
 NETS = ("alexnet", "googlenet")
 ACCELERATOR = "eyeriss_like.yaml"
 MAPPING = "default.yaml"
-LAYER_FIELDS = ["index", "name", "kind", "batch", "c_in", "c_out", "groups", "kh", "kw", "stride", "padding",
-                "in_h", "in_w", "out_h", "out_w", "macs", "params"]
-ENERGY_FIELDS = ["energy_pJ", "mac_energy_pJ", "mem_energy_pJ", "mem_W_pJ", "mem_I_pJ", "mem_O_pJ",
-                 "latency_cycles", "wall_s"]
+LAYER_FIELDS = [
+    "index",
+    "name",
+    "kind",
+    "batch",
+    "c_in",
+    "c_out",
+    "groups",
+    "kh",
+    "kw",
+    "stride",
+    "padding",
+    "in_h",
+    "in_w",
+    "out_h",
+    "out_w",
+    "macs",
+    "params",
+]
+ENERGY_FIELDS = [
+    "energy_pJ",
+    "mac_energy_pJ",
+    "mem_energy_pJ",
+    "mem_W_pJ",
+    "mem_I_pJ",
+    "mem_O_pJ",
+    "latency_cycles",
+    "wall_s",
+]
 TEXT_FIELDS = ("net", "name", "kind", "zigzag_version", "accelerator", "mapping")
-FIELDS = ["net", "bits"] + LAYER_FIELDS + ENERGY_FIELDS + ["zigzag_version", "accelerator", "mapping"]
+FIELDS = (
+    ["net", "bits"] + LAYER_FIELDS + ENERGY_FIELDS + ["zigzag_version", "accelerator", "mapping"]
+)
 
 
 def reference_net(net: str, device="meta"):
     """The torchvision net of the validation, without weights (on the meta device: shapes only, no memory)."""
     import torch
     import torchvision
+
     check_choice("net", net, NETS)
     with torch.device(device):
         if net == "alexnet":
@@ -62,22 +91,32 @@ def zigzag_workload(layer: LayerInfo, bits: int) -> list:
     """One ZigZag workload layer (yaml-as-dict) for a conv; a linear layer is its 1×1 conv on a 1×1 map."""
     check_int("bits", bits, 1, 32)
     if layer.groups != 1:
-        raise ValueError(f"layer {layer.name!r} has groups={layer.groups}: the ZigZag reference supports groups=1 only")
+        raise ValueError(
+            f"layer {layer.name!r} has groups={layer.groups}: the ZigZag reference supports groups=1 only"
+        )
     (sy, sx), (py, px) = layer.stride, layer.padding
-    return [{"id": 0, "name": layer.name, "operator_type": "Conv",
-             # O[b][k][oy][ox] += W[k][c][fy][fx] · I[b][c][iy][ix], ix = sx·ox + fx
-             "equation": "O[b][k][oy][ox]+=W[k][c][fy][fx]*I[b][c][iy][ix]",
-             "dimension_relations": [f"ix={sx}*ox+1*fx", f"iy={sy}*oy+1*fy"],
-             "loop_dims": ["B", "K", "C", "OY", "OX", "FY", "FX"],
-             "loop_sizes": [layer.batch, layer.c_out, layer.c_in, *layer.out_size, *layer.kernel],
-             "operand_precision": {"W": bits, "I": bits, "O": 2 * bits, "O_final": bits},
-             "operand_source": {"I": 0, "W": 0},
-             "pr_loop_dims": ["IX", "IY"], "padding": [[px, px], [py, py]]}]
+    return [
+        {
+            "id": 0,
+            "name": layer.name,
+            "operator_type": "Conv",
+            # O[b][k][oy][ox] += W[k][c][fy][fx] · I[b][c][iy][ix], ix = sx·ox + fx
+            "equation": "O[b][k][oy][ox]+=W[k][c][fy][fx]*I[b][c][iy][ix]",
+            "dimension_relations": [f"ix={sx}*ox+1*fx", f"iy={sy}*oy+1*fy"],
+            "loop_dims": ["B", "K", "C", "OY", "OX", "FY", "FX"],
+            "loop_sizes": [layer.batch, layer.c_out, layer.c_in, *layer.out_size, *layer.kernel],
+            "operand_precision": {"W": bits, "I": bits, "O": 2 * bits, "O_final": bits},
+            "operand_source": {"I": 0, "W": 0},
+            "pr_loop_dims": ["IX", "IY"],
+            "padding": [[px, px], [py, py]],
+        }
+    ]
 
 
 def _zigzag_inputs() -> tuple:
     """Paths of the accelerator and mapping yaml files shipped inside the zigzag package."""
     import zigzag
+
     root = Path(zigzag.__file__).parent / "inputs"
     return str(root / "hardware" / ACCELERATOR), str(root / "mapping" / MAPPING)
 
@@ -85,29 +124,58 @@ def _zigzag_inputs() -> tuple:
 def run_layer(layer: LayerInfo, bits: int) -> dict:
     """ZigZag's minimal-energy mapping of one layer: energies in pJ, latency in cycles, wall time in s."""
     from zigzag.api import get_hardware_performance_zigzag
+
     accelerator, mapping = _zigzag_inputs()
-    logging.disable(logging.WARNING)        # ZigZag logs every mapping step at INFO/WARNING
+    logging.disable(logging.WARNING)  # ZigZag logs every mapping step at INFO/WARNING
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as dump:
         _, latency, cmes = get_hardware_performance_zigzag(
-            zigzag_workload(layer, bits), accelerator, mapping, opt="energy",
-            dump_folder=dump, loma_show_progress_bar=False)
+            zigzag_workload(layer, bits),
+            accelerator,
+            mapping,
+            opt="energy",
+            dump_folder=dump,
+            loma_show_progress_bar=False,
+        )
     wall = time.perf_counter() - t0
     logging.disable(logging.NOTSET)
     cme = cmes[0][0]
     per_op = {str(op): sum(v) for op, v in cme.mem_energy_breakdown.items()}
-    return {"energy_pJ": cme.energy_total, "mac_energy_pJ": cme.mac_energy, "mem_energy_pJ": cme.mem_energy,
-            "mem_W_pJ": per_op.get("W", 0.0), "mem_I_pJ": per_op.get("I", 0.0), "mem_O_pJ": per_op.get("O", 0.0),
-            "latency_cycles": latency, "wall_s": round(wall, 3)}
+    return {
+        "energy_pJ": cme.energy_total,
+        "mac_energy_pJ": cme.mac_energy,
+        "mem_energy_pJ": cme.mem_energy,
+        "mem_W_pJ": per_op.get("W", 0.0),
+        "mem_I_pJ": per_op.get("I", 0.0),
+        "mem_O_pJ": per_op.get("O", 0.0),
+        "latency_cycles": latency,
+        "wall_s": round(wall, 3),
+    }
 
 
 def layer_row(net: str, bits: int, index: int, layer: LayerInfo) -> dict:
     """The layer-description columns of a reference CSV row."""
-    return {"net": net, "bits": bits, "index": index, "name": layer.name, "kind": layer.kind,
-            "batch": layer.batch, "c_in": layer.c_in, "c_out": layer.c_out, "groups": layer.groups,
-            "kh": layer.kernel[0], "kw": layer.kernel[1], "stride": layer.stride[0], "padding": layer.padding[0],
-            "in_h": layer.in_size[0], "in_w": layer.in_size[1], "out_h": layer.out_size[0],
-            "out_w": layer.out_size[1], "macs": layer.macs, "params": layer.params}
+    return {
+        "net": net,
+        "bits": bits,
+        "index": index,
+        "name": layer.name,
+        "kind": layer.kind,
+        "batch": layer.batch,
+        "c_in": layer.c_in,
+        "c_out": layer.c_out,
+        "groups": layer.groups,
+        "kh": layer.kernel[0],
+        "kw": layer.kernel[1],
+        "stride": layer.stride[0],
+        "padding": layer.padding[0],
+        "in_h": layer.in_size[0],
+        "in_w": layer.in_size[1],
+        "out_h": layer.out_size[0],
+        "out_w": layer.out_size[1],
+        "macs": layer.macs,
+        "params": layer.params,
+    }
 
 
 def csv_path(net: str, bits: int, directory=None) -> Path:
@@ -119,9 +187,14 @@ def load_reference(net: str, bits: int, directory=None) -> list:
     """The rows of a reference CSV, numbers parsed (raises FileNotFoundError naming the file)."""
     path = csv_path(net, bits, directory)
     if not path.exists():
-        raise FileNotFoundError(f"reference {path} does not exist: run `python -m dkm.zigzag_ref reference`")
+        raise FileNotFoundError(
+            f"reference {path} does not exist: run `python -m dkm.zigzag_ref reference`"
+        )
     with open(path, newline="") as f:
-        return [{k: v if k in TEXT_FIELDS else _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [
+            {k: v if k in TEXT_FIELDS else _num(v) for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
 
 
 def _num(v: str):
@@ -152,9 +225,16 @@ def generate(net: str, bits: int, directory=None, log=print) -> Path:
     for i, layer in enumerate(layers):
         row = done.get(layer.name)
         if row is None or row.get("zigzag_version") != version:
-            row = {**layer_row(net, bits, i, layer), **run_layer(layer, bits), "zigzag_version": version,
-                   "accelerator": ACCELERATOR, "mapping": MAPPING}
-            log(f"{net} {bits}b {i + 1}/{len(layers)} {layer.name}: {row['energy_pJ']:.4g} pJ in {row['wall_s']} s")
+            row = {
+                **layer_row(net, bits, i, layer),
+                **run_layer(layer, bits),
+                "zigzag_version": version,
+                "accelerator": ACCELERATOR,
+                "mapping": MAPPING,
+            }
+            log(
+                f"{net} {bits}b {i + 1}/{len(layers)} {layer.name}: {row['energy_pJ']:.4g} pJ in {row['wall_s']} s"
+            )
         rows.append(row)
         write_csv(rows, path, FIELDS)
     return path
@@ -174,16 +254,27 @@ def r2_linear(x, y) -> float:
 def validation_rows(net: str, bits: int, directory=None) -> list:
     """Our metric, MACs and parameters beside the ZigZag energy, per layer (matched by name and MACs)."""
     from .energy import layer_energy
+
     ref = {r["name"]: r for r in load_reference(net, bits, directory)}
     rows = []
     for layer in reference_layers(net):
         r = ref.get(layer.name)
         if r is None or r["macs"] != layer.macs:
-            raise ValueError(f"reference {csv_path(net, bits, directory)} does not match layer {layer.name!r}: "
-                             "regenerate it with `python -m dkm.zigzag_ref reference`")
+            raise ValueError(
+                f"reference {csv_path(net, bits, directory)} does not match layer {layer.name!r}: "
+                "regenerate it with `python -m dkm.zigzag_ref reference`"
+            )
         ours = layer_energy(layer, bits)["total"]
-        rows.append({"name": layer.name, "kind": layer.kind, "macs": layer.macs, "params": layer.params, "ours": ours,
-                     "zigzag_pJ": r["energy_pJ"]})
+        rows.append(
+            {
+                "name": layer.name,
+                "kind": layer.kind,
+                "macs": layer.macs,
+                "params": layer.params,
+                "ours": ours,
+                "zigzag_pJ": r["energy_pJ"],
+            }
+        )
     return rows
 
 
@@ -200,15 +291,30 @@ def validation_table(nets=NETS, bits=(8, 16), directory=None, goal: float = 0.95
             rows = validation_rows(net, b, directory)
             for target in ("energy", "energy_per_mac", "energy_per_mac_convs"):
                 sel = [r for r in rows if r["kind"] == "conv" or target != "energy_per_mac_convs"]
-                col = {k: np.array([r[k] for r in sel], dtype=float) for k in ("macs", "params", "ours", "zigzag_pJ")}
+                col = {
+                    k: np.array([r[k] for r in sel], dtype=float)
+                    for k in ("macs", "params", "ours", "zigzag_pJ")
+                }
                 per = 1.0 if target == "energy" else col["macs"]
                 y, ours = col["zigzag_pJ"] / per, col["ours"] / per
-                r2 = {k: r2_linear(x, y) for k, x in (("ours", ours), ("macs", col["macs"]), ("params", col["params"]))}
+                r2 = {
+                    k: r2_linear(x, y)
+                    for k, x in (("ours", ours), ("macs", col["macs"]), ("params", col["params"]))
+                }
                 has_goal = target != "energy_per_mac_convs"
-                table.append({"net": net, "bits": b, "target": target, "layers": len(sel),
-                              "r2_ours": round(r2["ours"], 4), "r2_macs": round(r2["macs"], 4),
-                              "r2_params": round(r2["params"], 4), "goal": goal if has_goal else "",
-                              "met": (r2["ours"] >= goal) if has_goal else ""})
+                table.append(
+                    {
+                        "net": net,
+                        "bits": b,
+                        "target": target,
+                        "layers": len(sel),
+                        "r2_ours": round(r2["ours"], 4),
+                        "r2_macs": round(r2["macs"], 4),
+                        "r2_params": round(r2["params"], 4),
+                        "goal": goal if has_goal else "",
+                        "met": (r2["ours"] >= goal) if has_goal else "",
+                    }
+                )
     return table
 
 
@@ -222,7 +328,9 @@ def markdown_table(rows: list) -> str:
 
 def main(argv=None) -> int:
     """`python -m dkm.zigzag_ref [reference|validate]`."""
-    ap = argparse.ArgumentParser(prog="python -m dkm.zigzag_ref", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m dkm.zigzag_ref", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("action", nargs="?", default="reference", choices=["reference", "validate"])
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--bits", default="8,16")

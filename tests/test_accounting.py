@@ -1,4 +1,5 @@
 """Compression-ratio accounting against hand computations, brute force and the authors' reference."""
+
 import itertools
 import json
 import math
@@ -29,7 +30,9 @@ def test_index_bits_dyadic_counts():
 def test_index_bits_unused_cluster():
     counts = torch.tensor([3, 1, 0])  # K = 3, N = 4, one cluster unused
     # entropy: −(3/4·log2 3/4 + 1/4·log2 1/4) = 0.811278… → 4·0.811278 = 3.245112
-    assert acc.index_bits(counts, "entropy") == pytest.approx(4 * (-(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))))
+    assert acc.index_bits(counts, "entropy") == pytest.approx(
+        4 * (-(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25)))
+    )
     # fixed: ⌈log2 3⌉ = 2 bits, unused clusters still need a code → 4·2 = 8
     assert acc.index_bits(counts, "fixed") == 8
     # huffman: two used clusters → 1 bit each → 4
@@ -55,7 +58,18 @@ def test_single_used_cluster_costs_no_bits(counts):
 
 def test_fixed_index_width():
     # ⌈log2 K⌉, K = 1 → 0
-    assert [acc.fixed_index_width(k) for k in (1, 2, 3, 4, 5, 8, 9, 144, 256, 257)] == [0, 1, 2, 2, 3, 3, 4, 8, 8, 9]
+    assert [acc.fixed_index_width(k) for k in (1, 2, 3, 4, 5, 8, 9, 144, 256, 257)] == [
+        0,
+        1,
+        2,
+        2,
+        3,
+        3,
+        4,
+        8,
+        8,
+        9,
+    ]
 
 
 def _brute_force_prefix_code_cost(counts):
@@ -63,7 +77,7 @@ def _brute_force_prefix_code_cost(counts):
     used = [c for c in counts if c > 0]
     best = math.inf
     for lengths in itertools.product(range(1, len(used)), repeat=len(used)):
-        if sum(2.0 ** -n for n in lengths) <= 1:
+        if sum(2.0**-n for n in lengths) <= 1:
             best = min(best, sum(c * n for c, n in zip(used, lengths)))
     return best
 
@@ -78,7 +92,7 @@ def test_huffman_is_an_optimal_prefix_code(seed):
     n, h = sum(counts), acc.entropy(counts)
     assert n * h - 1e-9 <= bits < n * (h + 1)
     lengths = acc.huffman_lengths(counts)
-    assert sum(2.0 ** -n for n in lengths) <= 1  # a real prefix code exists
+    assert sum(2.0**-n for n in lengths) <= 1  # a real prefix code exists
 
 
 def test_huffman_non_dyadic_by_hand():
@@ -112,17 +126,24 @@ def test_custom_convention():
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(2, 4, 3, bias=True)            # 72 + 4 = 76 params
-        self.bn1 = nn.BatchNorm2d(4)                          # 8 params
+        self.conv1 = nn.Conv2d(2, 4, 3, bias=True)  # 72 + 4 = 76 params
+        self.bn1 = nn.BatchNorm2d(4)  # 8 params
         self.conv2 = nn.Conv2d(4, 4, 3, groups=4, bias=False)  # depthwise: 4·1·3·3 = 36 params
-        self.conv3 = nn.Conv2d(4, 6, 1, bias=True)            # 24 + 6 = 30 params (dense)
-        self.fc = nn.Linear(6, 3)                             # 18 + 3 = 21 params
+        self.conv3 = nn.Conv2d(4, 6, 1, bias=True)  # 24 + 6 = 30 params (dense)
+        self.fc = nn.Linear(6, 3)  # 18 + 3 = 21 params
 
 
 def _net_and_shared():
     net = _Net()
-    s1 = SharedLayer("conv1", 0, (4, 2, 3, 3), torch.zeros(4, 3),
-                     torch.tensor([0] * 12 + [1] * 6 + [2] * 3 + [3] * 3), p=0.5, bias_numel=4)
+    s1 = SharedLayer(
+        "conv1",
+        0,
+        (4, 2, 3, 3),
+        torch.zeros(4, 3),
+        torch.tensor([0] * 12 + [1] * 6 + [2] * 3 + [3] * 3),
+        p=0.5,
+        bias_numel=4,
+    )
     # depthwise conv2: N = 4·1·3 = 12 rows, K = 2 used 9/3
     s2 = SharedLayer("conv2", 1, (4, 1, 3, 3), torch.zeros(2, 3), torch.tensor([0] * 9 + [1] * 3))
     return net, ShareResult(layers={"conv1": s1, "conv2": s2}, skipped={"conv3": "1x1"})
@@ -153,7 +174,8 @@ def test_compression_table_batchnorm_and_fixed():
     assert rows[1]["original_bits"] == rows[1]["compressed_bits"] == 256
     h = -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))
     assert acc.compression_ratio(net, shared, "official_bn") == pytest.approx(
-        (5216 + 256) / (554 + 192 + 12 * h + 1632 + 256))
+        (5216 + 256) / (554 + 192 + 12 * h + 1632 + 256)
+    )
     # fixed: conv1 560, conv2 192 + 12·1 = 204
     assert acc.compression_ratio(net, shared, "fixed") == pytest.approx(5216 / (560 + 204 + 1632))
     # nothing shared → CR 1
@@ -165,25 +187,30 @@ def test_compression_table_rejects_mismatch():
     bad = dict(shared.layers, fc=shared.layers["conv1"])
     with pytest.raises(ValueError, match="'fc'"):
         acc.compression_table(net, bad)
-    wrong = SharedLayer("conv1", 0, (4, 2, 3, 2), torch.zeros(4, 2), torch.zeros(16, dtype=torch.long), bias_numel=4)
+    wrong = SharedLayer(
+        "conv1", 0, (4, 2, 3, 2), torch.zeros(4, 2), torch.zeros(16, dtype=torch.long), bias_numel=4
+    )
     with pytest.raises(ValueError, match="conv1.*shape"):
         acc.compression_table(net, {"conv1": wrong})
 
 
 # ---------------------------------------------------------------- bad arguments name the parameter
-@pytest.mark.parametrize("call, word", [
-    (lambda: acc.compression_ratio(_Net(), None, "zip"), "convention"),
-    (lambda: acc.index_bits([1, 2], "arith"), "coding"),
-    (lambda: acc.index_bits([1, -2]), "counts"),
-    (lambda: acc.index_bits([]), "counts"),
-    (lambda: acc.layer_bits(10, 3, [4, 4], 0), "num_rows"),
-    (lambda: acc.Convention("x", index_coding="lz"), "index_coding"),
-    (lambda: acc.Convention("x", codebook_bits=0), "codebook_bits"),
-    (lambda: acc.analytic_counts(10, 3, 1.5), "p"),
-    (lambda: acc.analytic_counts(10, 0, 0.5), "num_clusters"),
-    (lambda: acc.official_settings("60x"), "official setting"),
-    (lambda: acc.table_from_specs([{"in": 1, "out": 1, "k": 3}], {"K": [2, 2]}), "settings"),
-])
+@pytest.mark.parametrize(
+    "call, word",
+    [
+        (lambda: acc.compression_ratio(_Net(), None, "zip"), "convention"),
+        (lambda: acc.index_bits([1, 2], "arith"), "coding"),
+        (lambda: acc.index_bits([1, -2]), "counts"),
+        (lambda: acc.index_bits([]), "counts"),
+        (lambda: acc.layer_bits(10, 3, [4, 4], 0), "num_rows"),
+        (lambda: acc.Convention("x", index_coding="lz"), "index_coding"),
+        (lambda: acc.Convention("x", codebook_bits=0), "codebook_bits"),
+        (lambda: acc.analytic_counts(10, 3, 1.5), "p"),
+        (lambda: acc.analytic_counts(10, 0, 0.5), "num_clusters"),
+        (lambda: acc.official_settings("60x"), "official setting"),
+        (lambda: acc.table_from_specs([{"in": 1, "out": 1, "k": 3}], {"K": [2, 2]}), "settings"),
+    ],
+)
 def test_bad_arguments(call, word):
     with pytest.raises(ValueError, match=word):
         call()
@@ -200,14 +227,19 @@ def test_analytic_counts():
 def _reference_specs():
     """Conv specs straight from the JSON's layer table, plus the final linear 256 → 10 with bias."""
     ref = json.loads(REF.read_text())
-    convs = [{"in": layer["in"], "out": layer["out"], "k": layer["k"], "bias": True} for layer in ref["layers"]]
+    convs = [
+        {"in": layer["in"], "out": layer["out"], "k": layer["k"], "bias": True}
+        for layer in ref["layers"]
+    ]
     return ref, convs + [{"kind": "linear", "in": 256, "out": 10, "bias": True}]
 
 
 def _independent_official_cr(ref, setting):
     """The official formula written out flat, to cross-check the library's table."""
     original = compressed = 32 * (256 * 10 + 10)  # the linear layer, uncompressed
-    for layer, k, p in zip(ref["layers"], ref["settings"][setting]["K"], ref["settings"][setting]["p"]):
+    for layer, k, p in zip(
+        ref["layers"], ref["settings"][setting]["K"], ref["settings"][setting]["p"]
+    ):
         n, s, bias = layer["out"] * layer["in"] * layer["k"], layer["k"], layer["out"]
         dense = 32 * (n * s + bias)
         original += dense
@@ -238,15 +270,18 @@ def test_official_specs_match_the_layer_table():
     _, specs = _reference_specs()
     ours = acc.official_specs()
     assert [(s["in"], s["out"], s["k"], s["bias"]) for s in ours[:16]] == [
-        (s["in"], s["out"], s["k"], s["bias"]) for s in specs[:16]]
+        (s["in"], s["out"], s["k"], s["bias"]) for s in specs[:16]
+    ]
     assert ours[16]["kind"] == "linear" and (ours[16]["in"], ours[16]["out"]) == (256, 10)
 
 
 def test_reference_orderings_of_conventions():
     # huffman costs ≥ entropy (optimal code ≥ entropy bound); fixed ≥ huffman; fp16 codebook cheaper
     _, specs = _reference_specs()
-    cr = {c: acc.total_row(acc.table_from_specs(specs, acc.official_settings("45x"), c))["cr"]
-          for c in acc.CONVENTIONS}
+    cr = {
+        c: acc.total_row(acc.table_from_specs(specs, acc.official_settings("45x"), c))["cr"]
+        for c in acc.CONVENTIONS
+    }
     assert cr["fixed"] < cr["huffman"] < cr["official"] < cr["official_fp16"]
     # specs have no BN entry, so counting BN changes nothing here
     assert cr["official_bn"] == cr["official"]
@@ -261,7 +296,9 @@ def test_model_counts_match_the_layer_table():
     models = pytest.importorskip("dkm.models")
     if not hasattr(models, "wide_resnet"):
         pytest.skip("dkm.models.wide_resnet not available")
-    net = models.wide_resnet(depth=16, widen_factor=4, dropout=0.3, in_channels=3, num_classes=10, conv_bias=True)
+    net = models.wide_resnet(
+        depth=16, widen_factor=4, dropout=0.3, in_channels=3, num_classes=10, conv_bias=True
+    )
     _, specs = _reference_specs()
     table = acc.table_from_specs(specs, {"K": [1] * 16, "p": [0] * 16}, "official")
     model = acc.compression_table(net, None, "official")

@@ -1,4 +1,5 @@
 """dkm._allocator: glibc thresholds set once, the user's own settings respected, no number changed."""
+
 import os
 import subprocess
 import sys
@@ -34,8 +35,17 @@ print(hashlib.sha256(b"".join(t.detach().contiguous().numpy().tobytes() for t in
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_training_gives_the_same_bits_with_and_without_it():
-    runs = [subprocess.run([sys.executable, "-c", CHILD, flag], check=True, capture_output=True, text=True,
-                           env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")})
-            .stdout.split() for flag in ("0", "1")]
-    assert runs[0][0] == "False" and runs[1][0] == "True"      # the setting applied on this (glibc) machine
-    assert runs[0][1] == runs[1][1]                             # and changed no bit of the trained weights
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", CHILD, flag],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")},
+        ).stdout.split()
+        for flag in ("0", "1")
+    ]
+    assert (
+        runs[0][0] == "False" and runs[1][0] == "True"
+    )  # the setting applied on this (glibc) machine
+    assert runs[0][1] == runs[1][1]  # and changed no bit of the trained weights

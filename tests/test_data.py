@@ -1,4 +1,5 @@
 """Tests of dkm.data: idx decoding, the offline search order, subsets, loaders, CIFAR-10's format."""
+
 import gzip
 import hashlib
 import pickle
@@ -14,8 +15,12 @@ from dkm import data
 
 REAL = data.SYSTEM_DATA_DIR
 needs_real = pytest.mark.skipif(
-    not all((REAL / (s + ".gz")).is_file() for s in data.FASHION_MNIST_FILES[True] + data.FASHION_MNIST_FILES[False]),
-    reason=f"real Fashion-MNIST absent from {REAL} (sudo apt-get install dataset-fashion-mnist)")
+    not all(
+        (REAL / (s + ".gz")).is_file()
+        for s in data.FASHION_MNIST_FILES[True] + data.FASHION_MNIST_FILES[False]
+    ),
+    reason=f"real Fashion-MNIST absent from {REAL} (sudo apt-get install dataset-fashion-mnist)",
+)
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
 
 
@@ -23,7 +28,9 @@ IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.flo
 def write_idx(path, arr, gz=False):
     """Write `arr` as an idx file (the format written by hand from its spec), gzipped if asked."""
     arr = np.asarray(arr)
-    header = bytes([0, 0, IDX_CODES[arr.dtype], arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    header = bytes([0, 0, IDX_CODES[arr.dtype], arr.ndim]) + struct.pack(
+        f">{arr.ndim}I", *arr.shape
+    )
     raw = header + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
     path = path.with_name(path.name + ".gz") if gz else path
     path.write_bytes(gzip.compress(raw) if gz else raw)
@@ -61,9 +68,14 @@ def test_read_idx_hand_written_bytes(tmp_path):
 
 
 @pytest.mark.parametrize("gz", [False, True])
-@pytest.mark.parametrize("arr", [np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28) % 251,
-                                 np.array([[-5, 70000], [3, 0]], dtype=np.int32),
-                                 np.array([1.5, -2.25, 1e30], dtype=np.float32)])
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28) % 251,
+        np.array([[-5, 70000], [3, 0]], dtype=np.int32),
+        np.array([1.5, -2.25, 1e30], dtype=np.float32),
+    ],
+)
 def test_read_idx_round_trip(tmp_path, gz, arr):
     out = data.read_idx(write_idx(tmp_path / "x-idx", arr, gz))
     assert out.dtype == arr.dtype and out.shape == arr.shape
@@ -72,9 +84,13 @@ def test_read_idx_round_trip(tmp_path, gz, arr):
 
 def test_read_idx_corrupt_files_name_the_file(tmp_path):
     good = write_idx(tmp_path / "good", np.zeros((3, 4), np.uint8)).read_bytes()
-    cases = {"short": (good[:-1], "expected 24"), "long": (good + b"\0", "expected 24"),
-             "magic": (b"\x08\x03" + good[2:], "bad magic"), "empty": (b"", "bad magic"),
-             "header": (good[:6], "header")}
+    cases = {
+        "short": (good[:-1], "expected 24"),
+        "long": (good + b"\0", "expected 24"),
+        "magic": (b"\x08\x03" + good[2:], "bad magic"),
+        "empty": (b"", "bad magic"),
+        "header": (good[:6], "header"),
+    }
     for name, (raw, words) in cases.items():
         (tmp_path / name).write_bytes(raw)
         with pytest.raises(data.IdxFormatError, match=words) as e:
@@ -113,7 +129,9 @@ def test_fashion_mnist_values_from_small_files(places, gz):
 def test_torchvision_layout_is_accepted(places):
     arrays = write_fashion(places / "d" / "FashionMNIST" / "raw", gz=False)
     assert data.find_fashion_mnist(places / "d") == places / "d" / "FashionMNIST" / "raw"
-    np.testing.assert_array_equal(data.fashion_mnist(False, root=places / "d").tensors[1], arrays[False][1])
+    np.testing.assert_array_equal(
+        data.fashion_mnist(False, root=places / "d").tensors[1], arrays[False][1]
+    )
 
 
 def test_cache_reads_each_file_once_and_sees_changes(places):
@@ -121,7 +139,10 @@ def test_cache_reads_each_file_once_and_sees_changes(places):
     data._read_idx_cached.cache_clear()
     data.fashion_mnist(root=places / "d")
     data.fashion_mnist(root=places / "d", n=3)
-    assert data._read_idx_cached.cache_info().misses == 2 and data._read_idx_cached.cache_info().hits == 2
+    assert (
+        data._read_idx_cached.cache_info().misses == 2
+        and data._read_idx_cached.cache_info().hits == 2
+    )
     labels = (arrays[True][1] + 1) % 10
     write_idx(places / "d" / "train-labels-idx1-ubyte", labels)  # new size/mtime → decoded again
     np.testing.assert_array_equal(data.fashion_mnist(root=places / "d").tensors[1], labels)
@@ -156,7 +177,12 @@ def test_not_found_lists_every_place(places, monkeypatch):
     assert "missing train-images" not in msg
     assert f"{places / 'system'}: directory does not exist" in msg
     assert "not attempted (download=False)" in msg
-    for fix in ("sudo apt-get install dataset-fashion-mnist", "make setup", data.ENV_VAR, "download=True"):
+    for fix in (
+        "sudo apt-get install dataset-fashion-mnist",
+        "make setup",
+        data.ENV_VAR,
+        "download=True",
+    ):
         assert fix in msg
     monkeypatch.delenv(data.ENV_VAR)
     with pytest.raises(data.DatasetNotFoundError, match=rf"\${data.ENV_VAR}: not set"):
@@ -165,6 +191,7 @@ def test_not_found_lists_every_place(places, monkeypatch):
 
 class FakeFashionMNIST:
     """Stands in for torchvision.datasets.FashionMNIST: 'downloads' by writing small files."""
+
     calls = []
 
     def __init__(self, root, train=True, download=False):
@@ -181,14 +208,19 @@ def test_download_path_without_network(places, monkeypatch):
     assert data.find_fashion_mnist(download=True) == places / "repo" / "FashionMNIST" / "raw"
     assert FakeFashionMNIST.calls == [(str(places / "repo"), True)]
     labels = write_fashion(places / "x", seed=5)[True][1]
-    np.testing.assert_array_equal(data.fashion_mnist(root=places / "r", download=True).tensors[1], labels)
+    np.testing.assert_array_equal(
+        data.fashion_mnist(root=places / "r", download=True).tensors[1], labels
+    )
 
 
 def test_failed_download_is_listed(places, monkeypatch):
     def offline(root, train=True, download=False):
         raise urllib.error.URLError("no network")
+
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
-    with pytest.raises(data.DatasetNotFoundError, match=r"download into .*: failed \(URLError: .*no network"):
+    with pytest.raises(
+        data.DatasetNotFoundError, match=r"download into .*: failed \(URLError: .*no network"
+    ):
         data.find_fashion_mnist(download=True)
 
 
@@ -198,7 +230,12 @@ def test_subset_indices_deterministic_nested_and_independent_of_global_rng():
     a = data.subset_indices(1000, 50, seed=3)
     torch.manual_seed(2)
     assert torch.equal(a, data.subset_indices(1000, 50, seed=3))
-    assert torch.equal(a, a.sort().values) and len(a.unique()) == 50 and 0 <= a.min() and a.max() < 1000
+    assert (
+        torch.equal(a, a.sort().values)
+        and len(a.unique()) == 50
+        and 0 <= a.min()
+        and a.max() < 1000
+    )
     assert not torch.equal(a, data.subset_indices(1000, 50, seed=4))
     assert set(data.subset_indices(1000, 20, seed=3).tolist()) <= set(a.tolist())
     assert torch.equal(data.subset_indices(7, None, 0), torch.arange(7))
@@ -207,7 +244,9 @@ def test_subset_indices_deterministic_nested_and_independent_of_global_rng():
 
 def test_subset_indices_are_uniform():
     # over 2000 seeds each of 10 indices is picked with probability 3/10: count ≈ 600 ± 20.5
-    counts = np.bincount(np.concatenate([data.subset_indices(10, 3, s).numpy() for s in range(2000)]), minlength=10)
+    counts = np.bincount(
+        np.concatenate([data.subset_indices(10, 3, s).numpy() for s in range(2000)]), minlength=10
+    )
     assert np.all(np.abs(counts - 600) < 5 * 20.5), counts
 
 
@@ -258,7 +297,10 @@ def test_real_fashion_mnist_shapes_labels_balance_and_constants():
     assert images.shape == (60000, 28, 28) and images.dtype == np.uint8
     assert np.array_equal(np.bincount(labels, minlength=10), [6000] * 10)
     x = images.astype(np.float64) / 255
-    assert abs(x.mean() - data.FASHION_MNIST_MEAN) < 1e-4 and abs(x.std() - data.FASHION_MNIST_STD) < 1e-4
+    assert (
+        abs(x.mean() - data.FASHION_MNIST_MEAN) < 1e-4
+        and abs(x.std() - data.FASHION_MNIST_STD) < 1e-4
+    )
     X, y = data.fashion_mnist(False, root=REAL).tensors
     assert X.shape == (10000, 1, 28, 28) and y.min() == 0 and y.max() == 9
     assert torch.equal(torch.bincount(y, minlength=10), torch.full((10,), 1000))
@@ -273,12 +315,18 @@ def test_real_fashion_mnist_normalized_train_has_zero_mean_unit_std():
 # ---------------------------------------------------------------- CIFAR-10 in its own format
 class Py2Pickler(pickle._Pickler):
     """Pickles bytes as Python 2 `str` (BINSTRING), as the original CIFAR-10 batches do."""
+
     dispatch = pickle._Pickler.dispatch.copy()
 
     def save_py2_str(self, obj):
-        op = pickle.SHORT_BINSTRING + bytes([len(obj)]) if len(obj) < 256 else pickle.BINSTRING + struct.pack("<i", len(obj))
+        op = (
+            pickle.SHORT_BINSTRING + bytes([len(obj)])
+            if len(obj) < 256
+            else pickle.BINSTRING + struct.pack("<i", len(obj))
+        )
         self.write(op + obj)
         self.memoize(obj)
+
     dispatch[bytes] = save_py2_str
 
 
@@ -291,12 +339,20 @@ def write_cifar(root, per_batch=2, n_test=3, seed=0):
     out = {}
     for name in names:
         n = n_test if name == "test_batch" else per_batch
-        batch = {b"batch_label": name.encode(), b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 b"labels": rng.integers(0, 10, n).tolist(), b"filenames": [b"x.png"] * n}
+        batch = {
+            b"batch_label": name.encode(),
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, n).tolist(),
+            b"filenames": [b"x.png"] * n,
+        }
         with open(folder / name, "wb") as f:
             Py2Pickler(f, protocol=2).dump(batch)
         out[name] = batch
-    meta = {b"label_names": [c.encode() for c in data.CIFAR10_CLASSES], b"num_cases_per_batch": per_batch, b"num_vis": 3072}
+    meta = {
+        b"label_names": [c.encode() for c in data.CIFAR10_CLASSES],
+        b"num_cases_per_batch": per_batch,
+        b"num_vis": 3072,
+    }
     with open(folder / "batches.meta", "wb") as f:
         Py2Pickler(f, protocol=2).dump(meta)
     return out
@@ -305,12 +361,16 @@ def write_cifar(root, per_batch=2, n_test=3, seed=0):
 @pytest.fixture
 def cifar_md5(monkeypatch):
     """Point torchvision's md5 table at the test's files, so its real integrity check runs on them."""
+
     def set_md5(root):
-        md5 = lambda name: hashlib.md5((root / "cifar-10-batches-py" / name).read_bytes()).hexdigest()
+        md5 = lambda name: hashlib.md5(
+            (root / "cifar-10-batches-py" / name).read_bytes()
+        ).hexdigest()
         C = torchvision.datasets.CIFAR10
         monkeypatch.setattr(C, "train_list", [[name, md5(name)] for name, _ in C.train_list])
         monkeypatch.setattr(C, "test_list", [[name, md5(name)] for name, _ in C.test_list])
         monkeypatch.setattr(C, "meta", {**C.meta, "md5": md5("batches.meta")})
+
     return set_md5
 
 
@@ -358,6 +418,7 @@ def test_cifar10_download_path_without_network(tmp_path, monkeypatch, cifar_md5)
         calls.append(self.root)
         batches.update(write_cifar(data.Path(self.root)))
         cifar_md5(data.Path(self.root))
+
     batches = {}
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", fake_download)
     X, y = data.cifar10(False, root=tmp_path, download=True).tensors

@@ -1,4 +1,5 @@
 """The energy metric: hand-computed access counts, brute-force product reuse, invariants, CLI, bad input."""
+
 import argparse
 import csv
 import math
@@ -15,12 +16,26 @@ from dkm.inventory import LayerInfo, layer_inventory
 
 def conv(c_in=4, c_out=8, k=3, size=6, stride=1, pad=1, groups=1, batch=1):
     out = (size + 2 * pad - k) // stride + 1
-    return LayerInfo("c", "conv", batch, c_in, c_out, groups, (k, k), (stride, stride), (pad, pad),
-                     (size, size), (out, out), False)
+    return LayerInfo(
+        "c",
+        "conv",
+        batch,
+        c_in,
+        c_out,
+        groups,
+        (k, k),
+        (stride, stride),
+        (pad, pad),
+        (size, size),
+        (out, out),
+        False,
+    )
 
 
 def linear(c_in=100, c_out=10):
-    return LayerInfo("fc", "linear", 1, c_in, c_out, 1, (1, 1), (1, 1), (0, 0), (1, 1), (1, 1), True)
+    return LayerInfo(
+        "fc", "linear", 1, c_in, c_out, 1, (1, 1), (1, 1), (0, 0), (1, 1), (1, 1), True
+    )
 
 
 def test_accumulator_and_arithmetic_by_hand():
@@ -39,7 +54,12 @@ def test_rs_accesses_by_hand():
     assert a["weights"] == {"rf": 10368, "array": 10368 / 6, "buffer": 288, "dram": 288}
     assert a["inputs"] == {"rf": 10368, "array": 10368 / 24, "buffer": 144, "dram": 144}
     # psums: d = q·S = 12 taps in a PE, c = 3 rows down a column, b = 36/36 = 1; 288 outputs
-    assert a["psums"] == {"rf": 2 * 1 * 3 * 11 * 288, "array": 1 * 2 * 288, "buffer": 0, "dram": 288}
+    assert a["psums"] == {
+        "rf": 2 * 1 * 3 * 11 * 288,
+        "array": 1 * 2 * 288,
+        "buffer": 0,
+        "dram": 288,
+    }
 
 
 def test_linear_layer_energy_by_hand():
@@ -51,7 +71,9 @@ def test_linear_layer_energy_by_hand():
     b = 100 / 12
     psums = 2 * b * 11 * 10 * acc / 16 + 2 * (b - 1) * 10 * 6 * acc / 16 + 10 * 200
     assert row["psums"] == pytest.approx(psums)
-    assert row["total"] == pytest.approx(row["arith"] + row["weights"] + row["inputs"] + row["psums"])
+    assert row["total"] == pytest.approx(
+        row["arith"] + row["weights"] + row["inputs"] + row["psums"]
+    )
     assert row["total"] == pytest.approx(sum(row[c] for c in en.COMPONENTS))
 
 
@@ -60,21 +82,28 @@ def brute_force_mults(layer, assignments):
     g, R, U, E = layer.groups, layer.kernel[0], layer.stride[0], layer.out_size[0]
     C, M = layer.c_in // g, layer.c_out // g
     a = assignments.reshape(layer.c_out, C, R)
-    need = {((o // M) * C + c, e * U + r, int(a[o, c, r]))
-            for o in range(layer.c_out) for c in range(C) for r in range(R) for e in range(E)}
+    need = {
+        ((o // M) * C + c, e * U + r, int(a[o, c, r]))
+        for o in range(layer.c_out)
+        for c in range(C)
+        for r in range(R)
+        for e in range(E)
+    }
     return layer.batch * layer.out_size[1] * layer.kernel[1] * len(need)
 
 
-@pytest.mark.parametrize("k,stride,groups,K", [(3, 1, 1, 5), (3, 2, 1, 3), (5, 2, 2, 7), (1, 1, 1, 4), (3, 1, 2, 40)])
+@pytest.mark.parametrize(
+    "k,stride,groups,K", [(3, 1, 1, 5), (3, 2, 1, 3), (5, 2, 2, 7), (1, 1, 1, 4), (3, 1, 2, 40)]
+)
 def test_shared_mults_against_brute_force(k, stride, groups, K):
     g = torch.Generator().manual_seed(0)
     layer = conv(c_in=4, c_out=6, k=k, size=9, stride=stride, pad=k // 2, groups=groups, batch=2)
     a = torch.randint(0, K, (layer.kernel_rows,), generator=g)
     share = en.Share(K, 0.0, a)
     assert en.shared_mults(layer, share) == brute_force_mults(layer, a)
-    assert en.shared_mults(layer, share) <= layer.macs           # sharing never costs more multiplications
+    assert en.shared_mults(layer, share) <= layer.macs  # sharing never costs more multiplications
     own = en.Share(layer.kernel_rows, 0.0, torch.arange(layer.kernel_rows))
-    assert en.shared_mults(layer, own) == layer.macs               # one center per row: no reuse
+    assert en.shared_mults(layer, own) == layer.macs  # one center per row: no reuse
 
 
 @pytest.mark.parametrize("n,K,p", [(12, 5, 0.0), (40, 10, 0.5), (3, 50, 0.0), (30, 7, 0.9)])
@@ -91,13 +120,15 @@ def test_energy_grows_with_bits():
     for layer in layers:
         totals = [en.layer_energy(layer, b)["total"] for b in range(1, 33)]
         assert all(x < y for x, y in zip(totals, totals[1:]))
-    shared = [en.layer_energy(conv(16, 16), b, share=en.Share(4, 0.3))["total"] for b in range(1, 33)]
+    shared = [
+        en.layer_energy(conv(16, 16), b, share=en.Share(4, 0.3))["total"] for b in range(1, 33)
+    ]
     assert all(x < y for x, y in zip(shared, shared[1:]))
 
 
 @pytest.mark.parametrize("p", [0.0, 0.5])
 def test_more_sharing_never_more_energy(p):
-    layer = conv(16, 16, size=8)                           # N = 16·16·3 = 768 kernel rows
+    layer = conv(16, 16, size=8)  # N = 16·16·3 = 768 kernel rows
     Ks = [1, 2, 3, 5, 8, 16, 50, 100, 300, 767]
     rows = [en.layer_energy(layer, 8, share=en.Share(K, p)) for K in Ks]
     for key in ("total", "mults", "weight_bits", "arith"):
@@ -105,7 +136,9 @@ def test_more_sharing_never_more_energy(p):
         assert all(x <= y for x, y in zip(values, values[1:])), key
     assert rows[0]["mults"] < layer.macs
     dense = en.layer_energy(layer, 8)
-    assert en.layer_energy(layer, 8, share=en.Share(768, p))["total"] == dense["total"]   # K ≥ N: left as is
+    assert (
+        en.layer_energy(layer, 8, share=en.Share(768, p))["total"] == dense["total"]
+    )  # K ≥ N: left as is
 
 
 def test_weight_storage_bits_by_hand():
@@ -116,13 +149,17 @@ def test_weight_storage_bits_by_hand():
 
 def test_share_descriptions_agree():
     from dkm.sharing import SharedLayer, ShareResult
+
     layer = conv(4, 6)
     a = torch.randint(0, 5, (layer.kernel_rows,), generator=torch.Generator().manual_seed(1))
     sl = SharedLayer("c", 0, (6, 4, 3, 3), torch.zeros(5, 3), a, p=0.0)
     exact = en.make_shares([layer], ShareResult(layers={"c": sl}))["c"]
     assert en.shared_mults(layer, exact) == brute_force_mults(layer, a)
     assert en.make_shares([layer], {"c": 5})["c"] == en.Share(5)
-    assert en.make_shares([layer], {"c": [5, 0.4]})["c"] == en.make_shares([layer], {"c": {"K": 5, "p": 0.4}})["c"]
+    assert (
+        en.make_shares([layer], {"c": [5, 0.4]})["c"]
+        == en.make_shares([layer], {"c": {"K": 5, "p": 0.4}})["c"]
+    )
     with pytest.raises(ValueError, match="shared='nope'"):
         en.make_shares([layer], "nope")
 
@@ -131,15 +168,18 @@ def test_wrn_official_settings_save_energy():
     rows = en.wrn_sharing_table(bits=(8,))
     assert {r["setting"] for r in rows} == {"45x", "47x", "50x"}
     for r in rows:
-        assert r["shared_mults"] <= r["dense_mults"] and r["shared_total"] <= r["dense_total"] * (1 + 1e-12)
+        assert r["shared_mults"] <= r["dense_mults"] and r["shared_total"] <= r["dense_total"] * (
+            1 + 1e-12
+        )
     total = [r for r in rows if r["name"] == "TOTAL" and r["setting"] == "45x"][0]
     layers = [r for r in rows if r["name"] != "TOTAL" and r["setting"] == "45x"]
     assert total["shared_total"] == pytest.approx(sum(r["shared_total"] for r in layers))
-    assert [r["K"] for r in layers][:3] == [0, 90, 80]      # conv1: K = 144 = N rows, left as is
+    assert [r["K"] for r in layers][:3] == [0, 90, 80]  # conv1: K = 144 = N rows, left as is
 
 
 def test_googlenet_metric_is_fast():
     from dkm.zigzag_ref import reference_layers
+
     layers = reference_layers("googlenet")
     t0 = time.perf_counter()
     rows = en.net_energy(layers, 8)
@@ -153,20 +193,40 @@ def _cli(argv):
 
 def _shared_small_cnn(path):
     from dkm.models import small_cnn
+
     torch.manual_seed(0)
     net = small_cnn()
-    w = net.conv2.weight.data                              # 32×16×3×3: N = 1536 rows of length 3
+    w = net.conv2.weight.data  # 32×16×3×3: N = 1536 rows of length 3
     codebook, a = torch.randn(6, 3), torch.randint(0, 6, (1536,))
     w.copy_(codebook[a].reshape(w.shape))
-    torch.save({"model": {"name": "small_cnn", "kwargs": {}}, "state_dict": net.state_dict(),
-                "input_shape": [1, 28, 28]}, path)
+    torch.save(
+        {
+            "model": {"name": "small_cnn", "kwargs": {}},
+            "state_dict": net.state_dict(),
+            "input_shape": [1, 28, 28],
+        },
+        path,
+    )
     return net, a
 
 
 def test_cli_checkpoint_auto_sharing(tmp_path, capsys):
     net, a = _shared_small_cnn(tmp_path / "net.pt")
-    assert _cli(["--model", str(tmp_path / "net.pt"), "--bits", "8,16", "--shared", "auto",
-                 "--csv", str(tmp_path / "e.csv")]) == 0
+    assert (
+        _cli(
+            [
+                "--model",
+                str(tmp_path / "net.pt"),
+                "--bits",
+                "8,16",
+                "--shared",
+                "auto",
+                "--csv",
+                str(tmp_path / "e.csv"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "TOTAL" in out and "at 16 bits" in out and "skipped 4 module(s)" in out
     rows = list(csv.DictReader(open(tmp_path / "e.csv")))
@@ -186,15 +246,18 @@ def test_cli_named_models_and_json_config(tmp_path, capsys):
     assert "stage3.1.conv2" in out and "ratio" in out
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--model", "alexnet", "--bits", "0"], "bits=0"),
-    (["--model", "alexnet", "--bits", "8,33"], "bits=33"),
-    (["--model", "alexnet", "--bits", "8,x"], "bits="),
-    (["--model", "resnet"], "model='resnet'"),
-    (["--model", "alexnet", "--shared", "45x"], "shared='45x'"),
-    (["--model", "wrn16-4", "--shared", "60x"], "shared='60x'"),
-    (["--model", "wrn16-4", "--input-shape", "3,32"], "input_shape"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--model", "alexnet", "--bits", "0"], "bits=0"),
+        (["--model", "alexnet", "--bits", "8,33"], "bits=33"),
+        (["--model", "alexnet", "--bits", "8,x"], "bits="),
+        (["--model", "resnet"], "model='resnet'"),
+        (["--model", "alexnet", "--shared", "45x"], "shared='45x'"),
+        (["--model", "wrn16-4", "--shared", "60x"], "shared='60x'"),
+        (["--model", "wrn16-4", "--input-shape", "3,32"], "input_shape"),
+    ],
+)
 def test_cli_bad_input_names_parameter(argv, match):
     with pytest.raises(ValueError, match=match):
         _cli(argv)
@@ -224,6 +287,7 @@ def _fake_run(tmp_path, monkeypatch, stage="pretrain"):
     from dkm import pipeline as pl
     from dkm.models import build_model
     from dkm.profiles import get_profile
+
     monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path / "runs"))
     profile = get_profile("smoke")
     config = pl.pretrain_config(profile)
@@ -240,8 +304,10 @@ def _fake_run(tmp_path, monkeypatch, stage="pretrain"):
 def test_cli_run_directory(tmp_path, monkeypatch, capsys):
     d, net = _fake_run(tmp_path, monkeypatch)
     loaded, shape = energy_cli.load_model(str(d))
-    assert shape == (1, 28, 28)                                   # from the run's dataset (Fashion-MNIST)
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+    assert shape == (1, 28, 28)  # from the run's dataset (Fashion-MNIST)
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values())
+    )
     assert _cli(["--model", str(d), "--bits", "8", "--csv", str(tmp_path / "e.csv")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "e.csv")))
     expected = en.totals(en.net_energy(layer_inventory(net, (1, 28, 28)).layers, 8))
@@ -250,6 +316,7 @@ def test_cli_run_directory(tmp_path, monkeypatch, capsys):
 
 def test_cli_run_directory_without_model(tmp_path, monkeypatch):
     from dkm.pipeline import RunError
+
     d, _ = _fake_run(tmp_path, monkeypatch, stage="evaluate")
     with pytest.raises(RunError, match="keeps no model"):
         energy_cli.load_model(str(d))

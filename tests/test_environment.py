@@ -1,4 +1,5 @@
 """The conda environment, pyproject.toml, Makefile and CI script agree with each other and with the README."""
+
 from pathlib import Path
 import tomllib
 
@@ -19,14 +20,18 @@ def test_environment_pip_section_matches_pyproject():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     listed = {_norm(r) for r in pip if not r.startswith("-e")}
-    assert listed == wanted, f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
+    assert listed == wanted, (
+        f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
+    )
     assert "-e ." in pip, "environment.yml must install the package itself"
     assert "python=3.11" in env["dependencies"]
 
 
 def test_pyproject_admits_the_pinned_torch():
-    deps = {Requirement(r).name: Requirement(r) for r in
-            tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    deps = {
+        Requirement(r).name: Requirement(r)
+        for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
     assert deps["torch"].specifier.contains("2.14.1")
     assert deps["torchvision"].specifier.contains("0.29.1")
 

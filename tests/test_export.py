@@ -1,4 +1,5 @@
 """Compact export: bit-exact round trip, size against the `fixed` convention, clear errors."""
+
 import math
 import os
 import struct
@@ -23,10 +24,10 @@ class _Net(nn.Module):
         self.conv1 = nn.Conv2d(3, width, 3, padding=1)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, width, 3, padding=1, groups=4, bias=False)  # grouped
-        self.conv3 = nn.Conv2d(width, width, 3, padding=1, groups=width)          # depthwise
+        self.conv3 = nn.Conv2d(width, width, 3, padding=1, groups=width)  # depthwise
         self.bn3 = nn.BatchNorm2d(width)
-        self.conv4 = nn.Conv2d(width, 2 * width, 1)                               # 1×1
-        self.conv5 = nn.Conv2d(2 * width, 2 * width, 3, padding=1)                # left dense
+        self.conv4 = nn.Conv2d(width, 2 * width, 1)  # 1×1
+        self.conv5 = nn.Conv2d(2 * width, 2 * width, 3, padding=1)  # left dense
         self.fc = nn.Linear(2 * width, 10)
 
     def forward(self, x):
@@ -46,14 +47,23 @@ def _shared_net(seed=0, width=16):
     net = _Net(width)
     g = torch.Generator().manual_seed(seed)
     result = ShareResult(skipped={"conv5": "kept dense for the test"})
-    for i, (name, conv) in enumerate((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)):
+    for i, (name, conv) in enumerate(
+        (n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)
+    ):
         if name not in _KS:
             continue
         c_out, c_in, kh, kw = shape = tuple(conv.weight.shape)
         codebook = torch.randn(_KS[name], kw, generator=g)
         assignments = torch.randint(0, _KS[name], (c_out * c_in * kh,), generator=g)
-        layer = SharedLayer(name, i, shape, codebook, assignments, p=0.25 * i,
-                            bias_numel=0 if conv.bias is None else conv.bias.numel())
+        layer = SharedLayer(
+            name,
+            i,
+            shape,
+            codebook,
+            assignments,
+            p=0.25 * i,
+            bias_numel=0 if conv.bias is None else conv.bias.numel(),
+        )
         with torch.no_grad():
             conv.weight.copy_(layer.weight())
         result.layers[name] = layer
@@ -79,7 +89,9 @@ def test_round_trip_is_bit_exact(tmp_path):
     assert list(loaded.layers) == list(shared.layers)
     for name, layer in shared.layers.items():
         back = loaded.layers[name]
-        assert torch.equal(back.codebook, layer.codebook) and torch.equal(back.assignments, layer.assignments)
+        assert torch.equal(back.codebook, layer.codebook) and torch.equal(
+            back.assignments, layer.assignments
+        )
         fields = lambda x: (x.index, x.shape, x.p, x.bias_numel)  # noqa: E731
         assert fields(back) == fields(layer)
         assert back.assignments.dtype == torch.int64
@@ -90,12 +102,12 @@ def test_round_trip_is_bit_exact(tmp_path):
 @pytest.mark.parametrize("bits", [1, 3, 4, 7, 8, 9])
 def test_pack_indexes_against_a_bit_string(bits):
     g = torch.Generator().manual_seed(bits)
-    a = torch.randint(0, 2 ** bits, (37,), generator=g)
+    a = torch.randint(0, 2**bits, (37,), generator=g)
     data = export.pack_indexes(a, bits)
     # reference: concatenate each index as a `bits`-digit binary string, pad with 0 to whole bytes
     s = "".join(format(int(v), f"0{bits}b") for v in a)
     s += "0" * (-len(s) % 8)
-    assert data == bytes(int(s[i:i + 8], 2) for i in range(0, len(s), 8))
+    assert data == bytes(int(s[i : i + 8], 2) for i in range(0, len(s), 8))
     assert len(data) == math.ceil(37 * bits / 8)
     assert torch.equal(export.unpack_indexes(data, 37, bits), a)
 
@@ -106,15 +118,23 @@ def test_file_size_against_the_fixed_convention(tmp_path):
     assert info["bytes"] == os.path.getsize(tmp_path / "net.dkm")
     # exact accounting: codebooks (K·s·4 bytes) + packed indexes (⌈N·b/8⌉) + raw state + header
     layers = shared.layers.values()
-    payload = sum(4 * layer.num_clusters * layer.row_length
-                  + math.ceil(layer.num_rows * fixed_index_width(layer.num_clusters) / 8) for layer in layers)
-    state = sum(t.numel() * t.element_size() for k, t in net.state_dict().items()
-                if k not in {f"{n}.weight" for n in shared.layers})
+    payload = sum(
+        4 * layer.num_clusters * layer.row_length
+        + math.ceil(layer.num_rows * fixed_index_width(layer.num_clusters) / 8)
+        for layer in layers
+    )
+    state = sum(
+        t.numel() * t.element_size()
+        for k, t in net.state_dict().items()
+        if k not in {f"{n}.weight" for n in shared.layers}
+    )
     assert info["bytes"] == info["header_bytes"] + payload + state
     # the fixed convention: same bits, indexes not padded to whole bytes; BN state is not in it
     fixed = sum(r["compressed_bits"] for r in compression_table(net, shared, "fixed")) / 8
     assert info["fixed_convention_bytes"] == fixed
-    bn = sum(t.numel() * t.element_size() for k, t in net.state_dict().items() if k.startswith("bn"))
+    bn = sum(
+        t.numel() * t.element_size() for k, t in net.state_dict().items() if k.startswith("bn")
+    )
     assert info["uncounted_state_bytes"] == bn
     expected = fixed + bn
     # padding: less than one byte per shared layer; header within the declared allowance

@@ -1,4 +1,5 @@
 """dkm.kmeans against references: scikit-learn's KMeans, brute-force distances, hand computations."""
+
 import numpy as np
 import pytest
 import torch
@@ -29,13 +30,16 @@ def assert_consistent(X, result: KMeansResult):
 
 # ---- against scikit-learn -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("N,s", [(500, 1), (2000, 3), (1000, 9), (300, 27)])
 @pytest.mark.parametrize("K", [2, 8, 32])
 def test_inertia_matches_sklearn_from_the_same_centers(N, s, K):
     X = normal(N, s, seed=N + s + K)
     start = init_centers(X, K, "kmeans++", seed=K)
     ours = kmeans(X, K, init_centers=start, max_iter=100, tol=1e-4)
-    ref = KMeans(n_clusters=K, init=start.numpy(), n_init=1, algorithm="lloyd", tol=1e-4, max_iter=100).fit(X.numpy())
+    ref = KMeans(
+        n_clusters=K, init=start.numpy(), n_init=1, algorithm="lloyd", tol=1e-4, max_iter=100
+    ).fit(X.numpy())
     assert ours.inertia == pytest.approx(ref.inertia_, rel=0.01)
     assert_consistent(X, ours)
 
@@ -45,9 +49,11 @@ def test_every_init_then_lloyd_matches_sklearn(init):
     X = normal(1500, 3, seed=4)
     start = init_centers(X, 16, init, seed=2)
     ours = kmeans(X, 16, init_centers=start)
-    ref = KMeans(n_clusters=16, init=start.numpy(), n_init=1, algorithm="lloyd", tol=1e-4, max_iter=100).fit(X.numpy())
+    ref = KMeans(
+        n_clusters=16, init=start.numpy(), n_init=1, algorithm="lloyd", tol=1e-4, max_iter=100
+    ).fit(X.numpy())
     assert ours.inertia == pytest.approx(ref.inertia_, rel=0.01)
-    assert ours.n_iter == ref.n_iter_      # same stopping rule, same trajectory
+    assert ours.n_iter == ref.n_iter_  # same stopping rule, same trajectory
     assert_consistent(X, ours)
 
 
@@ -76,6 +82,7 @@ def test_max_iter_is_respected_and_result_stays_consistent():
 
 # ---- assignment --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("N,s,K", [(1000, 1, 7), (1000, 3, 64), (300, 27, 5), (50, 2, 1)])
 def test_assign_is_the_brute_force_nearest_center(N, s, K):
     X, codebook = normal(N, s, seed=1), normal(K, s, seed=2)
@@ -87,10 +94,10 @@ def test_assign_is_the_brute_force_nearest_center(N, s, K):
 
 def test_sorted_path_equals_matmul_path_with_duplicate_centers():
     X = normal(2000, 1, seed=3)
-    codebook = torch.tensor([[0.5], [-1.0], [0.5], [2.0], [-1.0], [0.0]])   # 0.5 and -1.0 twice
+    codebook = torch.tensor([[0.5], [-1.0], [0.5], [2.0], [-1.0], [0.0]])  # 0.5 and -1.0 twice
     a_sorted, d_sorted = km._assign_sorted(X, codebook)
     a_matmul, d_matmul = km._nearest_matmul(X, codebook)[:2]
-    assert torch.equal(a_sorted, a_matmul)          # ties go to the lowest index in both
+    assert torch.equal(a_sorted, a_matmul)  # ties go to the lowest index in both
     assert torch.allclose(d_sorted, d_matmul, atol=1e-5)
     assert not (a_sorted == 2).any() and not (a_sorted == 4).any()
 
@@ -101,7 +108,11 @@ def test_s1_fast_path_equals_the_general_path(init):
     X = normal(500, 1, seed=8)
     start = init_centers(X, 8, init, seed=1)
     fast = kmeans(X, 8, init_centers=start)
-    padded = kmeans(torch.cat([X, torch.zeros_like(X)], 1), 8, init_centers=torch.cat([start, torch.zeros_like(start)], 1))
+    padded = kmeans(
+        torch.cat([X, torch.zeros_like(X)], 1),
+        8,
+        init_centers=torch.cat([start, torch.zeros_like(start)], 1),
+    )
     assert torch.equal(fast.assignments, padded.assignments)
     assert torch.allclose(fast.codebook[:, 0], padded.codebook[:, 0], atol=1e-6)
     assert fast.n_iter == padded.n_iter
@@ -109,6 +120,7 @@ def test_s1_fast_path_equals_the_general_path(init):
 
 
 # ---- determinism -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("init", ["kmeans++", "random"])
 def test_same_seed_same_result_other_seed_other_result(init):
@@ -124,15 +136,20 @@ def test_global_rng_and_thread_count_are_left_alone():
     init_centers(normal(500, 3), 8, "random", seed=1)
     assert torch.equal(state, torch.random.get_rng_state())
     assert torch.get_num_threads() == threads
-    two = kmeans(normal(5000, 3, seed=2), 8, seed=1, threads=2)      # the same Lloyd trajectory on 2 threads
+    two = kmeans(
+        normal(5000, 3, seed=2), 8, seed=1, threads=2
+    )  # the same Lloyd trajectory on 2 threads
     one = kmeans(normal(5000, 3, seed=2), 8, seed=1)
-    assert torch.equal(one.assignments, two.assignments) and torch.allclose(one.codebook, two.codebook, atol=1e-6)
+    assert torch.equal(one.assignments, two.assignments) and torch.allclose(
+        one.codebook, two.codebook, atol=1e-6
+    )
     assert torch.get_num_threads() == threads
     with pytest.raises(ValueError, match="threads=0"):
         kmeans(normal(50, 3), 4, threads=0)
 
 
 # ---- dominant cluster (the authors' p) ------------------------------------------------------------
+
 
 def test_dominant_cluster_is_the_rows_nearest_the_mean_row():
     X, K, p = normal(1000, 3, seed=11), 6, 0.37
@@ -150,8 +167,10 @@ def test_dominant_cluster_is_the_rows_nearest_the_mean_row():
     assert torch.equal(result.codebook[1:], sub.codebook)
     assert torch.equal(result.assignments[rest], sub.assignments + 1)
     assert result.codebook.shape == (K, 3) and set(result.assignments.tolist()) == set(range(K))
-    assert result.inertia == pytest.approx(float(brute_sq_dists(X, result.codebook).gather(
-        1, result.assignments[:, None]).sum()), rel=1e-9)
+    assert result.inertia == pytest.approx(
+        float(brute_sq_dists(X, result.codebook).gather(1, result.assignments[:, None]).sum()),
+        rel=1e-9,
+    )
 
 
 def test_dominant_cluster_with_explicit_centers_for_the_rest():
@@ -165,9 +184,10 @@ def test_dominant_cluster_with_explicit_centers_for_the_rest():
 
 # ---- empty clusters and degenerate data ------------------------------------------------------------
 
+
 def test_empty_cluster_takes_the_farthest_row_by_hand():
     X = torch.tensor([[0.0, 0.0], [0.0, 1.0], [5.0, 0.0], [20.0, 0.0]])
-    centers = torch.tensor([[0.0, 0.5], [5.0, 0.0], [100.0, 100.0]])   # cluster 2 gets no row
+    centers = torch.tensor([[0.0, 0.5], [5.0, 0.0], [100.0, 100.0]])  # cluster 2 gets no row
     state = km._Lloyd(X, centers)
     assert state.counts.tolist() == [2, 2, 0]
     # squared distances to own centers: 0.25, 0.25, 0, 15² = 225 -> row 3 re-seeds cluster 2
@@ -179,7 +199,9 @@ def test_empty_cluster_takes_the_farthest_row_by_hand():
 
 def test_empty_cluster_reseeding_matches_sklearn():
     blobs = torch.cat([normal(300, 2, seed=s) * 0.1 + 4 * s for s in range(4)])
-    start = torch.cat([blobs[[0, 300, 600]], torch.full((3, 2), 50.0)])   # 3 centers far from every row
+    start = torch.cat(
+        [blobs[[0, 300, 600]], torch.full((3, 2), 50.0)]
+    )  # 3 centers far from every row
     ours = kmeans(blobs, 6, init_centers=start)
     ref = KMeans(n_clusters=6, init=start.numpy(), n_init=1, algorithm="lloyd").fit(blobs.numpy())
     assert torch.bincount(ours.assignments, minlength=6).min() > 0
@@ -193,7 +215,7 @@ def test_fewer_distinct_rows_than_clusters(init):
     X = distinct.repeat(10, 1)
     result = kmeans(X, 5, init=init, seed=1, max_iter=50)
     assert result.codebook.shape == (5, 3) and torch.isfinite(result.codebook).all()
-    assert result.inertia == pytest.approx(0.0, abs=1e-10)   # every row sits on a center
+    assert result.inertia == pytest.approx(0.0, abs=1e-10)  # every row sits on a center
     assert result.n_iter <= 50
     assert_consistent(X, result)
 
@@ -207,6 +229,7 @@ def test_all_rows_equal(init):
 
 # ---- initializations ---------------------------------------------------------------------------
 
+
 def test_linear_init_s1_is_linspace_of_the_weight_range():
     X = normal(300, 1, seed=14)
     centers = init_centers(X, 9, "linear")
@@ -219,7 +242,7 @@ def test_linear_init_is_evenly_spaced_along_the_first_principal_direction():
     steps = centers[1:] - centers[:-1]
     assert torch.allclose(steps, steps[0].expand_as(steps), atol=1e-5)
     Xc = X.double().numpy() - X.double().numpy().mean(0)
-    v = np.linalg.svd(Xc, full_matrices=False)[2][0]           # numpy's first principal direction
+    v = np.linalg.svd(Xc, full_matrices=False)[2][0]  # numpy's first principal direction
     assert abs(abs(float(steps[0] @ torch.from_numpy(v))) - float(steps[0].norm())) < 1e-6
     t = Xc @ v
     ends = (centers[[0, -1]].numpy() - X.double().numpy().mean(0)) @ v
@@ -231,7 +254,9 @@ def test_density_init_is_the_means_of_equal_mass_bins():
     values = np.sort(X[:, 0].double().numpy())
     bins = np.arange(1003) * 10 // 1003
     expected = [values[bins == k].mean() for k in range(10)]
-    assert init_centers(X, 10, "density")[:, 0].double().numpy() == pytest.approx(expected, abs=1e-5)
+    assert init_centers(X, 10, "density")[:, 0].double().numpy() == pytest.approx(
+        expected, abs=1e-5
+    )
 
 
 @pytest.mark.parametrize("s", [1, 3])
@@ -247,7 +272,7 @@ def test_kmeanspp_picks_rows_one_per_separated_blob():
     X = torch.cat([normal(50, 3, seed=s) * 0.01 + 10 * s for s in range(8)])
     for seed in range(5):
         centers = init_centers(X, 8, "kmeans++", seed=seed)
-        assert (brute_sq_dists(centers, X).min(1).values == 0).all()       # every center is a row
+        assert (brute_sq_dists(centers, X).min(1).values == 0).all()  # every center is a row
         assert sorted((centers[:, 0] / 10).round().long().tolist()) == list(range(8))
 
 
@@ -274,18 +299,38 @@ BAD = [
     (lambda: kmeans(X10, 2, max_iter=0), ValueError, r"max_iter=0 .*1 ≤ max_iter"),
     (lambda: kmeans(X10, 2, tol=-1e-3), ValueError, r"tol=-0.001 .*0.0 ≤ tol"),
     (lambda: kmeans(X10, 2, seed=-1), ValueError, r"seed=-1"),
-    (lambda: kmeans(X10, 2, init="kmeans"), ValueError, r"init='kmeans' .*'kmeans\+\+', 'linear', 'density', 'random'"),
+    (
+        lambda: kmeans(X10, 2, init="kmeans"),
+        ValueError,
+        r"init='kmeans' .*'kmeans\+\+', 'linear', 'density', 'random'",
+    ),
     (lambda: kmeans(torch.tensor([[0.0, float("nan")]] * 3), 2), ValueError, r"X has 3 non-finite"),
     (lambda: kmeans(torch.tensor([[0.0, float("inf")]] * 3), 2), ValueError, r"X has 3 non-finite"),
     (lambda: kmeans(torch.zeros(10), 2), ValueError, r"X has shape \(10,\): allowed a 2-D"),
     (lambda: kmeans(torch.zeros(2, 3, 4), 2), ValueError, r"X has shape \(2, 3, 4\)"),
     (lambda: kmeans(torch.zeros(0, 3), 1), ValueError, r"X has shape \(0, 3\)"),
-    (lambda: kmeans(torch.zeros(5, 3, dtype=torch.int64), 2), TypeError, r"X has dtype torch.int64"),
-    (lambda: kmeans(X10, 2, init_centers=torch.zeros(3, 3)), ValueError, r"init_centers has shape \(3, 3\): allowed \(2, 3\)"),
-    (lambda: kmeans(X10, 2, init_centers=torch.full((2, 3), float("nan"))), ValueError, r"init_centers has 6 non-finite"),
+    (
+        lambda: kmeans(torch.zeros(5, 3, dtype=torch.int64), 2),
+        TypeError,
+        r"X has dtype torch.int64",
+    ),
+    (
+        lambda: kmeans(X10, 2, init_centers=torch.zeros(3, 3)),
+        ValueError,
+        r"init_centers has shape \(3, 3\): allowed \(2, 3\)",
+    ),
+    (
+        lambda: kmeans(X10, 2, init_centers=torch.full((2, 3), float("nan"))),
+        ValueError,
+        r"init_centers has 6 non-finite",
+    ),
     (lambda: init_centers(X10, 2, "bogus"), ValueError, r"init='bogus'"),
     (lambda: init_centers(X10, 20), ValueError, r"num_clusters=20"),
-    (lambda: assign(X10, torch.zeros(2, 4)), ValueError, r"codebook has rows of length 4: allowed s=3"),
+    (
+        lambda: assign(X10, torch.zeros(2, 4)),
+        ValueError,
+        r"codebook has rows of length 4: allowed s=3",
+    ),
     (lambda: assign(X10, torch.zeros(4)), ValueError, r"codebook has shape \(4,\)"),
 ]
 

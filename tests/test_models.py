@@ -1,4 +1,5 @@
 """Models: the conv order of WRN-16-4 matches the authors' layer table; shapes and errors."""
+
 import json
 from pathlib import Path
 
@@ -7,15 +8,25 @@ import torch
 
 from dkm.models import build_model, conv_layers, small_cnn, wide_resnet
 
-REF = json.loads((Path(__file__).resolve().parents[1] / "data/reference/wrn16_4_official_sharing.json").read_text())
+REF = json.loads(
+    (
+        Path(__file__).resolve().parents[1] / "data/reference/wrn16_4_official_sharing.json"
+    ).read_text()
+)
 
 
 def test_wrn16_4_conv_order_matches_official_table():
-    net = wide_resnet(**{k: v for k, v in REF["model"].items() if k != "depth"}, depth=16, in_channels=3)
+    net = wide_resnet(
+        **{k: v for k, v in REF["model"].items() if k != "depth"}, depth=16, in_channels=3
+    )
     convs = conv_layers(net)
     assert len(convs) == len(REF["layers"]) == 16
     for (name, conv), layer in zip(convs, REF["layers"]):
-        assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (layer["in"], layer["out"], (layer["k"],) * 2), name
+        assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (
+            layer["in"],
+            layer["out"],
+            (layer["k"],) * 2,
+        ), name
         assert ("shortcut" in name) == layer.get("shortcut", False)
         assert conv.bias is not None  # the official model has conv biases
 
@@ -29,9 +40,14 @@ def test_wrn16_4_parameter_count_by_hand():
     assert sum(p.numel() for p in net.parameters()) == conv + bns + 256 * 10 + 10
 
 
-@pytest.mark.parametrize("make,shape", [(lambda: small_cnn(), (3, 1, 28, 28)),
-                                        (lambda: wide_resnet(10, 1, in_channels=1), (3, 1, 28, 28)),
-                                        (lambda: wide_resnet(16, 2, 0.3, 3, 10, True), (3, 3, 32, 32))])
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda: small_cnn(), (3, 1, 28, 28)),
+        (lambda: wide_resnet(10, 1, in_channels=1), (3, 1, 28, 28)),
+        (lambda: wide_resnet(16, 2, 0.3, 3, 10, True), (3, 3, 32, 32)),
+    ],
+)
 def test_forward_shapes(make, shape):
     torch.manual_seed(0)
     net = make().eval()
@@ -40,12 +56,25 @@ def test_forward_shapes(make, shape):
 
 def test_stable_names_and_registry():
     names = [n for n, _ in conv_layers(wide_resnet(16, 1))]
-    assert names[:5] == ["conv1", "stage1.0.conv1", "stage1.0.conv2", "stage1.1.conv1", "stage1.1.conv2"]
+    assert names[:5] == [
+        "conv1",
+        "stage1.0.conv1",
+        "stage1.0.conv2",
+        "stage1.1.conv1",
+        "stage1.1.conv2",
+    ]
     assert type(build_model("small_cnn", width=8)).__name__ == "SmallCNN"
 
 
-@pytest.mark.parametrize("kwargs,param", [({"depth": 15}, "depth"), ({"widen_factor": 0}, "widen_factor"),
-                                          ({"dropout": 1.0}, "dropout"), ({"num_classes": 1}, "num_classes")])
+@pytest.mark.parametrize(
+    "kwargs,param",
+    [
+        ({"depth": 15}, "depth"),
+        ({"widen_factor": 0}, "widen_factor"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"num_classes": 1}, "num_classes"),
+    ],
+)
 def test_bad_arguments_name_the_parameter(kwargs, param):
     with pytest.raises(ValueError, match=param):
         wide_resnet(**kwargs)

@@ -6,6 +6,7 @@ tests/e2e), so nothing committed is touched; nbval then re-runs
 the executed copies and compares the cells marked `# NBVAL_CHECK_OUTPUT` (deterministic values: CR,
 bounds, counts, accuracies read from the cache) with the first run.
 """
+
 import ast
 import os
 import subprocess
@@ -20,8 +21,15 @@ from dkm import figures
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # DESIGN.md, "Figures the package regenerates": the contract
-DESIGN_FIGURES = {"fig01_relaxation": "01", "fig02_retraining": "02", "fig03_assignments": "03", "fig04_filters": "03",
-                  "fig05_cr_accuracy": "04", "fig06_energy_validation": "05", "fig07_energy_breakdown": "05"}
+DESIGN_FIGURES = {
+    "fig01_relaxation": "01",
+    "fig02_retraining": "02",
+    "fig03_assignments": "03",
+    "fig04_filters": "03",
+    "fig05_cr_accuracy": "04",
+    "fig06_energy_validation": "05",
+    "fig07_energy_breakdown": "05",
+}
 DESIGN_TABLES = {"table01_compression": "04"}
 
 
@@ -34,11 +42,27 @@ def _env(cache: dict) -> dict:
 def _nbval(notebook: Path, env: dict, log: Path) -> subprocess.Popen:
     """nbval --nbval-lax on one executed copy, in the background (its PNGs are already checked: DKM_PNG=0)."""
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p",
-                                 "no:cacheprovider", "-q", "--rootdir", str(notebook.parent), "--basetemp",
-                                 str(log.with_suffix(".tmp")), str(notebook)],
-                                cwd=notebook.parent, env={**os.environ, **env, "DKM_PNG": "0"}, stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "--nbval-lax",
+                "--nbval-current-env",
+                "-p",
+                "no:cacheprovider",
+                "-q",
+                "--rootdir",
+                str(notebook.parent),
+                "--basetemp",
+                str(log.with_suffix(".tmp")),
+                str(notebook),
+            ],
+            cwd=notebook.parent,
+            env={**os.environ, **env, "DKM_PNG": "0"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +95,17 @@ def test_the_five_notebooks_are_there():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_notebook_has_no_outputs(path):
     nb = nbformat.read(path, as_version=4)
-    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
-    assert not dirty, f"{path.name}: cells {dirty} carry outputs or execution counts; clear them before committing"
-    assert "widgets" not in nb.metadata, f"{path.name} carries widget state: clear it before committing"
+    dirty = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and (c.outputs or c.execution_count is not None)
+    ]
+    assert not dirty, (
+        f"{path.name}: cells {dirty} carry outputs or execution counts; clear them before committing"
+    )
+    assert "widgets" not in nb.metadata, (
+        f"{path.name} carries widget state: clear it before committing"
+    )
 
 
 def _parameters(nb) -> list:
@@ -84,17 +116,28 @@ def _parameters(nb) -> list:
 def test_notebook_layout(path):
     """H1 title and the stems it regenerates, one `parameters` cell of literals, a Summary, then the saving cell."""
     nb = nbformat.read(path, as_version=4)
-    first, stems = nb.cells[0].source, [s for s, n in {**DESIGN_FIGURES, **DESIGN_TABLES}.items() if path.stem.startswith(n)]
-    assert first.startswith("# ") and all(f"`{s}`" in first for s in stems), f"{path.name}: title cell must name {stems}"
+    first, stems = (
+        nb.cells[0].source,
+        [s for s, n in {**DESIGN_FIGURES, **DESIGN_TABLES}.items() if path.stem.startswith(n)],
+    )
+    assert first.startswith("# ") and all(f"`{s}`" in first for s in stems), (
+        f"{path.name}: title cell must name {stems}"
+    )
     params = _parameters(nb)
-    assert len(params) == 1, f"{path.name}: {len(params)} cells tagged 'parameters', allowed exactly one"
+    assert len(params) == 1, (
+        f"{path.name}: {len(params)} cells tagged 'parameters', allowed exactly one"
+    )
     names = []
     for stmt in ast.parse(params[0].source).body:
-        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1, f"{path.name}: parameters hold assignments only"
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1, (
+            f"{path.name}: parameters hold assignments only"
+        )
         ast.literal_eval(stmt.value)  # literals only: papermill injects after this cell
         names.append(stmt.targets[0].id)
     assert names[:3] == ["PROFILE", "SEED", "FIG_DIR"]
-    assert any(c.cell_type == "markdown" and c.source.startswith("## Summary") for c in nb.cells[-3:])
+    assert any(
+        c.cell_type == "markdown" and c.source.startswith("## Summary") for c in nb.cells[-3:]
+    )
     last = nb.cells[-1].source
     assert all(f'"{s}"' in last for s in stems) and ("save_figure" in last or "save_table" in last)
 
@@ -106,7 +149,9 @@ def test_notebook_functions_stay_short(path):
         if c.cell_type == "code":
             for node in ast.walk(ast.parse(c.source)):
                 if isinstance(node, ast.FunctionDef):
-                    assert node.end_lineno - node.lineno + 1 <= 15, f"{path.name}: def {node.name} is longer than 15 lines"
+                    assert node.end_lineno - node.lineno + 1 <= 15, (
+                        f"{path.name}: def {node.name} is longer than 15 lines"
+                    )
 
 
 # ---------------------------------------------------------------- the smoke run
@@ -125,7 +170,9 @@ def test_gallery_shows_every_png(smoke_run):
     text = (smoke_run["fig"] / "README.md").read_text()
     pngs = sorted(smoke_run["fig"].glob("*.png"))
     assert len(pngs) == len(DESIGN_FIGURES)
-    assert all(f"![{p.stem}]({p.name})" in text and figures.FIGURES[p.stem][1] in text for p in pngs)
+    assert all(
+        f"![{p.stem}]({p.name})" in text and figures.FIGURES[p.stem][1] in text for p in pngs
+    )
 
 
 def test_executed_notebooks_have_no_errors_and_show_their_sliders(smoke_run):
@@ -133,30 +180,50 @@ def test_executed_notebooks_have_no_errors_and_show_their_sliders(smoke_run):
         nb = nbformat.read(smoke_run["out"] / f"{name}.ipynb", as_version=4)
         outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
         assert not [o for o in outputs if o.output_type == "error"], name
-        widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        widgets = [
+            o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+        ]
         assert widgets, f"{name}: no slider rendered its default state"
 
 
 def test_nbval_reproduces_the_checked_outputs(smoke_run):
     """nbval --nbval-lax re-ran each executed copy: every cell runs, the NBVAL_CHECK_OUTPUT cells print the same."""
     for name in figures.NOTEBOOKS:
-        assert smoke_run["nbval"][name] == 0, f"nbval failed on {name}:\n{smoke_run['nbval_logs'][name][-6000:]}"
+        assert smoke_run["nbval"][name] == 0, (
+            f"nbval failed on {name}:\n{smoke_run['nbval_logs'][name][-6000:]}"
+        )
         assert " passed" in smoke_run["nbval_logs"][name]
-    checked = sum("NBVAL_CHECK_OUTPUT" in c.source for name in figures.NOTEBOOKS
-                  for c in nbformat.read(smoke_run["out"] / f"{name}.ipynb", as_version=4).cells)
+    checked = sum(
+        "NBVAL_CHECK_OUTPUT" in c.source
+        for name in figures.NOTEBOOKS
+        for c in nbformat.read(smoke_run["out"] / f"{name}.ipynb", as_version=4).cells
+    )
     assert checked >= 10
 
 
 def test_a_failing_notebook_names_itself_and_the_cell(tmp_path, monkeypatch):
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('PROFILE = "cpu"\nFIG_DIR = None'),
-                                         nbformat.v4.new_code_cell("x = 1"),
-                                         nbformat.v4.new_code_cell("raise ValueError('broken on purpose')")],
-                                  metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell('PROFILE = "cpu"\nFIG_DIR = None'),
+            nbformat.v4.new_code_cell("x = 1"),
+            nbformat.v4.new_code_cell("raise ValueError('broken on purpose')"),
+        ],
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+    )
     nb.cells[0].metadata["tags"] = ["parameters"]
     nbformat.write(nb, tmp_path / "09_broken.ipynb")
     monkeypatch.setattr(figures, "NOTEBOOK_DIR", tmp_path)
     monkeypatch.setattr(figures, "NOTEBOOKS", ("09_broken",))
-    with pytest.raises(figures.NotebookError, match=r"(?s)notebook 09_broken\.ipynb failed in cell \d.*"
-                                                    r"broken on purpose.*executed copy"):
-        figures.run_all("smoke", out_dir=tmp_path / "out", fig_dir=tmp_path / "fig", log=lambda s: None)
-    assert (tmp_path / "out" / "09_broken.ipynb").exists() and not (tmp_path / "fig" / "README.md").exists()
+    with pytest.raises(
+        figures.NotebookError,
+        match=r"(?s)notebook 09_broken\.ipynb failed in cell \d.*"
+        r"broken on purpose.*executed copy",
+    ):
+        figures.run_all(
+            "smoke", out_dir=tmp_path / "out", fig_dir=tmp_path / "fig", log=lambda s: None
+        )
+    assert (tmp_path / "out" / "09_broken.ipynb").exists() and not (
+        tmp_path / "fig" / "README.md"
+    ).exists()

@@ -1,4 +1,5 @@
 """The pipeline on a tiny profile: cache keys, caching, resume, results table, CR planning, command line."""
+
 import csv
 import dataclasses
 
@@ -31,18 +32,29 @@ def tiny(**overrides):
 def test_cache_key_covers_the_whole_configuration():
     p = tiny()
     base = pl.retrain_config(p, "dkm", 0, num_clusters=[4] * 4)
-    assert pl.config_key(base) == pl.config_key(pl.retrain_config(p, "dkm", 0, num_clusters=[4] * 4))
-    changed = [pl.retrain_config(p, "dkm", 0, num_clusters=[4] * 4, lam=0.25),
-               pl.retrain_config(p, "dkm", 1, num_clusters=[4] * 4),
-               pl.retrain_config(p, "dkm", 0, num_clusters=[5] * 4),
-               pl.retrain_config(p, "dkm", 0, num_clusters=[4] * 4, mode="spectral"),
-               pl.retrain_config(tiny(pretrain=dataclasses.replace(p.pretrain, lr=0.02)), "dkm", 0, num_clusters=[4] * 4),
-               pl.retrain_config(tiny(threads=2), "dkm", 0, num_clusters=[4] * 4),  # CPU sums depend on threads
-               pl.retrain_config(tiny(memory_format="channels_last"), "dkm", 0, num_clusters=[4] * 4)]  # and on layout
+    assert pl.config_key(base) == pl.config_key(
+        pl.retrain_config(p, "dkm", 0, num_clusters=[4] * 4)
+    )
+    changed = [
+        pl.retrain_config(p, "dkm", 0, num_clusters=[4] * 4, lam=0.25),
+        pl.retrain_config(p, "dkm", 1, num_clusters=[4] * 4),
+        pl.retrain_config(p, "dkm", 0, num_clusters=[5] * 4),
+        pl.retrain_config(p, "dkm", 0, num_clusters=[4] * 4, mode="spectral"),
+        pl.retrain_config(
+            tiny(pretrain=dataclasses.replace(p.pretrain, lr=0.02)), "dkm", 0, num_clusters=[4] * 4
+        ),
+        pl.retrain_config(
+            tiny(threads=2), "dkm", 0, num_clusters=[4] * 4
+        ),  # CPU sums depend on threads
+        pl.retrain_config(tiny(memory_format="channels_last"), "dkm", 0, num_clusters=[4] * 4),
+    ]  # and on layout
     keys = {pl.config_key(c) for c in changed}
     assert len(keys) == len(changed) and pl.config_key(base) not in keys
     plan = {"K": [4] * 4, "p": [0.0] * 4}
-    dc = [pl.evaluation_config(tiny(**kw), base, "deep_compression", plan, 0) for kw in ({}, {"center_gradient": "sum"})]
+    dc = [
+        pl.evaluation_config(tiny(**kw), base, "deep_compression", plan, 0)
+        for kw in ({}, {"center_gradient": "sum"})
+    ]
     assert pl.config_key(dc[0]) != pl.config_key(dc[1])
 
 
@@ -65,45 +77,82 @@ def test_sweep_writes_the_table_and_reruns_from_cache(dirs, monkeypatch):
     assert {r["method"] for r in table} == {"kmeans", "plain", "dkm-indicator"}
     for r in table:
         if r["metric"] == "cr_official":
-            assert float(r["value"]) >= 8.0  # the plan's estimate is a lower bound of the real official CR
+            assert (
+                float(r["value"]) >= 8.0
+            )  # the plan's estimate is a lower bound of the real official CR
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached stage was recomputed")
+
     monkeypatch.setattr(pl, "train", no_training)
     monkeypatch.setattr(pl, "share", no_training)
     assert sw.sweep(p, methods=["kmeans", "plain", "dkm-indicator"], progress=False) == rows
-    assert list(csv.DictReader(open(sw.results_path(p)))) == table  # merged by run key, no duplicates
+    assert (
+        list(csv.DictReader(open(sw.results_path(p)))) == table
+    )  # merged by run key, no duplicates
 
 
 def test_finetuned_methods_share_the_retrained_net_with_center_fine_tuning(dirs, monkeypatch):
     p = tiny()
-    assert sw.finetuned_methods(p) == ["plain+ft", *(f"dkm-{m}+ft" for m in p.modes)] and "plain+ft" not in sw.methods_of(p)
+    assert sw.finetuned_methods(p) == [
+        "plain+ft",
+        *(f"dkm-{m}+ft" for m in p.modes),
+    ] and "plain+ft" not in sw.methods_of(p)
     seen = []
     real = pl.share_and_evaluate
-    monkeypatch.setattr(pl, "share_and_evaluate", lambda prof, net, source, method, *a, **k:
-                        seen.append((source["stage"], source.get("method"), method)) or real(prof, net, source, method, *a, **k))
+    monkeypatch.setattr(
+        pl,
+        "share_and_evaluate",
+        lambda prof, net, source, method, *a, **k: (
+            seen.append((source["stage"], source.get("method"), method))
+            or real(prof, net, source, method, *a, **k)
+        ),
+    )
     rows = sw.sweep(p, methods=["plain+ft", "dkm-indicator+ft", "plain"], progress=False)
-    assert seen == [("retrain", "plain", "deep_compression"), ("retrain", "dkm", "deep_compression"),
-                    ("retrain", "plain", "kmeans")]
+    assert seen == [
+        ("retrain", "plain", "deep_compression"),
+        ("retrain", "dkm", "deep_compression"),
+        ("retrain", "plain", "kmeans"),
+    ]
     keys = {r["method"]: r["run_key"] for r in rows}
-    assert len(set(keys.values())) == 3                       # each its own cached evaluation
+    assert len(set(keys.values())) == 3  # each its own cached evaluation
     lam = {r["method"]: r["lam"] for r in rows}
     assert float(lam["dkm-indicator+ft"]) == p.lam
     assert lam["plain+ft"] == ""
 
 
 def test_cli_evaluate_fine_tunes_a_retrained_net_as_the_sweep_does(dirs, capsys):
-    args = ["evaluate", "--profile", "smoke", "--source", "plain", "--target-cr", "8", "--no-progress"]
+    args = [
+        "evaluate",
+        "--profile",
+        "smoke",
+        "--source",
+        "plain",
+        "--target-cr",
+        "8",
+        "--no-progress",
+    ]
     assert main([*args, "--method", "deep_compression"]) == 0
     assert capsys.readouterr().out.startswith("plain+ft at target CR 8")
-    assert main([*args, "--method", "density"]) == 0      # not defined for re-trained nets: k-means++, said so
+    assert (
+        main([*args, "--method", "density"]) == 0
+    )  # not defined for re-trained nets: k-means++, said so
     out = capsys.readouterr().out
-    assert out.startswith("note: re-trained nets are shared with k-means++") and "\nplain at target CR 8" in out
+    assert (
+        out.startswith("note: re-trained nets are shared with k-means++")
+        and "\nplain at target CR 8" in out
+    )
     table = list(csv.DictReader(open(sw.results_path(get_profile("smoke")))))
     assert {r["method"] for r in table} == {"plain+ft", "plain"}
-    rows = sw.sweep(get_profile("smoke"), methods=["plain+ft", "plain"], progress=False, write=False)
-    at_8 = lambda rs: {(r["method"], r["run_key"], r["metric"], str(r["value"])) for r in rs if float(r["target_cr"]) == 8}
-    assert at_8(rows) == at_8(table)                              # the sweep's cached runs, the same numbers
+    rows = sw.sweep(
+        get_profile("smoke"), methods=["plain+ft", "plain"], progress=False, write=False
+    )
+    at_8 = lambda rs: {
+        (r["method"], r["run_key"], r["metric"], str(r["value"]))
+        for r in rs
+        if float(r["target_cr"]) == 8
+    }
+    assert at_8(rows) == at_8(table)  # the sweep's cached runs, the same numbers
 
 
 def test_changing_lambda_retrains(dirs, monkeypatch):
@@ -123,7 +172,9 @@ def test_pretraining_resumes_after_an_interrupt(dirs, monkeypatch):
     def interrupted(*args, **kwargs):
         def stop(record):
             raise KeyboardInterrupt
+
         return real(*args, **kwargs, on_epoch_end=stop)
+
     monkeypatch.setattr(pl, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pl.pretrain(p, progress=False)
@@ -152,7 +203,9 @@ def test_results_file_of_another_format_is_refused_and_kept(dirs):
     assert path.read_text() == "method,accuracy\nkmeans,0.5\n"
 
 
-@pytest.mark.parametrize("make", [lambda: wide_resnet(10, 1, in_channels=1), lambda: small_cnn(width=8)])
+@pytest.mark.parametrize(
+    "make", [lambda: wide_resnet(10, 1, in_channels=1), lambda: small_cnn(width=8)]
+)
 def test_plan_is_the_largest_uniform_k_reaching_the_target(make):
     torch.manual_seed(0)
     net = make()
@@ -185,7 +238,9 @@ def test_unreachable_target_and_bad_values():
         sw.sweep(tiny(), methods=["magic"], progress=False)
 
 
-@pytest.mark.parametrize("command", ["pretrain", "retrain", "share", "evaluate", "sweep", "energy", "figures"])
+@pytest.mark.parametrize(
+    "command", ["pretrain", "retrain", "share", "evaluate", "sweep", "energy", "figures"]
+)
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
@@ -198,7 +253,9 @@ def test_cli_errors_name_the_option(dirs, capsys):
     assert exit_.value.code == 2 and "--profile: invalid choice: 'huge'" in capsys.readouterr().err
     assert main(["retrain", "--profile", "smoke", "--lam", "-1", "--target-cr", "8"]) == 2
     assert "lam=-1.0 is out of range" in capsys.readouterr().err
-    assert main(["evaluate", "--profile", "smoke", "--official", "45x"]) == 2   # smoke's CNN is not WRN-16-4
+    assert (
+        main(["evaluate", "--profile", "smoke", "--official", "45x"]) == 2
+    )  # smoke's CNN is not WRN-16-4
     assert "official='45x' is defined for WRN-16-4" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         main(["share", "--profile", "smoke", "--official", "45x", "--target-cr", "8"])
@@ -208,7 +265,9 @@ def test_cli_errors_name_the_option(dirs, capsys):
 def test_stages_run_with_the_profiles_threads_and_restore_them(dirs, monkeypatch):
     seen = []
     real = pl.train
-    monkeypatch.setattr(pl, "train", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
+    monkeypatch.setattr(
+        pl, "train", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1]
+    )
     before = torch.get_num_threads()
     want = 2 if before != 2 else 3
     pl.pretrain(tiny(threads=want), progress=False)
@@ -217,27 +276,41 @@ def test_stages_run_with_the_profiles_threads_and_restore_them(dirs, monkeypatch
 
 def test_channels_last_profiles_train_and_reload_channels_last_nets(dirs):
     """The layout is applied to fresh and to loaded nets; the values do not depend on it beyond float sums."""
-    convs = lambda net: [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1]
+    convs = lambda net: [
+        m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
+    ]
     nhwc = tiny(memory_format="channels_last")
     trained, _ = pl.pretrain(nhwc, progress=False)
-    loaded, _ = pl.pretrain(nhwc, progress=False)                   # from the cache this time
+    loaded, _ = pl.pretrain(nhwc, progress=False)  # from the cache this time
     for net in (trained, loaded):
-        assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs(net))
+        assert all(
+            w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+            for w in convs(net)
+        )
     dense, _ = pl.pretrain(tiny(), progress=False)
     assert all(w.is_contiguous() for w in convs(dense))
-    for a, b in zip(convs(trained), convs(dense)):                  # same seed, same data: only the sums' order differs
+    for a, b in zip(
+        convs(trained), convs(dense)
+    ):  # same seed, same data: only the sums' order differs
         torch.testing.assert_close(a, b, rtol=0, atol=1e-3)
 
 
 def test_official_plans_are_the_authors_settings_and_crs():
     from dkm.accounting import OFFICIAL_SETTINGS, official_settings
     from dkm.energy import wrn16_4
-    net = wrn16_4()                                      # on the meta device: only shapes are read
+
+    net = wrn16_4()  # on the meta device: only shapes are read
     plans = {s: official_plan(net, s) for s in OFFICIAL_SETTINGS}
-    assert {s: p["target_cr"] for s, p in plans.items()} == {"45x": 43.48, "47x": 45.41, "50x": 48.12}
+    assert {s: p["target_cr"] for s, p in plans.items()} == {
+        "45x": 43.48,
+        "47x": 45.41,
+        "50x": 48.12,
+    }
     assert all(p["K"] == official_settings(s)["K"] and p["setting"] == s for s, p in plans.items())
-    with pytest.raises(ValueError, match="official='45x': layer 'stage1.0.conv1' has 1536 kernel rows"):
-        official_plan(wide_resnet(depth=16, widen_factor=2), "45x")     # WRN-16-2: other shapes
+    with pytest.raises(
+        ValueError, match="official='45x': layer 'stage1.0.conv1' has 1536 kernel rows"
+    ):
+        official_plan(wide_resnet(depth=16, widen_factor=2), "45x")  # WRN-16-2: other shapes
     with pytest.raises(ValueError, match="official='45x' is defined for WRN-16-4 with 16 conv"):
         official_plan(small_cnn(), "45x")
     with pytest.raises(ValueError, match="official_settings='60x'"):
@@ -245,12 +318,28 @@ def test_official_plans_are_the_authors_settings_and_crs():
 
 
 def test_sweep_runs_the_official_settings_as_points(dirs):
-    wrn = {"depth": 16, "widen_factor": 4, "dropout": 0.0, "in_channels": 1, "num_classes": 10, "conv_bias": True}
-    p = tiny(model="wide_resnet", model_kwargs=wrn, cr_targets=(), official_settings=("50x",),
-             pretrain=dataclasses.replace(tiny().pretrain, epochs=1), n_train=128, n_test=64)
+    wrn = {
+        "depth": 16,
+        "widen_factor": 4,
+        "dropout": 0.0,
+        "in_channels": 1,
+        "num_classes": 10,
+        "conv_bias": True,
+    }
+    p = tiny(
+        model="wide_resnet",
+        model_kwargs=wrn,
+        cr_targets=(),
+        official_settings=("50x",),
+        pretrain=dataclasses.replace(tiny().pretrain, epochs=1),
+        n_train=128,
+        n_test=64,
+    )
     rows = sw.sweep(p, methods=["kmeans"], progress=False)
-    target = official_plan(wide_resnet(**wrn), "50x")["target_cr"]   # 1 input channel: conv1 differs from CIFAR's
+    target = official_plan(wide_resnet(**wrn), "50x")[
+        "target_cr"
+    ]  # 1 input channel: conv1 differs from CIFAR's
     assert {(r["setting"], r["target_cr"]) for r in rows} == {("50x", target)}
     cr = [float(r["value"]) for r in rows if r["metric"] == "cr_official"][0]
-    assert cr >= target - 0.01                           # real index entropy ≤ the uniform-usage bound
+    assert cr >= target - 0.01  # real index entropy ≤ the uniform-usage bound
     assert [s["setting"] for s in sw.summary(rows)] == ["50x"]

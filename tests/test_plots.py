@@ -1,4 +1,5 @@
 """Figure builders (dkm.plots), figure files (dkm.figures) and slider helpers (dkm.widgets) against hand-made data."""
+
 import csv
 import dataclasses
 import json
@@ -18,89 +19,166 @@ from dkm.train import TrainConfig, train
 
 
 def ys(fig, name=None, kind=None):
-    return [list(t.y) for t in fig.data if (name is None or t.name == name) and (kind is None or t.type == kind)]
+    return [
+        list(t.y)
+        for t in fig.data
+        if (name is None or t.name == name) and (kind is None or t.type == kind)
+    ]
 
 
 # ---------------------------------------------------------------- builders draw exactly what they are given
 def test_relaxation_figure_holds_the_values_and_the_rank_line():
-    panels = [{"title": "a", "K": [1, 2, 3], "kmeans": [0.9, 0.5, 0.2], "relaxed": [0.6, 0.1, 0.0], "rank": 2},
-              {"title": "b", "K": [1, 2], "kmeans": [1.0, 0.7], "relaxed": [0.8, 0.3], "rank": 3}]
+    panels = [
+        {
+            "title": "a",
+            "K": [1, 2, 3],
+            "kmeans": [0.9, 0.5, 0.2],
+            "relaxed": [0.6, 0.1, 0.0],
+            "rank": 2,
+        },
+        {"title": "b", "K": [1, 2], "kmeans": [1.0, 0.7], "relaxed": [0.8, 0.3], "rank": 3},
+    ]
     fig = plots.relaxation_figure(panels)
     assert [list(t.x) for t in fig.data] == [[1, 2, 3], [1, 2, 3], [1, 2], [1, 2]]
-    assert [list(t.y) for t in fig.data] == [[0.9, 0.5, 0.2], [0.6, 0.1, 0.0], [1.0, 0.7], [0.8, 0.3]]
+    assert [list(t.y) for t in fig.data] == [
+        [0.9, 0.5, 0.2],
+        [0.6, 0.1, 0.0],
+        [1.0, 0.7],
+        [0.8, 0.3],
+    ]
     assert sorted(s.x0 for s in fig.layout.shapes) == [2, 3]
-    assert [a.text for a in fig.layout.annotations if "min(s, N)" in a.text] == ["K = min(s, N) = 2", "K = min(s, N) = 3"]
+    assert [a.text for a in fig.layout.annotations if "min(s, N)" in a.text] == [
+        "K = min(s, N) = 2",
+        "K = min(s, N) = 3",
+    ]
 
 
 def test_clusters_figure_colours_by_assignment_in_2d_and_3d():
-    pts2, pts3, a = np.array([[0, 1], [2, 3], [4, 5.0]]), np.arange(9.0).reshape(3, 3), np.array([0, 1, 0])
+    pts2, pts3, a = (
+        np.array([[0, 1], [2, 3], [4, 5.0]]),
+        np.arange(9.0).reshape(3, 3),
+        np.array([0, 1, 0]),
+    )
     fig2 = plots.clusters_figure(pts2, a, centers=[[1, 1]])
-    assert fig2.data[0].type == "scatter" and list(fig2.data[0].x) == [0, 2, 4] and list(fig2.data[0].y) == [1, 3, 5]
+    assert (
+        fig2.data[0].type == "scatter"
+        and list(fig2.data[0].x) == [0, 2, 4]
+        and list(fig2.data[0].y) == [1, 3, 5]
+    )
     assert list(fig2.data[0].marker.color) == [plots.PALETTE[0], plots.PALETTE[1], plots.PALETTE[0]]
     assert list(fig2.data[1].x) == [1] and fig2.data[1].name == "centers"
     fig3 = plots.clusters_figure(pts3, a)
-    assert fig3.data[0].type == "scatter3d" and list(fig3.data[0].z) == [2, 5, 8] and len(fig3.data) == 1
+    assert (
+        fig3.data[0].type == "scatter3d"
+        and list(fig3.data[0].z) == [2, 5, 8]
+        and len(fig3.data) == 1
+    )
 
 
 def test_retraining_figure_curves_layers_and_end_points():
-    runs = {"plain": {"step": [10, 20], "loss": [2.0, 1.5], "accuracy": [0.25, 0.5], "layer_errors": None,
-                      "final_errors": {"conv1": 0.9, "conv2": 0.8}},
-            "dkm-indicator": {"step": [10, 20], "loss": [2.1, 1.6], "accuracy": None,
-                              "layer_errors": {"conv1": [0.7, 0.5], "conv2": [0.6, 0.4]}, "final_errors": None}}
+    runs = {
+        "plain": {
+            "step": [10, 20],
+            "loss": [2.0, 1.5],
+            "accuracy": [0.25, 0.5],
+            "layer_errors": None,
+            "final_errors": {"conv1": 0.9, "conv2": 0.8},
+        },
+        "dkm-indicator": {
+            "step": [10, 20],
+            "loss": [2.1, 1.6],
+            "accuracy": None,
+            "layer_errors": {"conv1": [0.7, 0.5], "conv2": [0.6, 0.4]},
+            "final_errors": None,
+        },
+    }
     fig = plots.retraining_figure(runs)
-    assert ys(fig, "plain") == [[2.0, 1.5], [25.0, 50.0]]                     # loss, then accuracy in %
-    assert ys(fig, "dkm-indicator") == [[2.1, 1.6]]                           # no accuracy recorded: no trace
-    assert ys(fig, "dkm-indicator: conv1") == [[0.7, 0.5]] and ys(fig, "dkm-indicator: conv2") == [[0.6, 0.4]]
+    assert ys(fig, "plain") == [[2.0, 1.5], [25.0, 50.0]]  # loss, then accuracy in %
+    assert ys(fig, "dkm-indicator") == [[2.1, 1.6]]  # no accuracy recorded: no trace
+    assert ys(fig, "dkm-indicator: conv1") == [[0.7, 0.5]] and ys(fig, "dkm-indicator: conv2") == [
+        [0.6, 0.4]
+    ]
     end = next(t for t in fig.data if t.name == "plain: end")
-    assert list(end.x) == [20, 20] and list(end.y) == [0.9, 0.8] and list(end.text) == ["conv1", "conv2"]
+    assert (
+        list(end.x) == [20, 20]
+        and list(end.y) == [0.9, 0.8]
+        and list(end.text) == ["conv1", "conv2"]
+    )
     assert fig.layout.yaxis3.type == "log"
 
 
 def test_assignments_figure_histograms_hold_every_distance():
-    side = lambda label, d: {"label": label, "rows": np.eye(3), "assignments": [0, 1, 2], "distances": d}  # noqa: E731
+    side = lambda label, d: {
+        "label": label,
+        "rows": np.eye(3),
+        "assignments": [0, 1, 2],
+        "distances": d,
+    }  # noqa: E731
     fig = plots.assignments_figure(side("before", [0.5, 1.0, 2.0]), side("after", [0.1, 0.2]))
     hists = [t for t in fig.data if t.type == "histogram"]
-    assert [list(h.x) for h in hists] == [[0.5, 1.0, 2.0], [0.1, 0.2]] and [h.name for h in hists] == ["before", "after"]
+    assert [list(h.x) for h in hists] == [[0.5, 1.0, 2.0], [0.1, 0.2]] and [
+        h.name for h in hists
+    ] == ["before", "after"]
     assert sum(t.type == "scatter3d" for t in fig.data) == 2
 
 
 def test_filters_figure_tiles_kernels_with_nan_gaps_and_a_symmetric_scale():
-    k = np.arange(2 * 2 * 3, dtype=float).reshape(2, 2, 3) - 5      # two 2×3 kernels
+    k = np.arange(2 * 2 * 3, dtype=float).reshape(2, 2, 3) - 5  # two 2×3 kernels
     tiles = plots._tiles(k)
     assert tiles.shape == (2, 7) and np.isnan(tiles[:, 3]).all()
     assert np.array_equal(tiles[:, :3], k[0]) and np.array_equal(tiles[:, 4:], k[1])
     fig = plots.filters_figure({"before": k, "after": k / 2})
     assert np.array_equal(np.asarray(fig.data[0].z, dtype=float), tiles[::-1], equal_nan=True)
-    assert fig.data[1].zmin == -6 and fig.data[1].zmax == 6                  # max |value| over all panels
+    assert fig.data[1].zmin == -6 and fig.data[1].zmax == 6  # max |value| over all panels
 
 
 def test_bars_and_cr_accuracy_figures():
-    fig = plots.bars_figure(["kmeans", "dkm-indicator"], [50.0, 60.0], errors=[1.0, 2.0], reference=70.0)
+    fig = plots.bars_figure(
+        ["kmeans", "dkm-indicator"], [50.0, 60.0], errors=[1.0, 2.0], reference=70.0
+    )
     assert list(fig.data[0].y) == [50.0, 60.0] and list(fig.data[0].error_y.array) == [1.0, 2.0]
     assert fig.layout.shapes[0].y0 == 70.0
-    rows = [{"method": "kmeans", "cr_official": 16.0, "mean": 0.4, "spread": 0.01},
-            {"method": "kmeans", "cr_official": 8.0, "mean": 0.6, "spread": 0.02},
-            {"method": "dkm-indicator", "cr_official": 8.1, "mean": 0.7, "spread": 0.0},
-            {"method": "dkm-indicator+ft", "cr_official": 8.1, "mean": 0.75, "spread": 0.0}]
+    rows = [
+        {"method": "kmeans", "cr_official": 16.0, "mean": 0.4, "spread": 0.01},
+        {"method": "kmeans", "cr_official": 8.0, "mean": 0.6, "spread": 0.02},
+        {"method": "dkm-indicator", "cr_official": 8.1, "mean": 0.7, "spread": 0.0},
+        {"method": "dkm-indicator+ft", "cr_official": 8.1, "mean": 0.75, "spread": 0.0},
+    ]
     fig = plots.cr_accuracy_figure({"after sharing": rows}, reference=0.8)
     dash = {t.name: t.line.dash for t in fig.data}
     assert dash == {"kmeans": "dash", "dkm-indicator": "solid", "dkm-indicator+ft": "dot"}
     km = next(t for t in fig.data if t.name == "kmeans")
-    assert list(km.x) == [8.0, 16.0] and list(km.y) == pytest.approx([60.0, 40.0])   # sorted by CR, in %
+    assert list(km.x) == [8.0, 16.0] and list(km.y) == pytest.approx(
+        [60.0, 40.0]
+    )  # sorted by CR, in %
     assert list(km.error_y.array) == pytest.approx([2.0, 1.0])
     assert next(t for t in fig.data if t.name == "dkm-indicator").line.width == 3
 
 
 def test_energy_figures():
-    nets = {"alexnet": {"names": ["a", "b", "c"], "reference": [1.0, 2.0, 4.0], "ours": [1.1, 1.9, 4.2],
-                        "macs": [3.0, 1.0, 2.0], "r2": 0.99, "r2_macs": 0.1}}
+    nets = {
+        "alexnet": {
+            "names": ["a", "b", "c"],
+            "reference": [1.0, 2.0, 4.0],
+            "ours": [1.1, 1.9, 4.2],
+            "macs": [3.0, 1.0, 2.0],
+            "r2": 0.99,
+            "r2_macs": 0.1,
+        }
+    }
     fig = plots.energy_validation_figure(nets)
     assert ys(fig, "our metric") == [[1.1, 1.9, 4.2]] and ys(fig, "MACs alone") == [[3.0, 1.0, 2.0]]
     assert fig.layout.annotations[0].text == "alexnet: R² = 0.990 (MACs alone: 0.100)"
-    rows = [{"layer": "c1", "variant": "dense", "arith": 3.0, "dram": 5.0},
-            {"layer": "c1", "variant": "shared", "arith": 1.0, "dram": 2.0}]
+    rows = [
+        {"layer": "c1", "variant": "dense", "arith": 3.0, "dram": 5.0},
+        {"layer": "c1", "variant": "shared", "arith": 1.0, "dram": 2.0},
+    ]
     fig = plots.energy_breakdown_figure(rows, ["arith", "dram"])
-    assert ys(fig, "arith") == [[3.0, 1.0]] and ys(fig, "dram") == [[5.0, 2.0]] and fig.layout.barmode == "stack"
+    assert (
+        ys(fig, "arith") == [[3.0, 1.0]]
+        and ys(fig, "dram") == [[5.0, 2.0]]
+        and fig.layout.barmode == "stack"
+    )
 
 
 # ---------------------------------------------------------------- figure files
@@ -117,23 +195,37 @@ def test_save_figure_writes_html_and_png(tmp_path):
     assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = paths[0].read_text()
     assert 'id="fig99_test"' in html and "cdn.plot.ly" in html
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig99_test.html", "fig99_test.png"]   # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fig99_test.html",
+        "fig99_test.png",
+    ]  # no temp files left
 
 
 def test_save_figure_is_all_or_nothing_when_png_export_fails(tmp_path, monkeypatch):
     (tmp_path / "fig98.html").write_text("old html")
-    monkeypatch.setattr(figures, "png_bytes", lambda fig: (_ for _ in ()).throw(RuntimeError("no browser")))
-    with pytest.raises(figures.FigureExportError, match=r"(?s)'fig98'.*no browser.*apt-get install chromium"):
+    monkeypatch.setattr(
+        figures, "png_bytes", lambda fig: (_ for _ in ()).throw(RuntimeError("no browser"))
+    )
+    with pytest.raises(
+        figures.FigureExportError, match=r"(?s)'fig98'.*no browser.*apt-get install chromium"
+    ):
         figures.save_figure(go.Figure(), "fig98", tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig98.html"] and (tmp_path / "fig98.html").read_text() == "old html"
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["fig98.html"]
+        and (tmp_path / "fig98.html").read_text() == "old html"
+    )
 
 
 def test_save_table_keeps_the_old_files_when_writing_fails(tmp_path, monkeypatch):
     (tmp_path / "table97.csv").write_text("old")
-    monkeypatch.setattr(dkm._io.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(
+        dkm._io.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full"))
+    )
     with pytest.raises(OSError, match="disk full"):
         figures.save_table([{"a": 1}], "table97", tmp_path)
-    assert (tmp_path / "table97.csv").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["table97.csv"]
+    assert (tmp_path / "table97.csv").read_text() == "old" and [
+        p.name for p in tmp_path.iterdir()
+    ] == ["table97.csv"]
 
 
 @pytest.mark.parametrize("stem", ["../evil", "a/b", "", ".hidden", "x.png/"])
@@ -143,19 +235,35 @@ def test_bad_stems_are_refused(stem, tmp_path):
 
 
 def test_save_table_round_trips_and_renders_markdown(tmp_path):
-    rows = [{"layer": "conv1", "K": 8, "cr": 12.3456789, "p": None}, {"layer": "total", "K": None, "cr": 3.0, "p": 0.5}]
+    rows = [
+        {"layer": "conv1", "K": 8, "cr": 12.3456789, "p": None},
+        {"layer": "total", "K": None, "cr": 3.0, "p": 0.5},
+    ]
     csv_path, md_path = figures.save_table(rows, "table99", tmp_path)
     with open(csv_path, newline="") as f:
         back = list(csv.DictReader(f))
-    assert back == [{"layer": "conv1", "K": "8", "cr": "12.3456789", "p": ""}, {"layer": "total", "K": "", "cr": "3.0", "p": "0.5"}]
-    assert md_path.read_text().splitlines() == ["| layer | K | cr | p |", "|---|---|---|---|",
-                                                "| conv1 | 8 | 12.35 |  |", "| total |  | 3 | 0.5 |"]
+    assert back == [
+        {"layer": "conv1", "K": "8", "cr": "12.3456789", "p": ""},
+        {"layer": "total", "K": "", "cr": "3.0", "p": "0.5"},
+    ]
+    assert md_path.read_text().splitlines() == [
+        "| layer | K | cr | p |",
+        "|---|---|---|---|",
+        "| conv1 | 8 | 12.35 |  |",
+        "| total |  | 3 | 0.5 |",
+    ]
     with pytest.raises(ValueError, match="rows"):
         figures.save_table([], "table98", tmp_path)
 
 
 def test_gallery_lists_every_png_with_one_line(tmp_path):
-    for name in ("fig01_relaxation.png", "fig05_cr_accuracy.png", "extra.png", "table01_compression.md", "notes.txt"):
+    for name in (
+        "fig01_relaxation.png",
+        "fig05_cr_accuracy.png",
+        "extra.png",
+        "table01_compression.md",
+        "notes.txt",
+    ):
         (tmp_path / name).write_bytes(b"x")
     text = figures.write_gallery(tmp_path, "smoke").read_text()
     for stem in ("fig01_relaxation", "fig05_cr_accuracy", "extra"):
@@ -180,6 +288,7 @@ def test_cli_main_refuses_an_unknown_notebook(capsys):
 
 def test_cli_parser_defaults():
     import argparse
+
     args = figures.build_parser(argparse.ArgumentParser()).parse_args(["--only", "04,05"])
     assert (args.profile, args.only, args.out_dir, args.fig_dir) == ("cpu", "04,05", None, None)
 
@@ -187,8 +296,10 @@ def test_cli_parser_defaults():
 # ---------------------------------------------------------------- slider helper
 def test_live_figure_rebuilds_on_change():
     slider = W_.IntSlider(value=2, min=1, max=5)
-    box = widgets.live_figure(lambda K: go.Figure(go.Scatter(x=list(range(K)), y=[K] * K)), {"K": slider})
-    assert list(box.figure.data[0].x) == [0, 1]                  # the default state, at once
+    box = widgets.live_figure(
+        lambda K: go.Figure(go.Scatter(x=list(range(K)), y=[K] * K)), {"K": slider}
+    )
+    assert list(box.figure.data[0].x) == [0, 1]  # the default state, at once
     slider.value = 4
     assert list(box.figure.data[0].y) == [4, 4, 4, 4] and box.status.value.startswith("answered")
 
@@ -200,9 +311,10 @@ def test_live_figure_with_a_button_waits_for_the_click_and_shows_errors():
         if lam < 0:
             raise ValueError("lam must be ≥ 0")
         return go.Figure(go.Bar(x=["a"], y=[lam]))
+
     box = widgets.live_figure(build, {"lam": slider}, button="re-train")
     slider.value = 3.0
-    assert list(box.figure.data[0].y) == [1.0]                   # not yet: no click
+    assert list(box.figure.data[0].y) == [1.0]  # not yet: no click
     button = box.children[0].children[-1]
     button.click()
     assert list(box.figure.data[0].y) == [3.0]
@@ -218,24 +330,49 @@ def test_relaxation_curve_against_svd_and_kmeans():
     sigma2 = torch.linalg.svdvals(W) ** 2
     total = float((W * W).sum())
     assert c["relaxed"] == pytest.approx([float(sigma2[k:].sum()) / total for k in (1, 3, 4, 6)])
-    assert c["kmeans"] == pytest.approx([kmeans(W.T, k, seed=0).inertia / total for k in (1, 3, 4, 6)])
-    assert c["rank"] == 4 and c["relaxed"][2] == pytest.approx(0, abs=1e-12) and c["kmeans"][0] == pytest.approx(
-        float(((W - W.mean(1, keepdim=True)) ** 2).sum()) / total)
+    assert c["kmeans"] == pytest.approx(
+        [kmeans(W.T, k, seed=0).inertia / total for k in (1, 3, 4, 6)]
+    )
+    assert (
+        c["rank"] == 4
+        and c["relaxed"][2] == pytest.approx(0, abs=1e-12)
+        and c["kmeans"][0]
+        == pytest.approx(float(((W - W.mean(1, keepdim=True)) ** 2).sum()) / total)
+    )
 
 
 def test_curves_from_a_hand_history():
-    history = {"steps": [{"step": 5, "task_loss": 2.0, "train_accuracy": 0.1, "layer_errors": {"a": 4.0, "b": 1.0}},
-                         {"step": 10, "task_loss": 1.0, "train_accuracy": 0.3, "layer_errors": {"a": 2.0, "b": 0.5}}]}
+    history = {
+        "steps": [
+            {
+                "step": 5,
+                "task_loss": 2.0,
+                "train_accuracy": 0.1,
+                "layer_errors": {"a": 4.0, "b": 1.0},
+            },
+            {
+                "step": 10,
+                "task_loss": 1.0,
+                "train_accuracy": 0.3,
+                "layer_errors": {"a": 2.0, "b": 0.5},
+            },
+        ]
+    }
     c = explore.curves(history, start={"a": 8.0, "b": 2.0}, final={"a": 1.0})
-    assert c == {"step": [5, 10], "loss": [2.0, 1.0], "accuracy": [0.1, 0.3],
-                 "layer_errors": {"a": [0.5, 0.25], "b": [0.5, 0.25]}, "final_errors": {"a": 0.125}}
+    assert c == {
+        "step": [5, 10],
+        "loss": [2.0, 1.0],
+        "accuracy": [0.1, 0.3],
+        "layer_errors": {"a": [0.5, 0.25], "b": [0.5, 0.25]},
+        "final_errors": {"a": 0.125},
+    }
     assert explore.curves(history, {"a": 8.0, "b": 2.0}, layer_errors=False)["layer_errors"] is None
-    old = {"steps": [{"step": 5, "task_loss": 2.0}]}                       # a history from before train_accuracy
+    old = {"steps": [{"step": 5, "task_loss": 2.0}]}  # a history from before train_accuracy
     assert explore.curves(old)["accuracy"] is None
 
 
 def test_uniform_plan_caps_K_at_the_rows():
-    net = small_cnn(width=2)                                  # conv1 has 2·1·3 = 6 rows
+    net = small_cnn(width=2)  # conv1 has 2·1·3 = 6 rows
     plan = explore.uniform_plan(net, 8)
     assert plan["K"] == [6, 8, 8, 8] and plan["p"] == [0.0] * 4
     with pytest.raises(ValueError, match="num_clusters"):
@@ -243,19 +380,25 @@ def test_uniform_plan_caps_K_at_the_rows():
 
 
 def test_layer_clusters_distances_by_hand():
-    weight = torch.tensor([[[[0.0, 0, 0], [2, 0, 0]]], [[[10, 0, 0], [10, 0, 4]]]])  # 4 rows of length 3
+    weight = torch.tensor(
+        [[[[0.0, 0, 0], [2, 0, 0]]], [[[10, 0, 0], [10, 0, 4]]]]
+    )  # 4 rows of length 3
     c = explore.layer_clusters(weight, 2, seed=0)
     rms = math.sqrt((0 + 4 + 100 + 116) / 4)
-    assert sorted(c["distances"].tolist()) == pytest.approx(sorted([1 / rms, 1 / rms, 2 / rms, 2 / rms]))
+    assert sorted(c["distances"].tolist()) == pytest.approx(
+        sorted([1 / rms, 1 / rms, 2 / rms, 2 / rms])
+    )
     assert c["inertia"] == pytest.approx(1 + 1 + 4 + 4) and c["rows"].shape == (4, 3)
 
 
 def test_cached_runs_finds_finished_children_only(tmp_path, monkeypatch):
     monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path))
     parent = {"stage": "pretrain", "x": 1}
-    for name, cfg, done in (("retrain-a", {"parent": parent, "lam": 0.5}, True),
-                            ("retrain-b", {"parent": parent, "lam": 2.0}, False),
-                            ("retrain-c", {"parent": {"stage": "pretrain", "x": 2}, "lam": 1.0}, True)):
+    for name, cfg, done in (
+        ("retrain-a", {"parent": parent, "lam": 0.5}, True),
+        ("retrain-b", {"parent": parent, "lam": 2.0}, False),
+        ("retrain-c", {"parent": {"stage": "pretrain", "x": 2}, "lam": 1.0}, True),
+    ):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps(cfg))
         if done:
@@ -268,16 +411,22 @@ def test_train_step_records_carry_accuracy_and_layer_errors():
     class Reg:  # a regularizer whose layer errors count the steps
         def __init__(self):
             self.n = 0
+
         def penalty(self):
             return torch.zeros(())
+
         def after_step(self):
             self.n += 1
+
         def layer_errors(self):
             return {"conv": float(self.n)}
+
         def state_dict(self):
             return {}
+
         def load_state_dict(self, state):
             pass
+
     X = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     data = torch.utils.data.TensorDataset(X, torch.zeros(32, dtype=torch.long))
     cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=8, log_every=2, device="cpu", threads=1)

@@ -1,4 +1,5 @@
 """dkm.rows: the three views of a conv weight as W ∈ R^{s×N}, checked against index arithmetic by hand."""
+
 import pytest
 import torch
 
@@ -10,8 +11,11 @@ SHAPES = [(4, 3, 3, 3), (5, 6, 1, 1), (2, 3, 5, 3), (6, 2, 3, 3), (8, 1, 3, 3)]
 
 def expected_s_N(shape, view):
     c_out, c_in, kh, kw = shape
-    return {"rows": (kw, c_out * c_in * kh), "kernels": (kh * kw, c_out * c_in),
-            "filters": (c_in * kh * kw, c_out)}[view]
+    return {
+        "rows": (kw, c_out * c_in * kh),
+        "kernels": (kh * kw, c_out * c_in),
+        "filters": (c_in * kh * kw, c_out),
+    }[view]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -51,14 +55,24 @@ def test_to_matrix_is_a_view_that_carries_gradients():
     assert W.data_ptr() == weight.data_ptr()
     (W * torch.arange(W.numel()).reshape(W.shape)).sum().backward()
     # d/dW_ij of Σ c_ij W_ij is c_ij, folded back to the conv shape
-    assert torch.equal(weight.grad, from_matrix(torch.arange(W.numel()).reshape(W.shape).float(), weight.shape, "rows"))
+    assert torch.equal(
+        weight.grad,
+        from_matrix(torch.arange(W.numel()).reshape(W.shape).float(), weight.shape, "rows"),
+    )
 
 
-@pytest.mark.parametrize("shape, view, bound", [
-    ((64, 64, 3, 3), "rows", 3), ((64, 64, 1, 1), "rows", 1), ((64, 64, 3, 3), "kernels", 9),
-    ((16, 64, 3, 3), "filters", 16), ((64, 2, 3, 3), "filters", 18), ((1, 1, 3, 3), "rows", 3),
-    ((1, 1, 1, 3), "rows", 1),
-])
+@pytest.mark.parametrize(
+    "shape, view, bound",
+    [
+        ((64, 64, 3, 3), "rows", 3),
+        ((64, 64, 1, 1), "rows", 1),
+        ((64, 64, 3, 3), "kernels", 9),
+        ((16, 64, 3, 3), "filters", 16),
+        ((64, 2, 3, 3), "filters", 18),
+        ((1, 1, 3, 3), "rows", 3),
+        ((1, 1, 1, 3), "rows", 1),
+    ],
+)
 def test_rank_bound_is_min_s_N(shape, view, bound):
     assert rank_bound(shape, view) == bound
     W = to_matrix(torch.randn(shape, dtype=torch.float64), view)

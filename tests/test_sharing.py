@@ -1,4 +1,5 @@
 """Row-wise sharing: codebook[assignments] written back, per-layer K/p, skips with reasons, tied fine-tuning."""
+
 import pytest
 import torch
 from torch import nn
@@ -33,14 +34,22 @@ def test_every_conv_kind_is_shared_and_written_back():
     torch.manual_seed(0)
     net = MixedConvs()
     result = share(net, num_clusters=4, seed=0)
-    assert set(result.layers) == {"c3", "strided", "pointwise", "grouped", "depthwise"} and not result.skipped
+    assert (
+        set(result.layers) == {"c3", "strided", "pointwise", "grouped", "depthwise"}
+        and not result.skipped
+    )
     for name, conv in conv_layers(net):
         layer = result.layers[name]
-        assert torch.equal(conv.weight.detach(), layer.codebook[layer.assignments].reshape(conv.weight.shape))
+        assert torch.equal(
+            conv.weight.detach(), layer.codebook[layer.assignments].reshape(conv.weight.shape)
+        )
         assert _distinct_rows(conv) <= 4
         assert layer.row_length == conv.kernel_size[1]
         # N = C_out · C_in/groups · kh
-        assert layer.num_rows == conv.out_channels * conv.in_channels // conv.groups * conv.kernel_size[0]
+        assert (
+            layer.num_rows
+            == conv.out_channels * conv.in_channels // conv.groups * conv.kernel_size[0]
+        )
     assert result.layers["c3"].bias_numel == 8 and result.layers["strided"].bias_numel == 0
     net(torch.randn(2, 3, 16, 16))  # the shared net still runs
 
@@ -61,7 +70,11 @@ def test_per_layer_k_by_name_and_index_and_exclude():
     torch.manual_seed(0)
     net = small_cnn(width=8)
     result = share(net, num_clusters={"conv1": 2, 1: 3, "conv3": 5, 3: 6}, exclude=["conv3"])
-    assert {n: l.num_clusters for n, l in result.layers.items()} == {"conv1": 2, "conv2": 3, "conv4": 6}
+    assert {n: l.num_clusters for n, l in result.layers.items()} == {
+        "conv1": 2,
+        "conv2": 3,
+        "conv4": 6,
+    }
     assert result.skipped == {"conv3": "excluded by the caller"}
     assert _distinct_rows(net.conv3) > 5
 
@@ -97,17 +110,20 @@ def test_official_settings_on_wrn16_4():
         assert int((layer.assignments == 0).sum()) >= int(layer.num_rows * p)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"num_clusters": {"nope": 3}}, "unknown layer name 'nope'"),
-    ({"num_clusters": {"conv2": 10_000}}, r"num_clusters\[conv2\]=10000 is out of range"),
-    ({"num_clusters": {"conv2": 0}}, r"num_clusters\[conv2\]=0"),
-    ({"num_clusters": 3, "p": 1.0}, r"p\[conv1\]=1.0 is out of range"),
-    ({"num_clusters": [3, 3]}, "num_clusters has 2 entries but the net has 4"),
-    ({"num_clusters": 3, "exclude": [7]}, "exclude layer index=7"),
-    ({"official": "45x"}, "defined for WRN-16-4"),
-    ({"official": "99x"}, "official setting=.99x."),
-    ({}, "num_clusters is required"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"num_clusters": {"nope": 3}}, "unknown layer name 'nope'"),
+        ({"num_clusters": {"conv2": 10_000}}, r"num_clusters\[conv2\]=10000 is out of range"),
+        ({"num_clusters": {"conv2": 0}}, r"num_clusters\[conv2\]=0"),
+        ({"num_clusters": 3, "p": 1.0}, r"p\[conv1\]=1.0 is out of range"),
+        ({"num_clusters": [3, 3]}, "num_clusters has 2 entries but the net has 4"),
+        ({"num_clusters": 3, "exclude": [7]}, "exclude layer index=7"),
+        ({"official": "45x"}, "defined for WRN-16-4"),
+        ({"official": "99x"}, "official setting=.99x."),
+        ({}, "num_clusters is required"),
+    ],
+)
 def test_bad_input_names_the_parameter(kwargs, match):
     with pytest.raises(ValueError, match=match):
         share(small_cnn(width=8), **kwargs)
@@ -138,7 +154,10 @@ def _shared_net_and_row_grads():
 def test_tied_centers_sum_gradients_per_cluster_and_stay_shared():
     net, result, (x, y), grads = _shared_net_and_row_grads()
     # reference: gradient w.r.t. the shared weight, summed over each cluster by hand (Han et al. 2016, eq. 3)
-    ref = {n: torch.zeros_like(l.codebook).index_add_(0, l.assignments, grads[n]) for n, l in result.layers.items()}
+    ref = {
+        n: torch.zeros_like(l.codebook).index_add_(0, l.assignments, grads[n])
+        for n, l in result.layers.items()
+    }
     codebooks = tie_centers(net, result)
     nn.functional.cross_entropy(net(x), y).backward()
     for (name, layer), cb in zip(result.layers.items(), codebooks):
@@ -155,12 +174,21 @@ def test_tied_centers_sum_gradients_per_cluster_and_stay_shared():
 def test_mean_center_gradient_is_the_cluster_sum_divided_by_its_size():
     net, result, (x, y), grads = _shared_net_and_row_grads()
     ref = {}
-    for n, l in result.layers.items():  # by hand: the mean of the weight gradient over each cluster's rows
-        ref[n] = torch.stack([grads[n][l.assignments == k].mean(0) if (l.assignments == k).any()
-                              else torch.zeros(grads[n].shape[1]) for k in range(len(l.codebook))])
+    for (
+        n,
+        l,
+    ) in result.layers.items():  # by hand: the mean of the weight gradient over each cluster's rows
+        ref[n] = torch.stack(
+            [
+                grads[n][l.assignments == k].mean(0)
+                if (l.assignments == k).any()
+                else torch.zeros(grads[n].shape[1])
+                for k in range(len(l.codebook))
+            ]
+        )
     weights = {n: dict(net.named_modules())[n].weight.detach().clone() for n in result.layers}
     codebooks = tie_centers(net, result, gradient="mean")
-    for n in result.layers:                                   # the forward is unchanged: the shared weight itself
+    for n in result.layers:  # the forward is unchanged: the shared weight itself
         assert torch.equal(dict(net.named_modules())[n].weight, weights[n])
     nn.functional.cross_entropy(net(x), y).backward()
     for name, cb in zip(result.layers, codebooks):
@@ -175,8 +203,12 @@ def test_tied_codebook_gradient_is_reproducible_on_two_threads():
     # run-to-run differences in the last bits here; the center fine-tuning must not
     from dkm._threads import torch_threads
     from dkm.sharing import TiedWeight
+
     g = torch.Generator().manual_seed(0)
-    assignments, upstream = torch.randint(0, 4, (300_000,), generator=g), torch.randn(100_000, 3, 3, generator=g)
+    assignments, upstream = (
+        torch.randint(0, 4, (300_000,), generator=g),
+        torch.randn(100_000, 3, 3, generator=g),
+    )
     tied = TiedWeight(assignments, (100_000, 3, 3))
 
     def grad():
@@ -187,12 +219,16 @@ def test_tied_codebook_gradient_is_reproducible_on_two_threads():
     with torch_threads(2):
         grads = [grad() for _ in range(5)]
     assert all(torch.equal(grads[0], other) for other in grads[1:])
-    expected = torch.zeros(4, 3, dtype=torch.float64).index_add_(0, assignments, upstream.reshape(-1, 3).double())
+    expected = torch.zeros(4, 3, dtype=torch.float64).index_add_(
+        0, assignments, upstream.reshape(-1, 3).double()
+    )
     assert torch.allclose(grads[0].double(), expected, rtol=1e-5, atol=1e-3)
 
 
 def test_dominant_cluster_dropped_where_it_would_be_empty():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 2, 3))  # N = 2·1·3 = 6 rows: int(6·0.1) = 0 rows would be dominant
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3)
+    )  # N = 2·1·3 = 6 rows: int(6·0.1) = 0 rows would be dominant
     result = share(net, num_clusters=2, p=0.1)
     assert result.layers["0"].p == 0.0 and result.layers["0"].num_clusters == 2

@@ -1,6 +1,7 @@
 """dkm.train: learning, determinism, resume after SIGKILL (bit-exact), checkpoint safety, the regularizer term,
 batch-norm recalibration and evaluation, each against a reference (an uninterrupted run, autograd-free
 hand computations, manual counts)."""
+
 import copy
 import json
 import os
@@ -31,7 +32,7 @@ def toy_data(n=256, seed=0, noise=0.6):
     X = noise * torch.randn(n, 1, 8, 8, generator=g)
     for k in range(4):
         r, c = divmod(k, 2)
-        X[y == k, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] += 1.0
+        X[y == k, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 1.0
     return TensorDataset(X, y)
 
 
@@ -46,7 +47,13 @@ class FakeRegularizer:
 
     def __init__(self, net, lam=0.05, refresh_every=3, delay=0.0):
         self.weights = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
-        self.lam, self.refresh_every, self.delay, self.step, self.calls = lam, refresh_every, delay, 0, 0
+        self.lam, self.refresh_every, self.delay, self.step, self.calls = (
+            lam,
+            refresh_every,
+            delay,
+            0,
+            0,
+        )
         self.refresh()
 
     def refresh(self):
@@ -63,7 +70,10 @@ class FakeRegularizer:
             self.refresh()
 
     def layer_errors(self):
-        return {i: float(((w.detach() - c) ** 2).sum()) for i, (w, c) in enumerate(zip(self.weights, self.centers))}
+        return {
+            i: float(((w.detach() - c) ** 2).sum())
+            for i, (w, c) in enumerate(zip(self.weights, self.centers))
+        }
 
     def state_dict(self):
         return {"step": self.step, "centers": [c.clone() for c in self.centers]}
@@ -73,14 +83,29 @@ class FakeRegularizer:
 
 
 N = 128  # images of the resume runs: 8 steps per epoch
-RESUME_CFG = TrainConfig(epochs=3, lr=0.05, batch_size=16, seed=3, device="cpu", log_every=2,
-                         checkpoint_every=2, threads=1)
+RESUME_CFG = TrainConfig(
+    epochs=3,
+    lr=0.05,
+    batch_size=16,
+    seed=3,
+    device="cpu",
+    log_every=2,
+    checkpoint_every=2,
+    threads=1,
+)
 
 
 def resume_child(ckpt_dir):
     """Run by the SIGKILL test in a subprocess: the same run as `run_reference`, slowed down, checkpointed."""
     net = tiny_wrn()
-    train(net, toy_data(N), RESUME_CFG, FakeRegularizer(net, delay=0.04), checkpoint_dir=ckpt_dir, progress=False)
+    train(
+        net,
+        toy_data(N),
+        RESUME_CFG,
+        FakeRegularizer(net, delay=0.04),
+        checkpoint_dir=ckpt_dir,
+        progress=False,
+    )
 
 
 def params(net):
@@ -117,7 +142,10 @@ def test_loss_decreases_and_net_learns():
     losses = [r["loss"] for r in history.steps]  # means over 4 steps; chance level is ln 4 ≈ 1.39
     assert losses[0] > 1.2 and losses[-1] < 0.2 * losses[0]
     assert history.epochs[-1]["eval_accuracy"] >= 0.95
-    assert history.epochs[-1]["eval_accuracy"] == evaluate(net, toy_data(256, seed=1), device="cpu")["accuracy"]
+    assert (
+        history.epochs[-1]["eval_accuracy"]
+        == evaluate(net, toy_data(256, seed=1), device="cpu")["accuracy"]
+    )
     assert net.training  # modes restored
 
 
@@ -136,20 +164,40 @@ def dataclass_replace(cfg, **kw):
 
 def test_data_order_is_a_function_of_seed_and_epoch():
     a = T.epoch_order(100, 5, 2)
-    assert torch.equal(a, T.epoch_order(100, 5, 2)) and torch.equal(a.sort().values, torch.arange(100))
-    assert not torch.equal(a, T.epoch_order(100, 5, 3)) and not torch.equal(a, T.epoch_order(100, 6, 2))
+    assert torch.equal(a, T.epoch_order(100, 5, 2)) and torch.equal(
+        a.sort().values, torch.arange(100)
+    )
+    assert not torch.equal(a, T.epoch_order(100, 5, 3)) and not torch.equal(
+        a, T.epoch_order(100, 6, 2)
+    )
 
 
-@pytest.mark.parametrize("schedule,extra", [("cosine", {"min_lr": 0.01}), ("step", {"milestones": [1, 2], "gamma": 0.5}),
-                                            ("constant", {})])
+@pytest.mark.parametrize(
+    "schedule,extra",
+    [
+        ("cosine", {"min_lr": 0.01}),
+        ("step", {"milestones": [1, 2], "gamma": 0.5}),
+        ("constant", {}),
+    ],
+)
 def test_learning_rate_schedule_per_step(schedule, extra):
     torch.manual_seed(0)
     net = small_cnn(in_channels=1, num_classes=4, width=2)
-    cfg = TrainConfig(epochs=3, lr=0.1, batch_size=32, schedule=schedule, device="cpu", log_every=1, **extra)
-    lrs = [r["lr"] for r in train(net, toy_data(96), cfg, progress=False).steps]   # 3 steps per epoch
+    cfg = TrainConfig(
+        epochs=3, lr=0.1, batch_size=32, schedule=schedule, device="cpu", log_every=1, **extra
+    )
+    lrs = [
+        r["lr"] for r in train(net, toy_data(96), cfg, progress=False).steps
+    ]  # 3 steps per epoch
     T_total = 9
-    expected = {"cosine": [0.01 + 0.09 * (1 + torch.cos(torch.tensor(torch.pi * t / T_total)).item()) / 2 for t in range(9)],
-                "step": [0.1] * 3 + [0.05] * 3 + [0.025] * 3, "constant": [0.1] * 9}[schedule]
+    expected = {
+        "cosine": [
+            0.01 + 0.09 * (1 + torch.cos(torch.tensor(torch.pi * t / T_total)).item()) / 2
+            for t in range(9)
+        ],
+        "step": [0.1] * 3 + [0.05] * 3 + [0.025] * 3,
+        "constant": [0.1] * 9,
+    }[schedule]
     assert lrs == pytest.approx(expected, rel=1e-6)
 
 
@@ -161,7 +209,7 @@ class QuadraticPenalty:
         self.net, self.c, self.steps = net, c, 0
 
     def penalty(self):
-        return self.c / 2 * sum((p ** 2).sum() for p in self.net.parameters())
+        return self.c / 2 * sum((p**2).sum() for p in self.net.parameters())
 
     def after_step(self):
         self.steps += 1
@@ -178,25 +226,43 @@ def test_penalty_enters_the_gradient():
     base = small_cnn(in_channels=1, num_classes=4, width=4)
     theta0 = [p.detach().clone() for p in base.parameters()]
     plain, regularized = copy.deepcopy(base), copy.deepcopy(base)
-    cfg = TrainConfig(epochs=2, lr=0.1, momentum=0.0, weight_decay=0.0, batch_size=64, schedule="constant",
-                      device="cpu", log_every=1)
+    cfg = TrainConfig(
+        epochs=2,
+        lr=0.1,
+        momentum=0.0,
+        weight_decay=0.0,
+        batch_size=64,
+        schedule="constant",
+        device="cpu",
+        log_every=1,
+    )
     data = toy_data(64)  # one step per epoch
     train(plain, data, dataclass_replace(cfg, epochs=1), progress=False)
     reg = QuadraticPenalty(regularized, c=0.3)
-    history = train(regularized, data, dataclass_replace(cfg, epochs=1), regularizer=reg, progress=False)
+    history = train(
+        regularized, data, dataclass_replace(cfg, epochs=1), regularizer=reg, progress=False
+    )
     # SGD: θ1 = θ0 − lr·(∇CE + c·θ0), so the two runs differ by exactly −lr·c·θ0
     for p0, pp, pr in zip(theta0, plain.parameters(), regularized.parameters()):
         torch.testing.assert_close(pr - pp, -0.1 * 0.3 * p0, atol=1e-6, rtol=1e-4)
     assert reg.steps == 1
-    expected = 0.3 / 2 * sum(float((p ** 2).sum()) for p in theta0)
+    expected = 0.3 / 2 * sum(float((p**2).sum()) for p in theta0)
     assert history.steps[0]["penalty"] == pytest.approx(expected, rel=1e-5)
-    assert history.steps[0]["loss"] == pytest.approx(history.steps[0]["task_loss"] + expected, rel=1e-5)
+    assert history.steps[0]["loss"] == pytest.approx(
+        history.steps[0]["task_loss"] + expected, rel=1e-5
+    )
 
 
 def test_layer_errors_recorded_per_epoch():
     net = tiny_wrn()
     reg = FakeRegularizer(net)
-    history = train(net, toy_data(64), dataclass_replace(RESUME_CFG, epochs=2, checkpoint_every=0), reg, progress=False)
+    history = train(
+        net,
+        toy_data(64),
+        dataclass_replace(RESUME_CFG, epochs=2, checkpoint_every=0),
+        reg,
+        progress=False,
+    )
     assert [r["epoch"] for r in history.epochs] == [0, 1]
     assert history.epochs[-1]["layer_errors"] == {str(k): v for k, v in reg.layer_errors().items()}
     assert reg.calls == reg.step == 2 * 4
@@ -214,16 +280,24 @@ def test_history_json_round_trip(reference):
 def test_resume_after_sigkill_is_bit_exact(tmp_path, reference):
     code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_train; test_train.resume_child({str(tmp_path)!r})"
     child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
-    ckpt_path, deadline, ckpt = tmp_path / T.CHECKPOINT_NAME, time.time() + 300, None  # generous: a loaded machine
+    ckpt_path, deadline, ckpt = (
+        tmp_path / T.CHECKPOINT_NAME,
+        time.time() + 300,
+        None,
+    )  # generous: a loaded machine
     try:
         while time.time() < deadline and child.poll() is None:
             if ckpt_path.exists():
-                ckpt = T.load_checkpoint(ckpt_path)   # always loadable while being rewritten
+                ckpt = T.load_checkpoint(ckpt_path)  # always loadable while being rewritten
                 if ckpt["epoch"] >= 1 and ckpt["batch"] > 0:
                     break
             time.sleep(0.005)
-        assert child.poll() is None, f"the child ended before a mid-epoch checkpoint: {child.stderr.read().decode()}"
-        assert ckpt is not None and ckpt["epoch"] >= 1, "no mid-epoch checkpoint of epoch 1 within 300 s"
+        assert child.poll() is None, (
+            f"the child ended before a mid-epoch checkpoint: {child.stderr.read().decode()}"
+        )
+        assert ckpt is not None and ckpt["epoch"] >= 1, (
+            "no mid-epoch checkpoint of epoch 1 within 300 s"
+        )
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.kill()
@@ -232,7 +306,9 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, reference):
     last = T.load_checkpoint(ckpt_path)
     assert last["step"] < RESUME_CFG.epochs * 8  # killed before the end
     net = tiny_wrn(seed=99)  # the weights come from the checkpoint
-    history = train(net, toy_data(N), RESUME_CFG, FakeRegularizer(net), checkpoint_dir=tmp_path, progress=False)
+    history = train(
+        net, toy_data(N), RESUME_CFG, FakeRegularizer(net), checkpoint_dir=tmp_path, progress=False
+    )
     assert_same_weights(params(net), reference[0])
     assert strip_seconds(history) == strip_seconds(reference[1])
 
@@ -249,7 +325,9 @@ def test_resume_in_process_with_real_regularizer(tmp_path):
     def make(stop_at=None):
         torch.manual_seed(0)
         net = small_cnn(in_channels=1, num_classes=4, width=4)
-        reg = spectral.KMeansRegularizer(net, lam=0.01, num_clusters=4, mode="indicator", refresh_every=5)
+        reg = spectral.KMeansRegularizer(
+            net, lam=0.01, num_clusters=4, mode="indicator", refresh_every=5
+        )
         if stop_at is not None:
             original = reg.after_step
 
@@ -257,6 +335,7 @@ def test_resume_in_process_with_real_regularizer(tmp_path):
                 original()
                 if reg.step == stop_at:
                     raise Interrupt
+
             reg.after_step = after_step
         return net, reg
 
@@ -272,7 +351,9 @@ def test_resume_in_process_with_real_regularizer(tmp_path):
     assert reg.step == ref_reg.step == 16
 
 
-def test_failed_write_keeps_the_last_checkpoint_and_stale_temps_are_harmless(tmp_path, monkeypatch, reference):
+def test_failed_write_keeps_the_last_checkpoint_and_stale_temps_are_harmless(
+    tmp_path, monkeypatch, reference
+):
     real_save, calls = torch.save, []
 
     def flaky_save(obj, f):
@@ -285,13 +366,24 @@ def test_failed_write_keeps_the_last_checkpoint_and_stale_temps_are_harmless(tmp
     monkeypatch.setattr(T.torch, "save", flaky_save)
     net = tiny_wrn()
     with pytest.raises(OSError, match="No space"):
-        train(net, toy_data(N), RESUME_CFG, FakeRegularizer(net), checkpoint_dir=tmp_path, progress=False)
+        train(
+            net,
+            toy_data(N),
+            RESUME_CFG,
+            FakeRegularizer(net),
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
     monkeypatch.setattr(T.torch, "save", real_save)
-    assert T.load_checkpoint(tmp_path / T.CHECKPOINT_NAME)["step"] == 8  # the 4th write: end of epoch 0
+    assert (
+        T.load_checkpoint(tmp_path / T.CHECKPOINT_NAME)["step"] == 8
+    )  # the 4th write: end of epoch 0
     assert [p.name for p in tmp_path.iterdir()] == [T.CHECKPOINT_NAME]
     (tmp_path / f".{T.CHECKPOINT_NAME}.stale.tmp").write_bytes(b"garbage from a killed write")
     net = tiny_wrn(seed=7)
-    train(net, toy_data(N), RESUME_CFG, FakeRegularizer(net), checkpoint_dir=tmp_path, progress=False)
+    train(
+        net, toy_data(N), RESUME_CFG, FakeRegularizer(net), checkpoint_dir=tmp_path, progress=False
+    )
     assert_same_weights(params(net), reference[0])
     assert [p.name for p in tmp_path.iterdir()] == [T.CHECKPOINT_NAME]
 
@@ -317,7 +409,14 @@ def _assert_refused(tmp_path, cfg, path, match, regularizer=False):
     before = path.read_bytes()
     net = tiny_wrn()
     with pytest.raises(CheckpointError, match=match) as err:
-        train(net, toy_data(32), cfg, FakeRegularizer(net) if regularizer else None, checkpoint_dir=tmp_path, progress=False)
+        train(
+            net,
+            toy_data(32),
+            cfg,
+            FakeRegularizer(net) if regularizer else None,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
     assert str(path) in str(err.value)
     assert path.read_bytes() == before  # nothing overwritten
 
@@ -342,13 +441,17 @@ def test_wrong_format_version(tmp_path):
 
 def test_checkpoint_missing_a_part(tmp_path):
     cfg, path = _one_epoch_checkpoint(tmp_path)
-    torch.save({k: v for k, v in torch.load(path, weights_only=True).items() if k != "optimizer"}, path)
+    torch.save(
+        {k: v for k, v in torch.load(path, weights_only=True).items() if k != "optimizer"}, path
+    )
     _assert_refused(tmp_path, cfg, path, r"lacks \['optimizer'\]")
 
 
 def test_config_mismatch(tmp_path):
     cfg, path = _one_epoch_checkpoint(tmp_path)
-    _assert_refused(tmp_path, dataclass_replace(cfg, lr=0.2), path, r"lr=0.05 in the checkpoint, 0.2 now")
+    _assert_refused(
+        tmp_path, dataclass_replace(cfg, lr=0.2), path, r"lr=0.05 in the checkpoint, 0.2 now"
+    )
     _assert_refused(tmp_path, cfg, path, "without a regularizer", regularizer=True)
 
 
@@ -375,14 +478,22 @@ def test_evaluate_against_manual_count():
         logits = net[2](data.tensors[0].flatten(1))  # eval mode: dropout is the identity
     correct = sum(int(logits[i].argmax()) == int(data.tensors[1][i]) for i in range(103))
     assert result["accuracy"] == correct / 103
-    assert result["loss"] == pytest.approx(float(F_.cross_entropy(logits, data.tensors[1])), rel=1e-6)
+    assert result["loss"] == pytest.approx(
+        float(F_.cross_entropy(logits, data.tensors[1])), rel=1e-6
+    )
     assert net.training and net[2].training and not net[1].training
 
 
 def test_recalibrate_batchnorm_matches_hand_computed_statistics():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, momentum=0.3), nn.ReLU(), nn.Dropout(0.5),
-                        nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2))
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.BatchNorm2d(3, momentum=0.3),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Conv2d(3, 2, 3),
+        nn.BatchNorm2d(2),
+    )
     bn1, bn2 = net[1], net[5]
     with torch.no_grad():
         bn1.weight.uniform_(0.5, 2)
@@ -400,23 +511,50 @@ def test_recalibrate_batchnorm_matches_hand_computed_statistics():
         with torch.no_grad():
             h1 = net[0](data.tensors[0][idx])
             m, v = h1.mean((0, 2, 3)), h1.var((0, 2, 3), unbiased=False)
-            a = torch.relu((h1 - m[None, :, None, None]) / torch.sqrt(v[None, :, None, None] + bn1.eps)
-                           * bn1.weight[None, :, None, None] + bn1.bias[None, :, None, None])
+            a = torch.relu(
+                (h1 - m[None, :, None, None])
+                / torch.sqrt(v[None, :, None, None] + bn1.eps)
+                * bn1.weight[None, :, None, None]
+                + bn1.bias[None, :, None, None]
+            )
             h2 = net[4](a)
         stats[1].append((m, h1.var((0, 2, 3), unbiased=True)))
         stats[2].append((h2.mean((0, 2, 3)), h2.var((0, 2, 3), unbiased=True)))
     for bn, key in ((bn1, 1), (bn2, 2)):
-        torch.testing.assert_close(bn.running_mean, torch.stack([s[0] for s in stats[key]]).mean(0), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(bn.running_var, torch.stack([s[1] for s in stats[key]]).mean(0), atol=1e-5, rtol=1e-5)
-    assert bn1.momentum == 0.3 and bn2.momentum == 0.1 and not any(m.training for m in net.modules())
+        torch.testing.assert_close(
+            bn.running_mean, torch.stack([s[0] for s in stats[key]]).mean(0), atol=1e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            bn.running_var, torch.stack([s[1] for s in stats[key]]).mean(0), atol=1e-5, rtol=1e-5
+        )
+    assert (
+        bn1.momentum == 0.3 and bn2.momentum == 0.1 and not any(m.training for m in net.modules())
+    )
 
 
 # ---------------------------------------------------------------- bad input
-@pytest.mark.parametrize("field,value", [
-    ("epochs", 0), ("lr", 0.0), ("lr", float("nan")), ("momentum", 1.0), ("weight_decay", -1e-4), ("nesterov", "yes"),
-    ("batch_size", 0), ("schedule", "linear"), ("min_lr", 1.0), ("milestones", [3, 2]), ("milestones", 2),
-    ("gamma", 0.0), ("seed", -1), ("device", "tpu"), ("log_every", 0), ("checkpoint_every", -1), ("threads", 0),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("epochs", 0),
+        ("lr", 0.0),
+        ("lr", float("nan")),
+        ("momentum", 1.0),
+        ("weight_decay", -1e-4),
+        ("nesterov", "yes"),
+        ("batch_size", 0),
+        ("schedule", "linear"),
+        ("min_lr", 1.0),
+        ("milestones", [3, 2]),
+        ("milestones", 2),
+        ("gamma", 0.0),
+        ("seed", -1),
+        ("device", "tpu"),
+        ("log_every", 0),
+        ("checkpoint_every", -1),
+        ("threads", 0),
+    ],
+)
 def test_bad_config_names_the_field(field, value):
     with pytest.raises((ValueError, TypeError), match=field):
         TrainConfig(**{field: value})
@@ -428,11 +566,18 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="nesterov"):
         TrainConfig(momentum=0.0, nesterov=True)
     with pytest.raises(TypeError, match="regularizer"):
-        train(tiny_wrn(), toy_data(8), TrainConfig(device="cpu"), regularizer=object(), progress=False)
+        train(
+            tiny_wrn(), toy_data(8), TrainConfig(device="cpu"), regularizer=object(), progress=False
+        )
     with pytest.raises(TypeError, match="progress"):
         train(tiny_wrn(), toy_data(8), TrainConfig(device="cpu"), progress="no")
     with pytest.raises(ValueError, match="train_set"):
-        train(tiny_wrn(), TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0)), TrainConfig(device="cpu"), progress=False)
+        train(
+            tiny_wrn(),
+            TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0)),
+            TrainConfig(device="cpu"),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="batch_size"):
         evaluate(tiny_wrn(), toy_data(8), batch_size=0)
     with pytest.raises(ValueError, match="num_batches"):
@@ -466,16 +611,24 @@ def test_any_dataset_gives_the_same_batches_as_a_tensor_dataset():
     train(a, data, cfg, progress=False)
     train(b, subset, cfg, progress=False)
     assert_same_weights(params(a), params(b))
-    assert evaluate(a, subset, batch_size=7, device="cpu") == evaluate(a, data, batch_size=7, device="cpu")
+    assert evaluate(a, subset, batch_size=7, device="cpu") == evaluate(
+        a, data, batch_size=7, device="cpu"
+    )
 
 
 def test_threads_are_set_for_the_run_and_restored():
     from dkm._threads import torch_threads
+
     before = torch.get_num_threads()
     seen = []
     net = tiny_wrn()
-    train(net, toy_data(32), dataclass_replace(RESUME_CFG, epochs=1, checkpoint_every=0, threads=2), progress=False,
-          on_epoch_end=lambda record: seen.append(torch.get_num_threads()))
+    train(
+        net,
+        toy_data(32),
+        dataclass_replace(RESUME_CFG, epochs=1, checkpoint_every=0, threads=2),
+        progress=False,
+        on_epoch_end=lambda record: seen.append(torch.get_num_threads()),
+    )
     assert seen == [2] and torch.get_num_threads() == before
     with pytest.raises(RuntimeError), torch_threads(3):
         assert torch.get_num_threads() == 3

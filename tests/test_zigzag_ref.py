@@ -1,4 +1,5 @@
 """The ZigZag reference: workload dicts by hand, the committed CSVs, the R² computation and (slow) a recomputation."""
+
 import csv
 import importlib.util
 
@@ -7,7 +8,9 @@ import pytest
 
 from dkm import zigzag_ref as zr
 
-HAVE_ZIGZAG = importlib.util.find_spec("zigzag") is not None and importlib.util.find_spec("six") is not None
+HAVE_ZIGZAG = (
+    importlib.util.find_spec("zigzag") is not None and importlib.util.find_spec("six") is not None
+)
 CASES = [(net, bits) for net in zr.NETS for bits in (8, 16)]
 
 
@@ -29,7 +32,11 @@ def test_committed_reference_matches_layers(net, bits):
     assert [r["name"] for r in rows] == [l.name for l in layers]
     assert [r["macs"] for r in rows] == [l.macs for l in layers]
     for r in rows:
-        assert (r["accelerator"], r["mapping"], r["bits"]) == ("eyeriss_like.yaml", "default.yaml", bits)
+        assert (r["accelerator"], r["mapping"], r["bits"]) == (
+            "eyeriss_like.yaml",
+            "default.yaml",
+            bits,
+        )
         assert str(r["zigzag_version"]).startswith("3.")
         # eyeriss_like.yaml: 0.5 pJ per MAC whatever the bit width; total = MAC + memory
         assert r["mac_energy_pJ"] == pytest.approx(0.5 * r["macs"])
@@ -46,11 +53,14 @@ def test_memory_energy_follows_bit_width():
 
 def test_r2_against_sklearn_and_numpy():
     from sklearn.linear_model import LinearRegression
+
     rng = np.random.default_rng(0)
     x = rng.lognormal(size=40)
     y = 3 * x + rng.normal(scale=2.0, size=40)
     r2 = zr.r2_linear(x, y)
-    assert r2 == pytest.approx(LinearRegression().fit(x[:, None], y).score(x[:, None], y), abs=1e-12)
+    assert r2 == pytest.approx(
+        LinearRegression().fit(x[:, None], y).score(x[:, None], y), abs=1e-12
+    )
     assert r2 == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2, abs=1e-12)
     assert zr.r2_linear(x, 5 * x - 1) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="same length"):
@@ -69,9 +79,13 @@ def test_committed_validation_table_is_reproduced():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAVE_ZIGZAG, reason="zigzag-dse (and six) not installed: pip install -e '.[energy]'")
-@pytest.mark.parametrize("net,bits,name", [("alexnet", 8, "classifier.4"),
-                                           ("googlenet", 16, "inception5b.branch4.1.conv")])
+@pytest.mark.skipif(
+    not HAVE_ZIGZAG, reason="zigzag-dse (and six) not installed: pip install -e '.[energy]'"
+)
+@pytest.mark.parametrize(
+    "net,bits,name",
+    [("alexnet", 8, "classifier.4"), ("googlenet", 16, "inception5b.branch4.1.conv")],
+)
 def test_zigzag_recomputes_committed_rows(net, bits, name):
     layer = [l for l in zr.reference_layers(net) if l.name == name][0]
     row = [r for r in zr.load_reference(net, bits) if r["name"] == name][0]

@@ -4,6 +4,7 @@ Select or skip them with `-m e2e` / `-m "not e2e"`. Chromium is Debian's (`/usr/
 `$DKM_CHROMIUM`), driven by the Playwright Python package: nothing is downloaded at run time.
 Screenshots, the browser console and the server log go to build/e2e/.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # e2e_server, e2e_page: importable under any import mode
+sys.path.insert(
+    0, str(Path(__file__).parent)
+)  # e2e_server, e2e_page: importable under any import mode
 
 from e2e_page import close_all, load_lab  # noqa: E402
 from e2e_server import LabServer, copy_tree, port_is_free, venv_jupyter  # noqa: E402
@@ -23,8 +26,15 @@ FIXTURES = Path(__file__).parent / "fixtures"
 ARTEFACTS = REPO / "build" / "e2e"
 CHROMIUM = os.environ.get("DKM_CHROMIUM", "/usr/bin/chromium")
 # no sandbox as root; no background networking, updates or sync: the machine's network is closed
-CHROMIUM_ARGS = ["--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 VIEWPORT = {"width": 1400, "height": 1000}
 
 
@@ -36,7 +46,9 @@ def pytest_configure(config):
 def lab_server(tmp_path_factory, smoke_cache):
     """JupyterLab on 127.0.0.1:<free port> with a token, serving smoke-profile copies of the notebooks."""
     server = LabServer(venv_jupyter(), tmp_path_factory.mktemp("lab"), extra_env=smoke_cache)
-    copy_tree(NOTEBOOKS, server.root / "notebooks")  # sibling files; each test prepares its own notebook
+    copy_tree(
+        NOTEBOOKS, server.root / "notebooks"
+    )  # sibling files; each test prepares its own notebook
     for nb in sorted(FIXTURES.glob("*.ipynb")):
         server.prepare(nb, "fixtures")
     try:
@@ -54,13 +66,19 @@ def lab_server(tmp_path_factory, smoke_cache):
 def browser():
     """Headless Debian Chromium through Playwright."""
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} not found: `make setup` as root installs Debian's chromium "
-                    "(or set DKM_CHROMIUM; deselect these tests with -m 'not e2e')", pytrace=False)
+        pytest.fail(
+            f"{CHROMIUM} not found: `make setup` as root installs Debian's chromium "
+            "(or set DKM_CHROMIUM; deselect these tests with -m 'not e2e')",
+            pytrace=False,
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("the Playwright Python package is missing: `make setup` installs it "
-                    "(or pip install playwright; never `playwright install`: Chromium is Debian's)", pytrace=False)
+        pytest.fail(
+            "the Playwright Python package is missing: `make setup` installs it "
+            "(or pip install playwright; never `playwright install`: Chromium is Debian's)",
+            pytrace=False,
+        )
     args = CHROMIUM_ARGS + (["--no-sandbox"] if os.geteuid() == 0 else [])
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)

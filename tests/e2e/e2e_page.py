@@ -5,19 +5,22 @@ figures from the `.js-plotly-plot` elements' `data` and `layout` (what plotly.js
 from the kernel's websocket messages. Timeouts are stated below; each failure raises a subclass of
 AssertionError whose message says what was seen.
 """
+
 from __future__ import annotations
 
 import time
 
 import e2e_js as js
 
-OPEN_TIMEOUT_S = 90.0      # page load, kernel start
+OPEN_TIMEOUT_S = 90.0  # page load, kernel start
 RUN_ALL_TIMEOUT_S = 150.0  # one notebook's "Run All Cells" with the smoke profile
-RENDER_TIMEOUT_S = 30.0    # every widget and figure drawn after the run
-SETTLE_S = 1.5             # figures unchanged for this long count as settled
-SLIDER_TIMEOUT_S = 30.0    # a moved slider must change a figure within this time ...
-BUTTON_GRACE_S = 3.0       # ... or, with a button beside it, within this time, else the button is clicked
-BUTTON_TIMEOUT_S = 90.0    # and the figure must change within this time after the click
+RENDER_TIMEOUT_S = 30.0  # every widget and figure drawn after the run
+SETTLE_S = 1.5  # figures unchanged for this long count as settled
+SLIDER_TIMEOUT_S = 30.0  # a moved slider must change a figure within this time ...
+BUTTON_GRACE_S = (
+    3.0  # ... or, with a button beside it, within this time, else the button is clicked
+)
+BUTTON_TIMEOUT_S = 90.0  # and the figure must change within this time after the click
 POLL_S = 0.25
 
 SLIDERS = ".jp-Notebook .widget-slider"
@@ -50,7 +53,9 @@ def wait_until(predicate, timeout: float, what: str, exc=AssertionError):
 def load_lab(page, server, timeout: float = OPEN_TIMEOUT_S) -> None:
     """Load JupyterLab (a fresh workspace) in `page` and wait until the application has restored."""
     page.goto(f"{server.url}/lab?token={server.token}&reset")
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell", timeout=timeout * 1000)
+    page.wait_for_function(
+        "() => window.jupyterapp && window.jupyterapp.shell", timeout=timeout * 1000
+    )
     page.evaluate("() => window.jupyterapp.restored")
 
 
@@ -73,7 +78,9 @@ def kernel_errors(page) -> list[str]:
 
 
 def _describe(cells: list[dict]) -> str:
-    return "\n".join(f"  cell {c['index']}: [{c['count'] or ' '}] {c['source'][:70]}" for c in cells)
+    return "\n".join(
+        f"  cell {c['index']}: [{c['count'] or ' '}] {c['source'][:70]}" for c in cells
+    )
 
 
 def run_all(page, timeout: float = RUN_ALL_TIMEOUT_S) -> list[dict]:
@@ -82,14 +89,20 @@ def run_all(page, timeout: float = RUN_ALL_TIMEOUT_S) -> list[dict]:
 
     def finished():
         state = page.evaluate(js.CELLS)
-        busy = state["runAll"] == "running" or state["kernel"] != "idle" or any(c["running"] for c in state["cells"])
+        busy = (
+            state["runAll"] == "running"
+            or state["kernel"] != "idle"
+            or any(c["running"] for c in state["cells"])
+        )
         return None if busy else state
 
     def stuck(_):
         state = page.evaluate(js.CELLS)
         running = [c for c in state["cells"] if c["running"]]
-        return (f"Run All did not finish within {timeout:.0f} s (kernel {state['kernel']}); "
-                f"running:\n{_describe(running)}")
+        return (
+            f"Run All did not finish within {timeout:.0f} s (kernel {state['kernel']}); "
+            f"running:\n{_describe(running)}"
+        )
 
     state = wait_until(finished, timeout, stuck, NotebookError)
     failed = [c for c in state["cells"] if c["errors"]]
@@ -98,20 +111,30 @@ def run_all(page, timeout: float = RUN_ALL_TIMEOUT_S) -> list[dict]:
         raise NotebookError(f"cell {c['index']} ({c['source'][:70]!r}) failed:\n{c['errors'][0]}")
     unrun = [c for c in state["cells"] if c["count"] is None]
     if state["runAll"] != "done" or unrun:
-        raise NotebookError(f"Run All ended '{state['runAll']}' with cells not run:\n{_describe(unrun)}")
+        raise NotebookError(
+            f"Run All ended '{state['runAll']}' with cells not run:\n{_describe(unrun)}"
+        )
     return state["cells"]
 
 
 def wait_rendered(page, timeout: float = RENDER_TIMEOUT_S) -> dict:
     """Wait until every widget view and figure is drawn and the figures stop changing; their states."""
+
     def drawn():
         r = page.evaluate(js.RENDERING)
         if r["failed"]:
             raise WidgetError("a widget failed to display:\n" + "\n".join(r["failed"]))
         return r if r["pending"] == 0 and r["undrawn"] == 0 else None
 
-    wait_until(drawn, timeout, lambda _: f"widgets or figures not drawn within {timeout:.0f} s: "
-               f"{page.evaluate(js.RENDERING)} (front-end extensions installed?)", WidgetError)
+    wait_until(
+        drawn,
+        timeout,
+        lambda _: (
+            f"widgets or figures not drawn within {timeout:.0f} s: "
+            f"{page.evaluate(js.RENDERING)} (front-end extensions installed?)"
+        ),
+        WidgetError,
+    )
     return settled_figures(page, timeout)
 
 
@@ -132,8 +155,11 @@ def settled_figures(page, timeout: float = RENDER_TIMEOUT_S) -> dict:
 def sliders(page) -> list:
     """Locators of every enabled slider in the notebook (ipywidgets 8 noUiSlider handles)."""
     found = page.locator(SLIDERS)
-    return [found.nth(i) for i in range(found.count())
-            if found.nth(i).locator(".noUi-handle[disabled], .noUi-target[disabled]").count() == 0]
+    return [
+        found.nth(i)
+        for i in range(found.count())
+        if found.nth(i).locator(".noUi-handle[disabled], .noUi-target[disabled]").count() == 0
+    ]
 
 
 def _position(handle) -> float:
@@ -145,12 +171,20 @@ def move_slider(slider) -> tuple[str, str]:
     handle, readout = slider.locator(".noUi-handle").first, slider.locator(".widget-readout").first
     handle.scroll_into_view_if_needed()
     old, shown = _position(handle), readout.text_content()
-    up, down = ("ArrowUp", "ArrowDown") if handle.get_attribute("aria-orientation") == "vertical" \
+    up, down = (
+        ("ArrowUp", "ArrowDown")
+        if handle.get_attribute("aria-orientation") == "vertical"
         else ("ArrowRight", "ArrowLeft")
+    )
     key = down if old >= float(handle.get_attribute("aria-valuemax")) else up
     handle.focus()
     handle.press(key)
-    wait_until(lambda: _position(handle) != old, 5.0, f"slider did not move from {shown} on {key}", WidgetError)
+    wait_until(
+        lambda: _position(handle) != old,
+        5.0,
+        f"slider did not move from {shown} on {key}",
+        WidgetError,
+    )
     return shown, readout.text_content()
 
 
@@ -176,30 +210,50 @@ def check_slider(page, slider, timeout: float = SLIDER_TIMEOUT_S) -> dict:
     watched = f"cell {cell} " if any(k.startswith(f"cell {cell} ") for k in before) else "cell "
     old, new = move_slider(slider)
     button = slider.evaluate_handle(js.BUTTON_NEAR).as_element()
-    changed = _wait_changed(page, before, watched, errors_before, BUTTON_GRACE_S if button else timeout)
+    changed = _wait_changed(
+        page, before, watched, errors_before, BUTTON_GRACE_S if button else timeout
+    )
     if not changed and button is not None:
         button.click()
         changed = _wait_changed(page, before, watched, errors_before, BUTTON_TIMEOUT_S)
     new_errors = kernel_errors(page)[errors_before:]
     if new_errors:
-        raise NotebookError(f"cell {cell}: slider {label!r} {old} -> {new}: the kernel raised:\n{new_errors[0]}")
+        raise NotebookError(
+            f"cell {cell}: slider {label!r} {old} -> {new}: the kernel raised:\n{new_errors[0]}"
+        )
     if not changed:
-        waited = f"{BUTTON_GRACE_S:.0f} s, then {BUTTON_TIMEOUT_S:.0f} s after clicking its button" \
-            if button else f"{timeout:.0f} s"
-        raise FigureDidNotChange(f"cell {cell}: slider {label!r} moved {old} -> {new} but "
-                                 f"{_unchanged(page, slider, before, watched)} within {waited}")
-    return {"cell": cell, "slider": label, "from": old, "to": new, "changed": changed, "button": button is not None}
+        waited = (
+            f"{BUTTON_GRACE_S:.0f} s, then {BUTTON_TIMEOUT_S:.0f} s after clicking its button"
+            if button
+            else f"{timeout:.0f} s"
+        )
+        raise FigureDidNotChange(
+            f"cell {cell}: slider {label!r} moved {old} -> {new} but "
+            f"{_unchanged(page, slider, before, watched)} within {waited}"
+        )
+    return {
+        "cell": cell,
+        "slider": label,
+        "from": old,
+        "to": new,
+        "changed": changed,
+        "button": button is not None,
+    }
 
 
 def _unchanged(page, slider, before: dict, watched: str) -> str:
     """What did not change, what changed anyway (layout only), and what the slider's output says."""
     figures, now = [k for k in before if k.startswith(watched)], page.evaluate(js.FIGURES)
     layout_only = [k for k in figures if before[k] != now.get(k)]
-    return (f"the data of none of the {len(figures)} figures {figures} changed (layout only: {layout_only}; "
-            f"the output reads: {slider.evaluate(js.WHERE)['notes']!r})")
+    return (
+        f"the data of none of the {len(figures)} figures {figures} changed (layout only: {layout_only}; "
+        f"the output reads: {slider.evaluate(js.WHERE)['notes']!r})"
+    )
 
 
-def _wait_changed(page, before: dict, watched: str, errors_before: int, timeout: float) -> list[str]:
+def _wait_changed(
+    page, before: dict, watched: str, errors_before: int, timeout: float
+) -> list[str]:
     """Watched figures changed since `before`; [] after `timeout` s or as soon as the kernel reports an error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and len(kernel_errors(page)) == errors_before:

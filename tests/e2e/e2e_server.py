@@ -5,6 +5,7 @@ each parameterized with `PROFILE = "smoke"` the way papermill does it (a cell in
 tagged `parameters`); every Jupyter and dkm directory the server or its kernels could write to is
 redirected into the temporary directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,16 +23,20 @@ from pathlib import Path
 
 import papermill
 
-START_TIMEOUT_S = 90.0     # the 2-core CI machine is shared: a cold start has taken ~15 s
+START_TIMEOUT_S = 90.0  # the 2-core CI machine is shared: a cold start has taken ~15 s
 STOP_TIMEOUT_S = 15.0
-PARAMETERS = {"PROFILE": "smoke"}  # plus FIG_DIR, into the temporary directory (LabServer.parameters)
+PARAMETERS = {
+    "PROFILE": "smoke"
+}  # plus FIG_DIR, into the temporary directory (LabServer.parameters)
 
 # user settings, so that the page is deterministic: every cell attached to the DOM (no windowing,
 # which would detach off-screen outputs), no news or update checks (the network is closed)
 USER_SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
-                                                                        "checkForUpdates": False},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    },
 }
 
 
@@ -60,8 +65,15 @@ def port_is_free(port: int) -> bool:
 def prepare_notebook(src: Path, dst: Path, parameters: dict = PARAMETERS) -> Path:
     """Copy `src` to `dst` with `parameters` injected after its `parameters` cell (papermill's rule)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(src), str(dst), parameters=parameters, prepare_only=True,
-                               kernel_name="python3", progress_bar=False, log_output=False)
+    papermill.execute_notebook(
+        str(src),
+        str(dst),
+        parameters=parameters,
+        prepare_only=True,
+        kernel_name="python3",
+        progress_bar=False,
+        log_output=False,
+    )
     return dst
 
 
@@ -76,7 +88,9 @@ def write_user_settings(settings_dir: Path) -> None:
 class LabServer:
     """`jupyter lab` as a subprocess; `start()` waits for /api/status, `stop()` terminates then kills."""
 
-    def __init__(self, jupyter: Path, tmp: Path, extra_args: tuple = (), extra_env: dict | None = None):
+    def __init__(
+        self, jupyter: Path, tmp: Path, extra_args: tuple = (), extra_env: dict | None = None
+    ):
         self.jupyter, self.tmp = Path(jupyter), Path(tmp)
         self.root = self.tmp / "root"
         self.log_path = self.tmp / "jupyter-server.log"
@@ -92,16 +106,21 @@ class LabServer:
         """The server's (and its kernels') environment: everything writable points into tmp."""
         t = self.tmp
         env = dict(os.environ)
-        env.update({
-            "PATH": f"{self.jupyter.parent}{os.pathsep}{env.get('PATH', '')}",
-            "JUPYTER_CONFIG_DIR": str(t / "jupyter-config"), "JUPYTER_DATA_DIR": str(t / "jupyter-data"),
-            "JUPYTER_RUNTIME_DIR": str(t / "jupyter-runtime"), "IPYTHONDIR": str(t / "ipython"),
-            "JUPYTERLAB_SETTINGS_DIR": str(t / "lab-settings"),
-            "JUPYTERLAB_WORKSPACES_DIR": str(t / "lab-workspaces"),
-            "DKM_RUNS_DIR": str(t / "runs"), "DKM_RESULTS_DIR": str(t / "results"),
-            "DKM_PROGRESS": "0",
-            "DKM_PNG": "0",  # figures as .html only: PNG export is tested by tests/test_notebooks.py
-        })
+        env.update(
+            {
+                "PATH": f"{self.jupyter.parent}{os.pathsep}{env.get('PATH', '')}",
+                "JUPYTER_CONFIG_DIR": str(t / "jupyter-config"),
+                "JUPYTER_DATA_DIR": str(t / "jupyter-data"),
+                "JUPYTER_RUNTIME_DIR": str(t / "jupyter-runtime"),
+                "IPYTHONDIR": str(t / "ipython"),
+                "JUPYTERLAB_SETTINGS_DIR": str(t / "lab-settings"),
+                "JUPYTERLAB_WORKSPACES_DIR": str(t / "lab-workspaces"),
+                "DKM_RUNS_DIR": str(t / "runs"),
+                "DKM_RESULTS_DIR": str(t / "results"),
+                "DKM_PROGRESS": "0",
+                "DKM_PNG": "0",  # figures as .html only: PNG export is tested by tests/test_notebooks.py
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -115,20 +134,36 @@ class LabServer:
         return f"{folder}/{src.name}"
 
     def command(self) -> list[str]:
-        return [str(self.jupyter), "lab", "--no-browser", "--expose-app-in-browser",
-                "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
-                f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
-                "--ServerApp.terminals_enabled=False", "--LabApp.extension_manager=readonly",
-                *(["--allow-root"] if os.geteuid() == 0 else []), *self.extra_args]
+        return [
+            str(self.jupyter),
+            "lab",
+            "--no-browser",
+            "--expose-app-in-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root}",
+            "--ServerApp.terminals_enabled=False",
+            "--LabApp.extension_manager=readonly",
+            *(["--allow-root"] if os.geteuid() == 0 else []),
+            *self.extra_args,
+        ]
 
     def start(self, timeout: float = START_TIMEOUT_S) -> "LabServer":
         """Start the server; raise ServerDidNotStart (with the log) unless /api/status answers in time."""
         self.root.mkdir(parents=True, exist_ok=True)
         write_user_settings(self.tmp / "lab-settings")
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.command(), env=self.env(), cwd=self.root, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(),
+                env=self.env(),
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -147,8 +182,9 @@ class LabServer:
 
     def api(self, path: str, method: str = "GET"):
         """Call the REST API with the token; parsed JSON (None for an empty answer)."""
-        req = urllib.request.Request(f"{self.url}{path}", method=method,
-                                     headers={"Authorization": f"token {self.token}"})
+        req = urllib.request.Request(
+            f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"}
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             body = resp.read()
         return json.loads(body) if body else None
@@ -184,5 +220,9 @@ def venv_jupyter() -> Path:
 
 def copy_tree(src: Path, dst: Path) -> None:
     """Copy a notebooks folder without its checkpoints."""
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"),
-                    dirs_exist_ok=True)
+    shutil.copytree(
+        src,
+        dst,
+        ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"),
+        dirs_exist_ok=True,
+    )

@@ -1,4 +1,5 @@
 """Each teaching notebook in JupyterLab: Run All without error, then every slider changes a plotly figure."""
+
 from __future__ import annotations
 
 from pathlib import Path
