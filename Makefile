@@ -8,7 +8,7 @@ APT_PACKAGES := dataset-fashion-mnist chromium
 PYTEST_ARGS ?=
 PROFILE ?= cpu
 
-.PHONY: help setup system-deps figures test bench lab clean distclean
+.PHONY: help setup system-deps figures test lint bench lab clean distclean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -36,8 +36,12 @@ system-deps:  ## Debian's dataset-fashion-mnist (offline data) and chromium (PNG
 figures: setup  ## run every notebook with papermill (PROFILE=cpu|smoke|paper) and write figures/
 	$(BIN)/python -m dkm figures --profile $(PROFILE)
 
-test: setup  ## run the whole test suite (pytest)
+test: setup lint  ## ruff, then the whole test suite (pytest)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup  ## ruff check + ruff format --check (line length 100, pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: setup  ## side-by-side speed ratios -> build/bench.json
 	$(BIN)/python bench/run.py

@@ -1,4 +1,5 @@
-"""The cpu profile's speed settings vs torch's defaults: WRN-10-1 train steps and test batches (goal ≥ 1.2×).
+"""The cpu profile's speed settings vs torch's defaults: WRN-10-1 train steps and test batches
+(goal ≥ 1.2×).
 
 The cpu profile keeps the nets in channels_last layout (`Profile.memory_format`, part of every cache
 key: the convs sum in another order) and keeps freed activations in the process (`dkm._allocator`:
@@ -70,7 +71,8 @@ def child(channels_last: bool, allocator: bool) -> dict:
 
 def _spawn(side: str) -> dict:
     code = (
-        f"import json, sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); import bench_cpu_layout as b; "
+        f"import json, sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); "
+        "import bench_cpu_layout as b; "
         f"print(json.dumps(b.child(*{SIDES[side]!r})))"
     )
     out = subprocess.run(
@@ -98,7 +100,9 @@ def run(repeats: int = 5) -> dict:
         "ratio": ratio,
         "speedup_channels_last_alone": median["default"] / median["channels_last"],
         "speedup_allocator_alone": median["default"] / median["allocator"],
-        "goal": "default/cpu-profile time >= 1.2 (WRN-10-1, 2 threads, train step 128 + test batch 512)",
+        "goal": (
+            "default/cpu-profile time >= 1.2 (WRN-10-1, 2 threads, train step 128 + test batch 512)"
+        ),
         "met": ratio >= 1.2,
     }
 

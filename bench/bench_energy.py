@@ -1,7 +1,8 @@
 """Benchmark: our energy metric for every layer of GoogLeNet vs ZigZag's time for the same layers.
 
-ZigZag is not re-run here (tens of minutes): its time is the sum of the per-layer wall times recorded
-in data/reference/zigzag_googlenet_<bits>.csv when the reference was generated on this machine.
+ZigZag is not re-run here (tens of minutes): its time is the sum of the per-layer wall times
+recorded in data/reference/zigzag_googlenet_<bits>.csv when the reference was generated on this
+machine.
 Our time is the median over `repeats` of `net_energy` on the 58 layers, the layer inventory (one
 forward pass of a meta-device GoogLeNet, done once) excluded; it is timed and reported beside.
 """
@@ -28,7 +29,8 @@ def _timed(fn):
 
 
 def run(repeats=5) -> dict:
-    """Median time of our metric on all GoogLeNet layers vs the recorded ZigZag time for those layers."""
+    """Median time of our metric on all GoogLeNet layers vs the recorded ZigZag time for those
+    layers."""
     inventory_s, layers = _timed(lambda: reference_layers("googlenet"))
     times = [_timed(lambda: net_energy(layers, BITS))[0] for _ in range(max(5, repeats))]
     ours_s = statistics.median(times)
@@ -42,8 +44,10 @@ def run(repeats=5) -> dict:
         "ratio": reference_s / ours_s,
         "layers": len(layers),
         "reference_layers": len(ref),
-        "reference_source": f"wall_s column of data/reference/zigzag_googlenet_{BITS}.csv, recorded when "
-        "the reference was generated (ZigZag is not re-run by this benchmark)",
+        "reference_source": (
+            f"wall_s column of data/reference/zigzag_googlenet_{BITS}.csv, recorded when "
+            "the reference was generated (ZigZag is not re-run by this benchmark)"
+        ),
         "ours_excludes": "the layer inventory's forward pass (reported as inventory_s)",
         "goal": "ours < 1 s for all of GoogLeNet (ratio = ZigZag time / ours)",
         "met": bool(ours_s < 1.0),

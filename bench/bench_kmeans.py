@@ -1,4 +1,5 @@
-"""Benchmark: dkm.kmeans vs scikit-learn's KMeans (lloyd, n_init=1) on 200k rows × 3, K = 64, same start."""
+"""Benchmark: dkm.kmeans vs scikit-learn's KMeans (lloyd, n_init=1) on 200k rows × 3, K = 64,
+same start."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def _timed(fit):
 
 
 def run(repeats=5) -> dict:
-    """Median wall time of ours (1 and 2 torch threads) and scikit-learn's, alternating runs, same centers."""
+    """Median wall time of ours (1 and 2 torch threads) and scikit-learn's, alternating runs,
+    same centers."""
     from sklearn.cluster import KMeans
 
     X, C = _data()
@@ -63,8 +65,9 @@ def run(repeats=5) -> dict:
         "sklearn_n_iter": int(fitted.n_iter_),
         "cores": os.cpu_count(),
         "goal": "sklearn time / ours (default: 1 thread) >= 1, inertia <= sklearn's x (1 + 1e-4)",
-        # "equal" inertia: within 1e-4 relative, the float32 rounding noise between two implementations of
-        # the same Lloyd trajectory (sums accumulated in different orders) after 100 unconverged iterations
+        # "equal" inertia: within 1e-4 relative, the float32 rounding noise between two
+        # implementations of the same Lloyd trajectory (sums accumulated in different orders) after
+        # 100 unconverged iterations
         "met": bool(ratio >= 1 and ours.inertia <= fitted.inertia_ * (1 + 1e-4)),
     }
 

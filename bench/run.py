@@ -1,6 +1,8 @@
-"""`make bench`: run every bench/bench_*.py `run()` side by side, print a table, write build/bench.json.
+"""`make bench`: run every bench/bench_*.py `run()` side by side, print a table,
+write build/bench.json.
 
-Each benchmark returns a dict with at least: name, ratio (the stated quantity), goal (text), met (bool).
+Each benchmark returns a dict with at least: name, ratio (the stated quantity), goal (text),
+met (bool).
 Timings on a shared 2-core machine are noisy: only ratios measured in the same run are reported.
 """
 
@@ -28,7 +30,8 @@ def _load(path: Path):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # the docstring's first paragraph (argparse rewraps the description onto one line)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--repeats", type=int, default=5, help="timed repeats per side (median; default 5)"
     )

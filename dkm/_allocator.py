@@ -1,9 +1,10 @@
-"""Keep freed activation memory in the process (glibc), instead of returning it to the OS after each batch.
+"""Keep freed activation memory in the process (glibc) instead of returning it to the OS.
 
-With glibc's defaults, a freed block above the dynamic mmap threshold goes back to the OS, and the
-next batch page-faults the same megabytes in again. On one machine this cost the cpu sweep about 10%
-of its CPU time in the kernel (88 million page faults); with the thresholds below a WRN-10-1 training
-step plus a test batch ran 1.5× faster (`make bench`, bench_cpu_layout, "speedup_allocator_alone").
+Without this, glibc returns it after each batch: with glibc's defaults, a freed block above the
+dynamic mmap threshold goes back to the OS, and the next batch page-faults the same megabytes in
+again. On one machine this cost the cpu sweep about 10% of its CPU time in the kernel (88 million
+page faults); with the thresholds below a WRN-10-1 training step plus a test batch ran 1.5× faster
+(`make bench`, bench_cpu_layout, "speedup_allocator_alone").
 It changes no number, only where tensors live (tests/test_allocator.py compares the bits).
 """
 

@@ -1,4 +1,4 @@
-"""Argument checks shared by every module: errors name the parameter, the value and what is allowed."""
+"""Argument checks shared by every module: errors name the parameter, value and what is allowed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Atomic file writes: a temp file in the same directory, fsync, then os.replace — never a half-written file."""
+"""Atomic file writes: a temp file in the same directory, fsync, then os.replace.
+
+Never a half-written file.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,10 @@ os.umask(_UMASK)
 
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "wb"):
-    """Open a temp file beside `path` for writing; on success it replaces `path`, on error it is removed."""
+    """Open a temp file beside `path` for writing; on success it replaces `path`.
+
+    On error the temp file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

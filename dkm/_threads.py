@@ -11,10 +11,11 @@ from ._checks import check_int
 
 @contextmanager
 def torch_threads(threads: int | None):
-    """Run the block with `threads` torch threads (None: leave the current setting), then restore it.
+    """Run the block with `threads` torch threads (None: leave the current setting), restore after.
 
     On CPU, results can depend on the thread count (float sums split across threads), so a fixed
-    count is part of what makes a run reproducible."""
+    count is part of what makes a run reproducible.
+    """
     if threads is None:
         yield
         return

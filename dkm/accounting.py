@@ -1,17 +1,18 @@
-"""Step 4 of the method: compression ratio (CR) of a shared net, under a named convention (paper §4).
+"""Step 4 of the method: compression ratio (CR) of a shared net under a named convention (paper §4).
 
 CR = original bits / compressed bits, summed over the counted layers. Conventions:
 
-| name            | indexes of one layer            | codebook | batch norm |
-|-----------------|---------------------------------|----------|------------|
-| `official`      | N·H, H = entropy of the usage   | fp32     | not counted |
-| `fixed`         | N·⌈log2 K⌉ (K = 1 → 0 bits)     | fp32     | not counted |
-| `huffman`       | Σ_k n_k·len_k of a Huffman code | fp32     | not counted |
-| `official_fp16` | N·H                             | fp16     | not counted |
-| `official_bn`   | N·H                             | fp32     | weight + bias at 32 bits, both sides |
+| name            | indexes of one layer            | codebook | batch norm                       |
+|-----------------|---------------------------------|----------|----------------------------------|
+| `official`      | N·H, H = entropy of the usage   | fp32     | not counted                      |
+| `fixed`         | N·⌈log2 K⌉ (K = 1 → 0 bits)     | fp32     | not counted                      |
+| `huffman`       | Σ_k n_k·len_k of a Huffman code | fp32     | not counted                      |
+| `official_fp16` | N·H                             | fp16     | not counted                      |
+| `official_bn`   | N·H                             | fp32     | 32-bit weight + bias, both sides |
 
 Common to all: conv biases, linear layers and non-shared convs stay at 32 bits on both sides.
-`official` is exactly the authors' formula (data/reference/wrn16_4_official_sharing.json).
+`official` is exactly the authors' formula (data/reference/wrn16_4_official_sharing.json; their
+settings themselves are in dkm.authors).
 Choices made here (not fixed by the authors):
 - Huffman with a single used cluster costs 0 bits per row (like its entropy; the decoder knows N).
 - Batch norm, when counted, is its weight and bias only: at inference it is one per-channel
@@ -24,24 +25,17 @@ Choices made here (not fixed by the authors):
 from __future__ import annotations
 
 import heapq
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ._checks import check_choice, check_float, check_int
+from .rows import stays_dense
 
 INDEX_CODINGS = ("entropy", "fixed", "huffman")
 FLOAT_BITS = 32  # dense weights, biases, linear layers, batch norm
-REFERENCE_FILE = "wrn16_4_official_sharing.json"
-OFFICIAL_SETTINGS = (
-    "45x",
-    "47x",
-    "50x",
-)  # the authors' released WRN-16-4 settings (data/reference/)
 COLUMNS = (
     "convention",
     "name",
@@ -229,7 +223,8 @@ def _net_conv_row(name, module, layer, conv) -> dict:
     bias_numel = 0 if module.bias is None else module.bias.numel()
     if layer.bias_numel != bias_numel:
         raise ValueError(
-            f"shared layer {name!r} has bias_numel={layer.bias_numel}, the net's conv has {bias_numel}"
+            f"shared layer {name!r} has bias_numel={layer.bias_numel}, "
+            f"the net's conv has {bias_numel}"
         )
     return _shared_row(
         name, params, layer.num_rows, layer.row_length, layer.counts(), bias_numel, layer.p, conv
@@ -244,7 +239,8 @@ def compression_table(net: nn.Module, shared=None, convention="official") -> lis
     unknown = sorted(set(layers) - convs)
     if unknown:
         raise ValueError(
-            f"shared names {unknown} are not Conv2d layers of the net: allowed names in {sorted(convs)}"
+            f"shared names {unknown} are not Conv2d layers of the net: "
+            f"allowed names in {sorted(convs)}"
         )
     rows = []
     for name, module in net.named_modules():
@@ -280,7 +276,7 @@ def compression_ratio(net: nn.Module, shared=None, convention="official") -> flo
 
 
 def analytic_counts(num_rows, num_clusters, p=0.0) -> list[float]:
-    """Usage counts of the reference check: int(N·p) rows in the dominant cluster, the rest uniform."""
+    """Usage counts of the reference check: int(N·p) rows in the dominant cluster, rest uniform."""
     num_rows = check_int("num_rows", num_rows, 1)
     num_clusters = check_int("num_clusters", num_clusters, 1)
     p = check_float("p", p, 0.0, 1.0)
@@ -299,7 +295,7 @@ def _spec_conv_row(name, spec, num_clusters, p, conv) -> dict:
     params = c_out * c_in_group * k * k + bias
     # kernel rows: N = C_out·C_in/groups·kh rows of length s = kw
     num_rows, row_length = c_out * c_in_group * k, k
-    if num_clusters >= num_rows:  # "K equal to the number of rows means the layer is left as is"
+    if stays_dense(num_clusters, num_rows):
         return _dense_row(name, "conv", params, conv, K=num_clusters, p=p, s=row_length, N=num_rows)
     counts = analytic_counts(num_rows, num_clusters, p)
     return _shared_row(name, params, num_rows, row_length, counts, bias, p, conv)
@@ -315,11 +311,17 @@ def _spec_dense_row(name, spec, kind, conv) -> dict:
 
 
 def table_from_specs(layer_specs, settings, convention="official") -> list[dict]:
-    """Layer table from specs alone; settings {"K": [...], "p": [...]} index the conv specs in order."""
+    """Layer table from specs alone; `settings` index the convs.
+
+    settings: a dkm.plan.Plan, or {"K": [...], "p": [...]}.
+    """
     conv = get_convention(convention)
     num_convs = sum(spec.get("kind", "conv") == "conv" for spec in layer_specs)
-    ks = list(settings["K"])
-    ps = list(settings.get("p", [0.0] * len(ks)))
+    if hasattr(settings, "K"):  # a dkm.plan.Plan
+        ks, ps = list(settings.K), list(settings.p)
+    else:
+        ks = list(settings["K"])
+        ps = list(settings.get("p", [0.0] * len(ks)))
     if len(ks) != num_convs or len(ps) != num_convs:
         raise ValueError(
             f"settings has {len(ks)} K and {len(ps)} p for {num_convs} conv specs: allowed one each"
@@ -334,38 +336,3 @@ def table_from_specs(layer_specs, settings, convention="official") -> list[dict]
         elif kind == "linear" or conv.count_batchnorm:
             rows.append(_spec_dense_row(name, spec, kind, conv))
     return rows
-
-
-def _reference_path() -> Path:
-    """The reference JSON: data/reference/ of the repo, else the copy packaged in dkm/reference/."""
-    here = Path(__file__).resolve()
-    candidates = [
-        here.parents[1] / "data" / "reference" / REFERENCE_FILE,
-        here.parent / "reference" / REFERENCE_FILE,
-    ]
-    for path in filter(Path.is_file, candidates):
-        return path
-    raise FileNotFoundError(f"{REFERENCE_FILE} not found in {[str(c.parent) for c in candidates]}")
-
-
-def load_reference() -> dict:
-    """The authors' WRN-16-4 settings, layer table and CR convention (the whole JSON)."""
-    return json.loads(_reference_path().read_text())
-
-
-def official_settings(name: str = "45x") -> dict:
-    """{"K": [...], "p": [...]} of one of the authors' settings ("45x", "47x", "50x")."""
-    settings = load_reference()["settings"]
-    check_choice("official setting", name, settings)
-    return {"K": list(settings[name]["K"]), "p": list(settings[name]["p"])}
-
-
-def official_specs() -> list[dict]:
-    """WRN-16-4 layer specs of the reference: its 16 convs, then the final linear layer."""
-    ref = load_reference()
-    bias = bool(ref["model"]["conv_bias"])
-    convs = [dict(layer, bias=bias) for layer in ref["layers"]]
-    last_width = max(layer["out"] for layer in ref["layers"])
-    return convs + [
-        {"kind": "linear", "name": "fc", "in": last_width, "out": ref["model"]["num_classes"]}
-    ]

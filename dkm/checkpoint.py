@@ -1,9 +1,9 @@
 """Checkpoints of `dkm.train`: written atomically, validated before a run resumes from them.
 
-A checkpoint is a dict saved with torch.save: "format" = FORMAT, "format_version", the run's config and
-every piece of state listed in `KEYS`. `load_checkpoint` refuses (CheckpointError naming the file) a
-file that is unreadable, foreign, of another version, incomplete, or of another training config
-(fields in RESUME_FREE excepted: they do not change the maths).
+A checkpoint is a dict saved with torch.save: "format" = FORMAT, "format_version", the run's
+config and every piece of state listed in `KEYS`. `load_checkpoint` refuses (CheckpointError naming
+the file) a file that is unreadable, foreign, of another version, incomplete, or of another training
+config (fields in RESUME_FREE excepted: they do not change the maths).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "dkm.train.checkpoint"
 FORMAT_VERSION = 1
-# config fields that may differ between an interrupted run and its resumption (no effect on the maths)
+# config fields that may differ between an interrupted run and its resumption (no effect on the
+# maths)
 RESUME_FREE = ("device", "threads", "log_every", "checkpoint_every")
 KEYS = (
     "config",
@@ -41,11 +42,17 @@ KEYS = (
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed (corrupt, foreign, other version or config); names the file."""
+    """A checkpoint that cannot be resumed (corrupt, foreign, other version or config).
+
+    The message names the file.
+    """
 
 
 def save_atomic(obj, path) -> None:
-    """torch.save to a temp file in the same directory, fsync, then os.replace: `path` is always whole."""
+    """torch.save to a temp file in the same directory, fsync, then os.replace.
+
+    `path` is always whole.
+    """
     with atomic_open(path) as f:
         torch.save(obj, f)
 
@@ -58,7 +65,7 @@ def remove_stale_temps(path: Path) -> None:
 
 
 def load_checkpoint(path, config: "TrainConfig | None" = None, map_location="cpu") -> dict:
-    """Load and validate a checkpoint of `train`; with `config`, also check it belongs to that config."""
+    """Load and validate a checkpoint of `train`; with `config`, also check it is of that config."""
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -70,7 +77,8 @@ def load_checkpoint(path, config: "TrainConfig | None" = None, map_location="cpu
         raise CheckpointError(f"checkpoint {path} is not a {FORMAT} file (a foreign checkpoint?)")
     if ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {path} has format_version={ckpt.get('format_version')!r}: allowed {FORMAT_VERSION}"
+            f"checkpoint {path} has format_version={ckpt.get('format_version')!r}: "
+            f"allowed {FORMAT_VERSION}"
         )
     missing = [k for k in KEYS if k not in ckpt]
     if missing:

@@ -1,92 +1,401 @@
-"""The command line: `python -m dkm <subcommand> --help` (also installed as `dkm`).
+"""The command line: `python -m dkm <command> --help` (also installed as `dkm`).
 
-Each subcommand lives next to the code it drives: its module provides a function that adds the
-options to an argparse parser and a function that runs it and returns the exit status.
+Every command is two functions here, `add_<command>(parser)` for its options and
+`run_<command>(args)` that calls the package and prints; bad input is one line on stderr and
+exit status 2 (`main`). The λ of `--lam` goes into the profile (`get_profile(lam=…)`), from
+there into `pipeline.retrain` and `KMeansRegularizer.from_plan`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import copy
 import sys
+from pathlib import Path
 
-# name -> (module, parser builder, runner, one-line help)
-SUBCOMMANDS = {
-    "pretrain": (
-        "dkm.commands",
-        "build_pretrain",
-        "run_pretrain",
-        "pre-train the profile's net (cached)",
-    ),
-    "retrain": (
-        "dkm.commands",
-        "build_retrain",
-        "run_retrain",
-        "re-train with the k-means regularizer, or the plain control",
-    ),
-    "share": (
-        "dkm.commands",
-        "build_share",
-        "run_share",
-        "share a net row-wise; print the per-layer table and CR",
-    ),
-    "evaluate": (
-        "dkm.commands",
-        "build_evaluate",
-        "run_evaluate",
-        "share and evaluate one configuration; append it to the results",
-    ),
-    "sweep": (
-        "dkm.commands",
-        "build_sweep",
-        "run_sweep",
-        "every method at every target CR and seed (the CR-accuracy grid)",
-    ),
-    "figures": (
-        "dkm.figures",
-        "build_parser",
-        "cli_main",
-        "run every notebook headlessly and regenerate every figure (figures/ for cpu)",
-    ),
-    "energy": (
-        "dkm.energy_cli",
-        "build_parser",
-        "cli_main",
-        "per-layer energy estimate of a model, dense or shared",
-    ),
+from . import __version__, authors, notebooks, zigzag_ref
+from . import pipeline as pl
+from ._checks import check_choice, check_int
+from .accounting import CONVENTIONS, compression_ratio, compression_table
+from .data import INPUT_SHAPES
+from .energy import COMPONENTS, UNIT, compare_energy, make_shares
+from .export import save_shared, size_report
+from .inventory import layer_inventory
+from .models import load_model_file
+from .plan import Plan, plan_clusters
+from .profiles import PROFILES, get_profile
+from .runs import root_config
+from .saving import DEFAULT_PROFILE, PROFILE_NAMES
+from .sharing import share, sharing_seed
+from .sweep import FINETUNED, finetuned_methods, methods_of, results_path, run_point, summary
+from .sweep import split_method, sweep, write_results
+from .tables import markdown_table, text_table
+
+ENERGY_MODELS = {"alexnet": (3, 224, 224), "googlenet": (3, 224, 224), "wrn16-4": (3, 32, 32)}
+
+
+# ---------------------------------------------------------------- shared options
+def _add_profile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        default="cpu",
+        choices=list(PROFILES),
+        help="experiment size: smoke (seconds), cpu (default, minutes), paper (GPU)",
+    )
+    parser.add_argument(
+        "--lam",
+        type=float,
+        default=None,
+        help="λ of the k-means regularizer (default: the profile's)",
+    )
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars (default: in an interactive terminal)")  # fmt: skip
+
+
+def _add_plan(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--target-cr",
+        type=float,
+        help="target compression ratio (official convention): one uniform K",
+    )
+    where.add_argument(
+        "--official",
+        choices=authors.SETTINGS,
+        help="the authors' per-layer K and p by layer role (a WRN-16-k)",
+    )
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of re-training and sharing (default 0)")  # fmt: skip
+
+
+def _profile(args):
+    """The profile of --profile, with --lam when given."""
+    return get_profile(args.profile, **({} if args.lam is None else {"lam": args.lam}))
+
+
+def _plan(args, profile) -> Plan:
+    """The Plan of --target-cr or --official for the profile's pre-trained net."""
+    net = pl.pretrain(profile, args.progress)[0]
+    if args.official:
+        return authors.authors_plan(net, args.official)
+    return plan_clusters(net, args.target_cr, p=profile.p)
+
+
+# ---------------------------------------------------------------- pipeline commands
+def add_pretrain(parser):
+    """Options of `dkm pretrain`."""
+    _add_profile(parser)
+
+
+def run_pretrain(args) -> int:
+    """Pre-train the profile's net (or read it) and print its accuracy."""
+    profile = _profile(args)
+    net, config = pl.pretrain(profile, args.progress)
+    acc = pl.evaluate(net, pl.datasets(profile)[1])["accuracy"]
+    where = pl.run_dir("pretrain", config)
+    print(f"pre-trained {profile.model} ({profile.name}): top-1 {100 * acc:.2f}%  [{where}]")
+    return 0
+
+
+def add_retrain(parser):
+    """Options of `dkm retrain`."""
+    _add_profile(parser)
+    parser.add_argument(
+        "--method",
+        choices=pl.RETRAIN_METHODS,
+        default="dkm",
+        help="dkm (regularized) or plain (control)",
+    )
+    parser.add_argument("--mode", choices=("indicator", "spectral"), default="indicator",
+                        help="F of the regularizer")  # fmt: skip
+    _add_plan(parser)
+
+
+def run_retrain(args) -> int:
+    """Re-train (or read) one configuration and print its accuracy before sharing."""
+    profile = _profile(args)
+    plan = _plan(args, profile)
+    source = "plain" if args.method == "plain" else f"dkm-{args.mode}"
+    net, config = pl.source_net(profile, source, plan, args.seed, args.progress)
+    acc = pl.evaluate(net, pl.datasets(profile)[1])["accuracy"]
+    print(f"re-trained ({source}, K={max(plan.K)}): top-1 before sharing {100 * acc:.2f}%  "
+          f"[{pl.run_dir('retrain', config)}]")  # fmt: skip
+    return 0
+
+
+def add_share(parser):
+    """Options of `dkm share` (and `dkm evaluate`)."""
+    _add_profile(parser)
+    parser.add_argument(
+        "--source", choices=pl.SOURCES, default="pretrained", help="which net to share"
+    )
+    parser.add_argument("--method", choices=list(pl.SHARE_INITS), default="kmeans",
+                        help="sharing method")  # fmt: skip
+    _add_plan(parser)
+    parser.add_argument("--export", metavar="PATH", help="also write the shared model to a file")
+
+
+def run_share(args) -> int:
+    """Share one net row-wise; print the per-layer table, the CRs and the export's size."""
+    profile = _profile(args)
+    plan = _plan(args, profile)
+    net = copy.deepcopy(pl.source_net(profile, args.source, plan, args.seed, args.progress)[0])
+    init = pl.SHARE_INITS[args.method]
+    shared = share(net, plan, init=init, seed=sharing_seed(args.seed))
+    columns = ("name", "kind", "K", "N", "s", "bits_index_per_row", "cr")
+    print(text_table(compression_table(net, shared, "official"), columns, float_format=".3g"))
+    for name, reason in shared.skipped.items():
+        print(f"skipped {name}: {reason}")
+    crs = ", ".join(f"{c} {compression_ratio(net, shared, c):.2f}" for c in CONVENTIONS)
+    print(f"CR: {crs}")
+    if args.export:
+        print(size_report(save_shared(net, shared, args.export)))
+    return 0
+
+
+def add_evaluate(parser):
+    """Options of `dkm evaluate` (those of `dkm share`)."""
+    add_share(parser)
+
+
+def run_evaluate(args) -> int:
+    """Share and evaluate one point; merge its rows into the profile's results table."""
+    profile = _profile(args)
+    plan = _plan(args, profile)
+    # the sweep's method names: a re-trained net is shared with k-means++, or fine-tuned ("+ft")
+    finetuned = args.source != "pretrained" and args.method == "deep_compression"
+    label = args.method if args.source == "pretrained" else args.source + FINETUNED * finetuned
+    if split_method(label)[1] != args.method:
+        print(f"note: re-trained nets are shared with k-means++ or, with --method "
+              f"deep_compression, fine-tuned (--method {args.method} applies to the pre-trained "
+              f"net)")  # fmt: skip
+    result, rows = run_point(profile, label, plan, args.seed, args.progress)
+    write_results(results_path(profile), rows)
+    print(f"{label} at {plan.label()} (official CR {result['cr']['official']:.2f}, "
+          f"K={max(plan.K)}): top-1 before sharing {100 * result['top1_before']:.2f}%, after "
+          f"{100 * result['top1']:.2f}%, "
+          f"after BN re-estimation {100 * result['top1_bn']:.2f}%")  # fmt: skip
+    return 0
+
+
+def add_sweep(parser):
+    """Options of `dkm sweep`."""
+    _add_profile(parser)
+    smoke = get_profile("smoke")
+    parser.add_argument("--methods", default=None,
+                        help=f"comma-separated, from: {', '.join(methods_of(smoke))} (the default: "
+                             f"all of these) and the opt-in {', '.join(finetuned_methods(smoke))} "
+                             f"(re-training, then center fine-tuning)")  # fmt: skip
+
+
+def _sweep_line(top1: dict, bn: dict) -> dict:
+    """One line of the printed sweep table from the summaries of top-1 and top-1 after BN."""
+    s = top1
+    return {
+        "method": s["method"],
+        "target": s["setting"] if s["setting"] != "uniform" else f"{s['target_cr']:g}",
+        "cr": s["cr_official"],
+        "K": f"{s['K']:g}",
+        "top1": f"{100 * s['mean']:.2f} ± {100 * s['spread']:.2f}",
+        "bn": f"{100 * bn['mean']:.2f} ± {100 * bn['spread']:.2f}",
+    }
+
+
+def run_sweep(args) -> int:
+    """Run (or read) the whole grid; print the mean ± spread table."""
+    profile = _profile(args)
+    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",")]
+    rows = sweep(profile, methods=[m for m in methods if m] if methods else None,
+                 progress=args.progress)  # fmt: skip
+    bn = {(s["method"], s["setting"], s["target_cr"]): s for s in summary(rows, "top1_bn")}
+    table = [_sweep_line(s, bn[(s["method"], s["setting"], s["target_cr"])])
+             for s in summary(rows, "top1")]  # fmt: skip
+    columns = ("method", "target", "cr", "K", "top1", "bn")
+    headers = ("method", "target", "CR", "K", "top-1 %", "+BN re-est. %")
+    print(text_table(table, columns, headers, float_format=".2f"))
+    print(f"written: {results_path(profile)}")
+    return 0
+
+
+# ---------------------------------------------------------------- figures and energy
+def add_figures(parser):
+    """Options of `dkm figures`."""
+    parser.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        choices=PROFILE_NAMES,
+        help="experiment size: smoke, cpu (default, writes figures/), paper",
+    )
+    parser.add_argument(
+        "--only", default=None, metavar="NN,NN", help="run only these notebooks, e.g. 04,05"
+    )
+    parser.add_argument(
+        "--out-dir",
+        default=None,
+        help="where the executed notebooks go (default build/notebooks/<profile>)",
+    )
+    parser.add_argument("--fig-dir", default=None,
+                        help="where the figures go (default figures/ for cpu, "
+                             "build/figures/<profile>/ otherwise)")  # fmt: skip
+
+
+def run_figures(args) -> int:
+    """Run every notebook with papermill; a failing notebook stops with its name and cell (1)."""
+    try:
+        seconds = notebooks.run_all(args.profile, args.only, args.out_dir, args.fig_dir)
+    except notebooks.NotebookError as err:
+        print(f"dkm figures: {err}", file=sys.stderr)
+        return 1
+    print(f"{len(seconds)} notebooks in {sum(seconds.values()):.0f} s")
+    return 0
+
+
+def add_energy(parser):
+    """Options of `dkm energy`."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="alexnet, googlenet, wrn16-4, a pipeline run directory (data/runs/"
+        "pretrain-… or retrain-…), or a checkpoint file saved as {'model': "
+        "{'name', 'kwargs'}, 'state_dict', ['input_shape']}",
+    )
+    parser.add_argument(
+        "--bits", default="16", help="operand bit widths, comma-separated (1–32), e.g. 8,16"
+    )
+    parser.add_argument(
+        "--shared",
+        default=None,
+        help="45x, 47x or 50x (the authors' settings, by layer role), auto "
+        "(distinct kernel rows of the weights) or a JSON file {layer: K or [K, p]}",
+    )
+    parser.add_argument(
+        "--input-shape",
+        default=None,
+        help="C,H,W (default: 3,224,224; 3,32,32 for wrn16-4; a run's image shape)",
+    )
+    parser.add_argument("--csv", default=None, help="also write the per-layer rows to this CSV")
+
+
+def energy_model(model: str, input_shape=None) -> tuple:
+    """(net, input shape) for a model name, a pipeline run directory or a checkpoint file."""
+    if model in ("alexnet", "googlenet"):
+        net, shape = zigzag_ref.reference_net(model), ENERGY_MODELS[model]
+    elif model == "wrn16-4":
+        net, shape = authors.wrn16_4(), ENERGY_MODELS[model]
+    elif Path(model).is_dir():
+        net, config = pl.load_run(model)
+        shape = INPUT_SHAPES.get(root_config(config).get("dataset"))
+    elif Path(model).is_file():
+        net, shape = load_model_file(model)
+    else:
+        raise ValueError(f"model={model!r} is not allowed: choose alexnet, googlenet, wrn16-4, "
+                         f"a run directory or a checkpoint file")  # fmt: skip
+    shape = input_shape or shape
+    if shape is None:
+        raise ValueError(f"model={model!r} stores no input_shape: pass --input-shape C,H,W")
+    return net, tuple(shape)
+
+
+def _ints(name: str, text: str, lo: int, hi: int) -> list:
+    try:
+        values = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a comma-separated list of integers") from None
+    return [check_int(name, v, lo, hi) for v in values]
+
+
+def run_energy(args) -> int:
+    """Print the per-layer energy table and totals for each bit width (and write --csv)."""
+    bits = _ints("bits", args.bits, 1, 32)
+    shape = _ints("input_shape", args.input_shape, 1, 1 << 20) if args.input_shape else None
+    net, shape = energy_model(args.model, shape)
+    inv = layer_inventory(net, shape)
+    shares = make_shares(inv.layers, args.shared, net)
+    rows = [r for b in bits for r in compare_energy(inv.layers, shares, b)]
+    pre = "shared_" if shares else "dense_"
+    columns = ["name", "K", "macs", f"{pre}mults"] + [pre + c for c in COMPONENTS + ("total",)]
+    columns += ["dense_total", "ratio"] if shares else []
+    headers = ["layer"] + [c.replace(pre, "") for c in columns[1:]]
+    for b in bits:
+        print(f"\n{args.model} at {b} bits, input {shape}, energy in {UNIT} (a 16-bit MAC):")
+        print(text_table([r for r in rows if r["bits"] == b], columns, headers))
+    skipped: dict = {}
+    for name, reason in inv.skipped.items():
+        skipped.setdefault(reason, []).append(name)
+    for reason, names in skipped.items():
+        more = ", …" if len(names) > 4 else ""
+        print(f"skipped {len(names)} module(s), {reason}: {', '.join(names[:4])}{more}")
+    if args.csv:
+        zigzag_ref.write_csv(rows, Path(args.csv))
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def add_zigzag(parser):
+    """Options of `dkm zigzag`."""
+    parser.add_argument(
+        "action",
+        nargs="?",
+        default="reference",
+        choices=["reference", "validate"],
+        help="reference: run ZigZag per layer (tens of minutes); validate: R² table",
+    )
+    parser.add_argument("--nets", default=",".join(zigzag_ref.NETS))
+    parser.add_argument("--bits", default="8,16")
+    parser.add_argument("--dir", default=None, help="reference directory (default data/reference)")
+
+
+def run_zigzag(args) -> int:
+    """Regenerate the ZigZag reference CSVs, or print and write the R² validation table."""
+    nets = [check_choice("nets", n, zigzag_ref.NETS) for n in args.nets.split(",")]
+    bits = _ints("bits", args.bits, 1, 32)
+    if args.action == "validate":
+        rows = zigzag_ref.validation_table(nets, bits, args.dir)
+        zigzag_ref.write_csv(rows, zigzag_ref.RESULTS_DIR / "energy_validation.csv")
+        print(markdown_table(rows), end="")
+        return 0
+    for b in bits:
+        for n in nets:
+            path = zigzag_ref.generate(n, b, args.dir, log=lambda s: print(s, flush=True))
+            print("wrote", path, flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- the parser
+COMMANDS = {
+    "pretrain": (add_pretrain, run_pretrain, "pre-train the profile's net (cached)"),
+    "retrain": (add_retrain, run_retrain, "re-train with the k-means regularizer, or the control"),
+    "share": (add_share, run_share, "share a net row-wise; print the per-layer table and CR"),
+    "evaluate": (add_evaluate, run_evaluate, "share and evaluate one point; add it to the results"),
+    "sweep": (add_sweep, run_sweep, "every method at every plan and seed (the CR-accuracy grid)"),
+    "figures": (add_figures, run_figures, "run every notebook headlessly, regenerate every figure"),
+    "energy": (add_energy, run_energy, "per-layer energy estimate of a model, dense or shared"),
+    "zigzag": (add_zigzag, run_zigzag, "the ZigZag energy reference and its R² validation"),
 }
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one sub-parser per subcommand."""
+    """The top-level parser with one sub-parser per command."""
     parser = argparse.ArgumentParser(
         prog="dkm", description="Deep k-Means: re-train, share, measure."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, build, run, help_) in SUBCOMMANDS.items():
+    for name, (add, run, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        getattr(importlib.import_module(module), build)(p)
-        p.set_defaults(_run=(module, run))
+        add(p)
+        p.set_defaults(_run=run)
     return parser
 
 
 def main(argv=None) -> int:
-    """Parse `argv`, run the subcommand, return its exit status (errors: status 2 with a one-line message)."""
-    parser = make_parser()
-    args = parser.parse_args(argv)
+    """Parse `argv`, run the command, return its exit status (bad input: 2, one-line message)."""
+    args = make_parser().parse_args(argv)
     try:
-        module, run = args._run
-        return int(getattr(importlib.import_module(module), run)(args) or 0)
+        return int(args._run(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"dkm {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dkm {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__

@@ -1,4 +1,4 @@
-"""Datasets, offline first: Fashion-MNIST from its idx files, CIFAR-10 through torchvision (paper §5).
+"""Datasets, offline first: Fashion-MNIST from its idx files, CIFAR-10 via torchvision (paper §5).
 
 Fashion-MNIST is searched, in this order, for the four idx files (each gzipped or not):
   1. `root=` when given (it replaces 2–4);
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from ._checks import check_int
 
@@ -199,7 +199,7 @@ def _download(target: Path) -> Path:
 
 
 def find_fashion_mnist(root=None, download: bool = False) -> Path:
-    """The directory holding the four Fashion-MNIST idx files, searched as in the module docstring."""
+    """The directory of the four Fashion-MNIST idx files, searched as in the module docstring."""
     _check_bool("download", download)
     tried = []
     for label, directory in _candidates(root):
@@ -243,7 +243,7 @@ def fashion_mnist_arrays(train: bool = True, root=None, download: bool = False):
 
 # ---------------------------------------------------------------- subsets and loaders
 def subset_indices(total: int, n=None, seed: int = 0) -> torch.Tensor:
-    """Sorted indices of a uniform random subset of n out of range(total); n=None → all, in order."""
+    """Sorted indices of a uniform random subset of n of range(total); n=None → all, in order."""
     total = check_int("total", total, 1)
     seed = check_int("seed", seed, 0, 2**63 - 1)
     if n is None:
@@ -277,7 +277,7 @@ def _normalize(X: torch.Tensor, mean, std) -> torch.Tensor:
 def fashion_mnist(
     train: bool = True, n=None, seed: int = 0, root=None, download: bool = False
 ) -> TensorDataset:
-    """Fashion-MNIST as X float32 (n, 1, 28, 28) normalized with the training mean/std, y int64 (n,)."""
+    """Fashion-MNIST: X float32 (n, 1, 28, 28) normalized by the training mean/std, y int64 (n,)."""
     images, labels = fashion_mnist_arrays(train, root, download)
     idx = subset_indices(len(labels), n, seed).numpy()
     X = _normalize(
@@ -294,8 +294,10 @@ def _torchvision_cifar10(root: Path, train: bool, download: bool):
         return torchvision.datasets.CIFAR10(str(root), train=train, download=download)
     except RuntimeError as e:
         raise DatasetNotFoundError(
-            f"CIFAR-10 not found or corrupted under {root / 'cifar-10-batches-py'} (torchvision: {e}). "
-            f"To get it: cifar10(..., root={str(root)!r}, download=True) where a network is reachable, "
+            f"CIFAR-10 not found or corrupted under {root / 'cifar-10-batches-py'} "
+            f"(torchvision: {e}). "
+            f"To get it: cifar10(..., root={str(root)!r}, download=True) "
+            "where a network is reachable, "
             "or unpack cifar-10-python.tar.gz there."
         ) from e
 
@@ -303,7 +305,10 @@ def _torchvision_cifar10(root: Path, train: bool, download: bool):
 def cifar10(
     train: bool = True, n=None, seed: int = 0, root=None, download: bool = False
 ) -> TensorDataset:
-    """CIFAR-10 as X float32 (n, 3, 32, 32) normalized per channel, y int64 (n,); downloads only if asked."""
+    """CIFAR-10 as X float32 (n, 3, 32, 32) normalized per channel, y int64 (n,).
+
+    Downloads only if asked.
+    """
     _check_bool("train", train)
     _check_bool("download", download)
     root = Path(root) if root is not None else CIFAR10_DIR
@@ -313,3 +318,30 @@ def cifar10(
     X = torch.from_numpy(ds.data[idx]).permute(0, 3, 1, 2)
     y = torch.as_tensor(np.asarray(ds.targets, dtype=np.int64)[idx])
     return TensorDataset(_normalize(X, CIFAR10_MEAN, CIFAR10_STD), y)
+
+
+# ---------------------------------------------------------------- data order and batches
+# The order is a function of (seed, epoch) only: a resumed run skips the batches it has seen,
+# exactly.
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of range(n) used in epoch `epoch`: a function of (seed, epoch) only."""
+    mixed = int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
+    return torch.randperm(n, generator=torch.Generator().manual_seed(mixed))
+
+
+def batches(dataset, indices: torch.Tensor, batch_size: int):
+    """(X, y) for consecutive chunks of `indices`; a TensorDataset is indexed directly."""
+    tensors = getattr(dataset, "tensors", None)
+    for chunk in indices.split(batch_size):
+        if tensors is not None:
+            yield tensors[0][chunk], tensors[1][chunk]
+        else:
+            yield tuple(default_collate([dataset[i] for i in chunk.tolist()])[:2])
+
+
+def check_dataset(name: str, dataset) -> int:
+    """len(dataset), or a ValueError naming `name` when it is empty or has no length."""
+    n = len(dataset) if hasattr(dataset, "__len__") else 0
+    if n < 1:
+        raise ValueError(f"{name} has {n} examples: allowed a dataset of at least 1 (X, y) pair")
+    return n

@@ -28,17 +28,22 @@ of the Eyeriss figures below). Every constant is a published figure, none is fit
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from . import authors
 from ._checks import check_float, check_int
-from .accounting import OFFICIAL_SETTINGS, load_reference  # noqa: F401  (re-exported)
-from .inventory import LayerInfo
+from .inventory import LayerInfo, layer_inventory
+from .plan import Plan
+from .rows import to_rows
 
-# Sze et al. Proc. IEEE 2017 / Chen et al. ISCA 2016: energy per 16-bit access, relative to a 16-bit MAC
+# Sze et al. Proc. IEEE 2017 / Chen et al. ISCA 2016: energy per 16-bit access, relative to a 16-bit
+# MAC
 ACCESS_COST = {"rf": 1.0, "array": 2.0, "buffer": 6.0, "dram": 200.0}
 LEVELS = tuple(ACCESS_COST)
 WORD_BITS = 16
@@ -81,7 +86,8 @@ def rs_mapping(layer: LayerInfo) -> dict:
 
 
 def rs_accesses(layer: LayerInfo, mults: float | None = None) -> dict:
-    """Accesses (words) per (data type, level) of one layer under RS; `mults` < MACs for a shared layer."""
+    """Accesses (words) per (data type, level) of one layer under RS; `mults` < MACs for a shared
+    layer."""
     m = rs_mapping(layer)
     R, S = layer.kernel
     U_y, U_x = layer.stride
@@ -105,8 +111,9 @@ def rs_accesses(layer: LayerInfo, mults: float | None = None) -> dict:
         "buffer": max(layer.inputs, arr_i / (max(1.0, min(R, ARRAY_ROWS) / U_y) * m["t"])),
         "dram": layer.inputs,
     }
-    # psums, per output value: (2a−1)·DRAM + 2a(b−1)·buffer + ab(c−1)·array + 2abc(d−1)·RF (Chen et al.
-    # 2016 §V) with a = 1, d = q·S taps summed in a PE, c = R rows summed down a PE column, b = the rest
+    # psums, per output value: (2a−1)·DRAM + 2a(b−1)·buffer + ab(c−1)·array + 2abc(d−1)·RF (Chen et
+    # al. 2016 §V) with a = 1, d = q·S taps summed in a PE, c = R rows summed down a PE column, b =
+    # the rest
     d_o, c_o = m["q"] * S, R
     b_o = max(1.0, layer.reduction / (d_o * c_o))
     n = layer.outputs
@@ -132,7 +139,8 @@ def layer_energy(
     mults = layer.macs if share is None else shared_mults(layer, share)
     store_bits = weight_storage_bits(layer, w_bits, share)
     counts = rs_accesses(layer, mults)
-    # bits per access: weights at their storage density (indexes + codebook when shared), RF reads at w
+    # bits per access: weights at their storage density (indexes + codebook when shared), RF reads
+    # at w
     width = {
         "weights": {lv: store_bits / layer.weights for lv in LEVELS} | {"rf": w_bits},
         "inputs": dict.fromkeys(LEVELS, a_bits),
@@ -167,7 +175,8 @@ def weight_storage_bits(layer: LayerInfo, bits: int, share: Share | None) -> int
 
 
 def _effective_share(layer: LayerInfo, share: Share | None) -> Share | None:
-    """A share applies to convs with K < N rows; K ≥ N leaves the layer as is (the authors' convention)."""
+    """A share applies to convs with K < N rows; K ≥ N leaves the layer as is (the authors'
+    convention)."""
     if share is None:
         return None
     if layer.kind != "conv":
@@ -185,7 +194,8 @@ def _effective_share(layer: LayerInfo, share: Share | None) -> Share | None:
 
 
 def _row_patterns(layer: LayerInfo) -> Counter:
-    """For each padded ifmap row h, the kernel rows r that meet it (h = e·U + r, 0 ≤ e < E); counted."""
+    """For each padded ifmap row h, the kernel rows r that meet it (h = e·U + r, 0 ≤ e < E);
+    counted."""
     R, U, E = layer.kernel[0], layer.stride[0], layer.out_size[0]
     pats = Counter()
     for h in range((E - 1) * U + R):
@@ -201,7 +211,8 @@ def expected_distinct(n: int, K: int, p: float = 0.0) -> float:
 
 
 def shared_mults(layer: LayerInfo, share: Share) -> float:
-    """Multiplications left when each (input channel, ifmap row, center row) product is computed once.
+    """Multiplications left when each (input channel, ifmap row, center row) product is computed
+    once.
 
     Dense: every filter row meeting ifmap row h costs F·kw multiplies. Shared: only the distinct
     centers among the filter rows of the same input channel that meet h do (paper §4, row reuse).
@@ -228,12 +239,12 @@ def shared_mults(layer: LayerInfo, share: Share) -> float:
 def net_energy(
     layers, bits: int = 16, act_bits: int | None = None, shares: dict | None = None
 ) -> list:
-    """Per-layer energy rows for a list of LayerInfo (an Inventory's `.layers`); `shares`: name → Share."""
+    """Per-layer energy rows of LayerInfos (an Inventory's `.layers`); `shares`: name → Share."""
     shares = shares or {}
-    unknown = set(shares) - {l.name for l in layers}
+    unknown = set(shares) - {layer.name for layer in layers}
     if unknown:
         raise ValueError(f"shares name layers not in the net: {sorted(unknown)}")
-    return [layer_energy(l, bits, act_bits, shares.get(l.name)) for l in layers]
+    return [layer_energy(layer, bits, act_bits, shares.get(layer.name)) for layer in layers]
 
 
 def totals(rows: list) -> dict:
@@ -247,40 +258,38 @@ def totals(rows: list) -> dict:
 # ---- shared-model descriptions -------------------------------------------------------------
 
 
-def official_shares(layers: list, setting: str) -> dict:
-    """name → Share for the authors' `setting` ("45x", "47x", "50x"), matched to the net's convs in order."""
-    table = load_reference()
-    if setting not in table["settings"]:
+def plan_shares(layers: list, plan) -> dict:
+    """name → Share of a `dkm.plan.Plan` (K, p in conv order) for the convs of `layers`."""
+    convs = [layer for layer in layers if layer.kind == "conv"]
+    if len(convs) != len(plan.K):
+        raise ValueError(f"the plan has {len(plan.K)} K for the {len(convs)} convs of the net")
+    return {c.name: Share(int(k), float(q)) for c, k, q in zip(convs, plan.K, plan.p)}
+
+
+def authors_shares(layers: list, setting: str) -> dict:
+    """name → Share of the authors' `setting` ("45x", "47x", "50x"), by layer role (dkm.authors)."""
+    if setting not in authors.SETTINGS:
         raise ValueError(
-            f"shared={setting!r} is not allowed: choose one of {', '.join(table['settings'])}"
+            f"shared={setting!r} is not allowed: choose one of {', '.join(authors.SETTINGS)}"
         )
-    convs = [l for l in layers if l.kind == "conv"]
-    spec = table["layers"]
-    if len(convs) != len(spec) or any(
-        (l.c_in, l.c_out, l.kernel[0]) != (s["in"], s["out"], s["k"]) for l, s in zip(convs, spec)
-    ):
-        raise ValueError(
-            f"shared={setting!r} describes WRN-16-4's 16 convs; this net's "
-            f"{len(convs)} convs do not match them (in, out, k)"
-        )
-    K, p = table["settings"][setting]["K"], table["settings"][setting]["p"]
-    return {l.name: Share(int(k), float(q)) for l, k, q in zip(convs, K, p)}
+    convs = [layer.name for layer in layers if layer.kind == "conv"]
+    return {
+        name: Share(k, q) for name, (k, q) in zip(convs, authors.per_role(convs, setting, "shared"))
+    }
 
 
 def auto_shares(net: torch.nn.Module, layers: list) -> dict:
-    """name → Share read from the weights: the distinct kernel rows of a conv are its centers (K < N only)."""
-    from .rows import to_rows
-
+    """name → Share read from the weights: a conv's distinct kernel rows are its centers (K < N)."""
     mods, shares = dict(net.named_modules()), {}
-    for l in layers:
-        if l.kind != "conv" or l.name not in mods:
+    for layer in layers:
+        if layer.kind != "conv" or layer.name not in mods:
             continue
         _, assignments = torch.unique(
-            to_rows(mods[l.name].weight.detach()), dim=0, return_inverse=True
+            to_rows(mods[layer.name].weight.detach()), dim=0, return_inverse=True
         )
         K = int(assignments.max()) + 1
-        if K < l.kernel_rows:
-            shares[l.name] = Share(K, 0.0, assignments)
+        if K < layer.kernel_rows:
+            shares[layer.name] = Share(K, 0.0, assignments)
     return shares
 
 
@@ -297,10 +306,14 @@ def _as_share(name: str, v) -> Share:
 
 
 def make_shares(layers: list, shared=None, net=None) -> dict:
-    """name → Share from: None; a dict name → K | (K, p) | {"K","p"} | SharedLayer; a ShareResult;
-    "45x"/"47x"/"50x" (the authors' settings); "auto" (distinct rows of `net`); or a JSON file of a dict."""
+    """name → Share from: None; a Plan; a dict name → K | (K, p) | {"K","p"} | SharedLayer; a
+    ShareResult; "45x"/"47x"/"50x" (the authors' settings, by role); "auto" (distinct rows of
+    `net`);
+    or a JSON file of a dict."""
     if shared is None:
         return {}
+    if isinstance(shared, Plan):
+        return plan_shares(layers, shared)
     if hasattr(shared, "layers") and hasattr(shared, "skipped"):  # a dkm.sharing.ShareResult
         shared = shared.layers
     if isinstance(shared, str):
@@ -313,11 +326,9 @@ def make_shares(layers: list, shared=None, net=None) -> dict:
 
 
 def _shares_from_str(layers: list, shared: str, net) -> dict:
-    import json
-    from pathlib import Path
-
-    if shared in OFFICIAL_SETTINGS:
-        return official_shares(layers, shared)
+    """Shares named by a string: an authors' setting, "auto" or a JSON file."""
+    if shared in authors.SETTINGS:
+        return authors_shares(layers, shared)
     if shared == "auto":
         if net is None:
             raise ValueError("shared='auto' reads the shared rows from the weights: pass the net")
@@ -333,7 +344,7 @@ def _shares_from_str(layers: list, shared: str, net) -> dict:
 
 
 def compare_energy(layers: list, shares: dict, bits: int = 16, act_bits: int | None = None) -> list:
-    """Per layer: dense and shared energy by component, multiplications, and the ratio dense/shared."""
+    """Per layer: dense and shared energy by component, multiplications, the ratio dense/shared."""
     dense, shared = net_energy(layers, bits, act_bits), net_energy(layers, bits, act_bits, shares)
     rows = []
     for d, s in zip(dense + [totals(dense)], shared + [totals(shared)]):
@@ -352,25 +363,12 @@ def compare_energy(layers: list, shares: dict, bits: int = 16, act_bits: int | N
     return rows
 
 
-def wrn16_4(device="meta"):
-    """WRN-16-4 as the authors' sharing table describes it (dropout 0.3, conv bias, 10 classes); meta: shapes only."""
-    from .models import wide_resnet
-
-    m = load_reference()["model"]
-    with torch.device(device):
-        return wide_resnet(
-            m["depth"], m["widen_factor"], m["dropout"], 3, m["num_classes"], m["conv_bias"]
-        )
-
-
-def wrn_sharing_table(settings=OFFICIAL_SETTINGS, bits=(8, 16)) -> list:
-    """Dense vs shared WRN-16-4 (3×32×32 input) per layer under the authors' settings: rows for plotting."""
-    from .inventory import layer_inventory
-
-    layers = layer_inventory(wrn16_4(), (3, 32, 32)).layers
+def wrn_sharing_table(settings=authors.SETTINGS, bits=(8, 16)) -> list:
+    """Dense vs shared WRN-16-4 (3×32×32 input) per layer, each of the authors' settings (rows)."""
+    layers = layer_inventory(authors.wrn16_4(), (3, 32, 32)).layers
     return [
         {"setting": s} | row
         for s in settings
         for b in bits
-        for row in compare_energy(layers, official_shares(layers, s), b)
+        for row in compare_energy(layers, authors_shares(layers, s), b)
     ]

@@ -116,7 +116,8 @@ def _check_for_save(net: nn.Module, layers: dict) -> None:
         a = layer.assignments
         if a.numel() and (int(a.min()) < 0 or int(a.max()) >= layer.num_clusters):
             raise ValueError(
-                f"shared layer {name!r} has assignments outside 0..K−1 = 0..{layer.num_clusters - 1}"
+                f"shared layer {name!r} has assignments outside "
+                f"0..K−1 = 0..{layer.num_clusters - 1}"
             )
 
 
@@ -155,7 +156,10 @@ def _encode(net: nn.Module, layers: dict, skipped: dict) -> tuple[dict, bytearra
 
 
 def _uncounted_state_bytes(net: nn.Module) -> int:
-    """Bytes of stored state the `fixed` convention leaves out: all but Conv2d/Linear weights and biases."""
+    """Bytes of stored state the `fixed` convention leaves out.
+
+    That is all but the weights and biases of Conv2d/Linear layers.
+    """
     counted = {
         f"{n}.{p}"
         for n, m in net.named_modules()
@@ -249,7 +253,7 @@ def _slice(path: Path, payload: memoryview, offset: int, nbytes: int, what: str)
 
 
 def _decode_layer(path: Path, entry: dict, payload: memoryview, convs: dict):
-    """One SharedLayer from its metadata; its shape must match the conv of the same name in the net."""
+    """One SharedLayer from its metadata; its shape must match the net's conv of the same name."""
     from .sharing import SharedLayer
 
     name, shape, k, bits = entry["name"], tuple(entry["shape"]), int(entry["K"]), int(entry["bits"])
@@ -300,7 +304,10 @@ def _decode_tensor(path: Path, entry: dict, payload: memoryview) -> torch.Tensor
 
 
 def _check_state(path: Path, net: nn.Module, state: dict, skip: set) -> None:
-    """The file's remaining state has exactly the net's keys (shared weights aside), with the same shapes."""
+    """The file's remaining state has exactly the net's keys, with the same shapes.
+
+    The shared weights (`skip`) are left aside.
+    """
     expected = {k: v for k, v in net.state_dict().items() if k not in skip}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -317,7 +324,10 @@ def _check_state(path: Path, net: nn.Module, state: dict, skip: set) -> None:
 
 
 def load_shared(path, net: nn.Module):
-    """Load a file of `save_shared` into a fresh `net` of the same architecture; return its ShareResult."""
+    """Load a file of `save_shared` into a fresh `net` of the same architecture.
+
+    Returns its ShareResult.
+    """
     from .sharing import ShareResult
 
     path = Path(path)

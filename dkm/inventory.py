@@ -1,10 +1,12 @@
-"""Layer inventory for step 4 (measure): every conv and linear layer of a net with its loop dimensions (paper §4).
+"""Layer inventory for step 4 (measure): every conv and linear layer of a net, with its loops.
 
-One forward pass with hooks records, for each `nn.Conv2d` and `nn.Linear` call, the loop nest
+The loops are the layer's loop dimensions (paper §4). One forward pass with hooks records, for
+each `nn.Conv2d` and `nn.Linear` call, the loop nest
 O[b][k][oy][ox] += W[k][c][fy][fx] · I[b][c][oy·sy+fy][ox·sx+fx] of the layer: batch, C_in, C_out,
 groups, kernel, stride, padding, input and output sizes. A linear layer is the 1×1 case with
 1×1 input and output (its leading dims folded into the batch). Leaf modules that hold
-parameters but are neither (batch norm, Conv1d, …) are listed in `Inventory.skipped` with the reason.
+parameters but are neither (batch norm, Conv1d, …) are listed in `Inventory.skipped` with the
+reason.
 Only shapes matter: a net built on the meta device (`with torch.device("meta"): net = …`) is
 inventoried without allocating or initializing its weights.
 """
@@ -68,7 +70,7 @@ class LayerInfo:
 
     @property
     def kernel_rows(self) -> int:
-        """N = C_out·C_in/groups·kh, the number of kernel rows (vectors of length kw) of the weight."""
+        """N = C_out·C_in/groups·kh, the number of kernel rows (length-kw vectors) of the weight."""
         return self.c_out * self.c_in // self.groups * self.kernel[0]
 
 
@@ -84,9 +86,9 @@ class Inventory:
         """Sums of MACs, parameters (of the listed layers) and output activations."""
         return {
             "layers": len(self.layers),
-            "macs": sum(l.macs for l in self.layers),
-            "params": sum(l.params for l in self.layers),
-            "activations": sum(l.outputs for l in self.layers),
+            "macs": sum(layer.macs for layer in self.layers),
+            "params": sum(layer.params for layer in self.layers),
+            "activations": sum(layer.outputs for layer in self.layers),
             "skipped": len(self.skipped),
         }
 
@@ -107,7 +109,7 @@ def _pair(v) -> tuple:
 
 
 def _conv_padding(m: nn.Conv2d, hw_in, hw_out) -> tuple:
-    """Padding per side; for padding='same'/'valid' the total padding implied by the sizes, halved."""
+    """Padding per side; for padding='same'/'valid', the total padding the sizes imply, halved."""
     if not isinstance(m.padding, str):
         return _pair(m.padding)
     # total pad = (out−1)·stride + dilation·(k−1) + 1 − in
@@ -176,7 +178,10 @@ def _hook(records: list, counts: dict, name: str):
 
 
 def layer_inventory(net: nn.Module, input_shape) -> Inventory:
-    """Run `net` once on zeros of `input_shape` ((C,H,W) or (B,C,H,W)) in eval mode and record its layers."""
+    """Run `net` once on zeros of `input_shape` in eval mode and record its layers.
+
+    input_shape: (C,H,W) or (B,C,H,W).
+    """
     shape = check_input_shape(input_shape)
     inv, counts, handles = Inventory(shape), {}, []
     for name, m in net.named_modules():

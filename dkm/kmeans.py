@@ -3,7 +3,8 @@
 X is an N×s tensor of rows (float32 by default, float64 accepted); the result is a codebook of K
 centers and one index per row. Choices made here, each stated once:
 
-Initializations (`INITS`), all deterministic for a given `seed` (a torch.Generator, never global RNG):
+Initializations (`INITS`), all deterministic for a given `seed` (a torch.Generator, never the
+global RNG):
 - `kmeans++`: D² seeding (Arthur & Vassilvitskii 2007), *greedy* as in scikit-learn: at each step
   2 + ⌊ln K⌋ candidate rows are drawn with probability ∝ D², the one lowering the potential most is
   kept. Centers are data rows.
@@ -17,15 +18,18 @@ Initializations (`INITS`), all deterministic for a given `seed` (a torch.Generat
   regions get more, narrower bins — and *revised* to the mean of the rows of their bin.
 - `random`: K distinct rows (distinct indexes) drawn without replacement.
 
-Lloyd iterations, with scikit-learn's conventions so that `tol` and `max_iter` mean the same there:
-stop when no row changes cluster, or when the total squared center shift
-Σ_k ‖c_k^new − c_k‖² ≤ tol · mean_j Var(X[:, j]), or after `max_iter` iterations (`n_iter` counts them
-as scikit-learn does). The returned assignments are always the nearest centers of the returned
-codebook (a final assignment step is run when needed) and `inertia` is recomputed from them in float64.
-Each step is exact Lloyd, made cheap by Hamerly's bounds (SDM 2010) for s > 1: a row is re-assigned
-only when its bounds say another center may now be closer; the cluster sums (float64) are updated by
-the rows that move. It runs on the CPU (results go back to X's device), on one torch thread unless
-`threads` says otherwise.
+Lloyd iterations, with scikit-learn's conventions so that `tol` and `max_iter` mean the same
+there: stop when no row changes cluster, or when the total squared center shift
+Σ_k ‖c_k^new − c_k‖² ≤ tol · mean_j Var(X[:, j]), or after `max_iter` iterations (`n_iter` counts
+them as scikit-learn does). The returned assignments are always the nearest centers of the returned
+codebook (a final assignment step is run when needed) and `inertia` is recomputed from them in
+float64. Each step is exact Lloyd, made cheap by Hamerly's bounds (SDM 2010) for s > 1: a row is
+re-assigned only when its bounds say another center may now be closer; the cluster sums (float64)
+are updated by the rows that move.
+
+Everything runs on the CPU (results go back to X's device). Torch threads: `kmeans` runs its Lloyd
+iterations on `threads` torch threads (1 by default); the seeding (`init_centers`, also when called
+by `kmeans`) and `assign` always run on one. Each restores the previous thread count on return.
 
 Empty clusters are re-seeded with the rows farthest from their current center (one row per empty
 cluster, farthest first), as scikit-learn does; only rows at a positive distance are used, and a
@@ -39,7 +43,7 @@ equal centers go to the lowest center index, as in the general path.
 
 Dominant cluster (the authors' deploy code, option `p`): with p > 0, the int(N·p) rows nearest to
 the mean row form cluster 0, whose center is their mean; the other rows are clustered into K − 1
-clusters (indexes 1..K−1). See /work/shared/reference/wrn16_4_official_sharing.json.
+clusters (indexes 1..K−1). See data/reference/wrn16_4_official_sharing.json.
 """
 
 from __future__ import annotations
@@ -54,9 +58,8 @@ from ._checks import check_choice, check_finite, check_float, check_int
 from ._threads import torch_threads
 
 INITS = ("kmeans++", "linear", "density", "random")
-_CHUNK_ELEMS = (
-    1 << 16
-)  # distances per chunk (rows × K): 256 kB of float32, stays in L2 (fastest measured)
+# distances per chunk (rows × K): 256 kB of float32, stays in L2 (fastest measured)
+_CHUNK_ELEMS = 1 << 16
 
 
 @dataclass
@@ -69,11 +72,14 @@ class KMeansResult:
     n_iter: int  # Lloyd iterations done
 
 
-# ---- argument checks ------------------------------------------------------------------------------
+# ---- argument checks -----------------------------------------------------------------------------
 
 
 def _check_rows(name: str, X) -> torch.Tensor:
-    """X as a finite 2-D float32/float64 tensor (detached), or a TypeError/ValueError naming `name`."""
+    """X as a finite 2-D float32/float64 tensor (detached).
+
+    Otherwise a TypeError/ValueError naming `name`.
+    """
     if not isinstance(X, torch.Tensor):
         X = torch.as_tensor(X)
     if X.dim() != 2 or X.shape[0] < 1 or X.shape[1] < 1:
@@ -82,9 +88,8 @@ def _check_rows(name: str, X) -> torch.Tensor:
         )
     if X.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{name} has dtype {X.dtype}: allowed torch.float32 or torch.float64")
-    return check_finite(
-        name, X.detach().cpu()
-    )  # k-means runs on the CPU (results go back to X's device)
+    # k-means runs on the CPU (results go back to X's device)
+    return check_finite(name, X.detach().cpu())
 
 
 def _device(X) -> torch.device:
@@ -103,7 +108,7 @@ def _check_centers(centers, K: int, X: torch.Tensor) -> torch.Tensor:
     return centers.to(X.dtype).clone()
 
 
-# ---- assignment ---------------------------------------------------------------------------------------
+# ---- assignment ----------------------------------------------------------------------------------
 
 
 def _nearest_matmul(X: torch.Tensor, codebook: torch.Tensor, second: bool = False):
@@ -116,7 +121,8 @@ def _nearest_matmul(X: torch.Tensor, codebook: torch.Tensor, second: bool = Fals
     for i in range(0, N, step):
         # ‖x − c‖² = ‖x‖² − 2x·c + ‖c‖²: the argmin over c needs only ‖c‖² − 2x·c
         part = torch.addmm(c_sq, X[i : i + step], minus_2ct)
-        # numpy's argmin is SIMD over a row; torch's CPU argmin/min(dim) is 3-5× slower here (measured)
+        # numpy's argmin is SIMD over a row; torch's CPU argmin/min(dim) is 3-5× slower here
+        # (measured)
         np.argmin(part.numpy(), 1, out=assignments[i : i + step].numpy())
         torch.amin(part, 1, out=sq_dists[i : i + step])
         if second and K > 1:
@@ -146,7 +152,10 @@ def _assign(X: torch.Tensor, codebook: torch.Tensor):
 
 @torch_threads(1)
 def assign(X, codebook):
-    """Index of the nearest center for every row and the squared distance to it: (assignments, sq_dists)."""
+    """Index of the nearest center of every row and the squared distance to it.
+
+    Returns (assignments, sq_dists).
+    """
     device, X = _device(X), _check_rows("X", X)
     codebook = _check_rows("codebook", codebook)
     if codebook.shape[1] != X.shape[1]:
@@ -161,7 +170,7 @@ def _inertia(X: torch.Tensor, codebook: torch.Tensor, assignments: torch.Tensor)
     return float(((X.double() - codebook.double().index_select(0, assignments)) ** 2).sum())
 
 
-# ---- initializations ----------------------------------------------------------------------------------
+# ---- initializations -----------------------------------------------------------------------------
 
 
 def _principal(X: torch.Tensor):
@@ -237,11 +246,14 @@ def init_centers(X, num_clusters, init="kmeans++", seed=0) -> torch.Tensor:
     return centers.to(device)
 
 
-# ---- Lloyd iterations -----------------------------------------------------------------------------
+# ---- Lloyd iterations ----------------------------------------------------------------------------
 
 
 def _bounds(X: torch.Tensor, centers: torch.Tensor):
-    """Nearest center a of every row, with Hamerly's bounds u ≥ ‖x − c_a‖, l ≤ min_{k≠a} ‖x − c_k‖ (float64)."""
+    """Nearest center a of every row, with Hamerly's bounds (float64).
+
+    The bounds are u ≥ ‖x − c_a‖ and l ≤ min_{k≠a} ‖x − c_k‖.
+    """
     assignments, d1, d2 = _nearest_matmul(X, centers, second=True)
     # rounding of the expansion is below slack = 8·eps·(‖x‖² + max‖c‖²): widen the bounds by it
     slack = (
@@ -251,8 +263,11 @@ def _bounds(X: torch.Tensor, centers: torch.Tensor):
 
 
 class _Lloyd:
-    """Lloyd's state: assignments, per-cluster sums and counts (float64, updated by the rows that move),
-    and for s > 1 Hamerly's bounds (SDM 2010), so that each step recomputes only the rows that may move."""
+    """Lloyd's state: assignments, per-cluster sums and counts, and for s > 1 Hamerly's bounds.
+
+    The sums and counts (float64) are updated by the rows that move; the bounds (SDM 2010) let each
+    step recompute only the rows that may move.
+    """
 
     def __init__(self, X: torch.Tensor, centers: torch.Tensor):
         self.X, self.sorted, K = X, X.shape[1] == 1, centers.shape[0]
@@ -274,7 +289,10 @@ class _Lloyd:
         self.assignments.index_copy_(0, rows, new)
 
     def means(self, centers: torch.Tensor) -> torch.Tensor:
-        """New centers c_k = (1/n_k) Σ_{a_i = k} x_i; an empty cluster first takes the farthest row."""
+        """New centers c_k = (1/n_k) Σ_{a_i = k} x_i.
+
+        An empty cluster first takes the farthest row.
+        """
         empty = torch.nonzero(self.counts == 0)[:, 0]
         if len(empty):
             sq_dists = ((self.X - centers.index_select(0, self.assignments)) ** 2).sum(1)
@@ -287,7 +305,10 @@ class _Lloyd:
         return torch.where((self.counts > 0)[:, None], new, centers)  # still empty: keep the center
 
     def step(self, centers: torch.Tensor, move: torch.Tensor) -> int:
-        """Assign every row to its nearest center (centers moved by δ = `move`); return how many rows moved."""
+        """Assign every row to its nearest center; return how many rows moved.
+
+        The centers have moved by δ = `move` (per center) since the last step.
+        """
         if self.sorted:
             new = _assign_sorted(self.X, centers)[0]
             rows = torch.nonzero(new != self.assignments)[:, 0]
@@ -325,7 +346,8 @@ def _lloyd(X: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float) ->
         centers = new
         if float((move**2).sum()) <= tol_abs or n_iter == max_iter:
             break
-        # no row moved: the centers are the means of their nearest rows (the next means are the same)
+        # no row moved: the centers are the means of their nearest rows (the next means are the
+        # same)
         if state.step(centers, move) == 0:
             settled = True
             n_iter += 1
@@ -341,7 +363,10 @@ def _dominant_rows(X: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def dominant_p(N: int, K: int, p) -> float:
-    """p itself where a dominant cluster can exist (K ≥ 2 and int(N·p) ≥ 1), else 0.0: the plain k-means case."""
+    """p itself where a dominant cluster can exist, else 0.0 (the plain k-means case).
+
+    A dominant cluster can exist when K ≥ 2 and int(N·p) ≥ 1.
+    """
     p = float(p or 0.0)
     return p if K >= 2 and int(N * p) >= 1 else 0.0
 
@@ -361,7 +386,7 @@ def _check_dominant(N: int, K: int, p: float) -> None:
 
 
 def _with_dominant(X, K, p, init, max_iter, tol, seed, start) -> KMeansResult:
-    """Authors' rule: the int(N·p) rows nearest the mean row form cluster 0; K − 1 clusters for the rest."""
+    """Authors' rule: the int(N·p) rows nearest the mean row form cluster 0; K − 1 for the rest."""
     N, size = X.shape[0], int(X.shape[0] * p)
     dominant = torch.zeros(N, dtype=torch.bool)
     dominant[_dominant_rows(X, size)] = True
@@ -389,11 +414,13 @@ def kmeans(
     init_centers=None,
     threads=1,
 ) -> KMeansResult:
-    """k-means of the N rows of X into K = num_clusters clusters (paper §3.3), optional dominant cluster p.
+    """k-means of the N rows of X into K = num_clusters clusters (paper §3.3).
 
-    init_centers: explicit starting centers, (K, s) — or (K − 1, s) for the non-dominant clusters when p > 0;
-    `init` and `seed` are then unused. threads: torch threads of the Lloyd iterations (restored after; the
-    seeding runs on one); 1 by default, the fastest on a loaded 2-core machine (see bench/).
+    p: the fraction of rows in an optional dominant cluster (see the module docstring).
+    init_centers: explicit starting centers, (K, s) — or (K − 1, s) for the non-dominant clusters
+    when p > 0; `init` and `seed` are then unused. threads: torch threads of the Lloyd iterations
+    (restored after; the seeding runs on one); 1 by default, the fastest on a loaded 2-core machine
+    (see bench/).
     """
     with torch_threads(check_int("threads", threads, 1, 1024)):
         return _kmeans(X, num_clusters, init, p, max_iter, tol, seed, init_centers)

@@ -1,7 +1,8 @@
-"""Networks: Wide ResNets whose conv order matches the authors' layer table, and a small CNN for smoke runs.
+"""Networks: Wide ResNets whose conv order matches the authors' layer table, and a small CNN.
 
-Layer names are stable and readable, e.g. for WRN-16-4:
-``conv1, stage1.0.conv1, stage1.0.conv2, stage1.0.shortcut, stage1.1.conv1, stage1.1.conv2, stage2.0.conv1, …, fc``.
+The small CNN is for smoke runs. Layer names are stable and readable, e.g. for WRN-16-4:
+``conv1, stage1.0.conv1, stage1.0.conv2, stage1.0.shortcut, stage1.1.conv1, stage1.1.conv2,
+stage2.0.conv1, …, fc``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from ._checks import check_choice, check_float, check_int
 
 
 class BasicBlock(nn.Module):
-    """Pre-activation wide block (Zagoruyko & Komodakis 2016): BN-ReLU-conv3×3-BN-ReLU-(dropout)-conv3×3."""
+    """Pre-activation wide block (Zagoruyko & Komodakis 2016).
+
+    BN-ReLU-conv3×3-BN-ReLU-(dropout)-conv3×3.
+    """
 
     def __init__(self, c_in: int, c_out: int, stride: int, dropout: float, bias: bool):
         super().__init__()
@@ -39,7 +43,10 @@ class BasicBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-depth-k: conv1, three stages of (depth−4)/6 blocks of widths 16k, 32k, 64k, BN-ReLU, pool, fc."""
+    """WRN-depth-k: conv1, three stages of (depth−4)/6 blocks, BN-ReLU, pool, fc.
+
+    The stages have widths 16k, 32k and 64k.
+    """
 
     def __init__(
         self, depth=16, widen_factor=4, dropout=0.0, in_channels=3, num_classes=10, conv_bias=False
@@ -73,7 +80,10 @@ class WideResNet(nn.Module):
 def wide_resnet(
     depth=16, widen_factor=4, dropout=0.0, in_channels=3, num_classes=10, conv_bias=False
 ) -> WideResNet:
-    """WRN-depth-widen_factor; depth must be 6n+4 (16 convs for WRN-16-k, matching the official layer table)."""
+    """WRN-depth-widen_factor; depth must be 6n+4.
+
+    WRN-16-k has 16 convs, matching the official layer table.
+    """
     check_int("depth", depth, 10, 100)
     if (depth - 4) % 6:
         raise ValueError(
@@ -131,7 +141,10 @@ MODELS = {"wide_resnet": wide_resnet, "small_cnn": small_cnn}
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Construct a model of this package by registry name (used to rebuild a net from a config or checkpoint)."""
+    """Construct a model of this package by registry name.
+
+    Used to rebuild a net from a config or checkpoint.
+    """
     check_choice("model", name, MODELS)
     return MODELS[name](**kwargs)
 
@@ -141,6 +154,25 @@ def conv_layers(net: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     convs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(
-            f"net={type(net).__name__} has no Conv2d layer: allowed only models with at least one conv"
+            f"net={type(net).__name__} has no Conv2d layer: "
+            "allowed only models with at least one conv"
         )
     return convs
+
+
+def load_model_file(path) -> tuple[nn.Module, tuple | None]:
+    """(net, input shape or None) of a checkpoint {'model': {'name', 'kwargs'}, 'state_dict', …}."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file at all
+        raise ValueError(
+            f"model={str(path)!r} cannot be read as a torch checkpoint ({type(err).__name__})"
+        ) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(
+            f"model={str(path)!r} is not a dkm checkpoint: expected keys 'model' and 'state_dict'"
+        )
+    net = build_model(ckpt["model"]["name"], **ckpt["model"].get("kwargs", {}))
+    net.load_state_dict(ckpt["state_dict"])
+    shape = ckpt.get("input_shape")
+    return net, tuple(shape) if shape is not None else None

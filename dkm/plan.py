@@ -1,11 +1,85 @@
-"""Target compression ratio → per-layer K: the knob that places every method at the same CR (paper §5)."""
+"""A plan: one K and one dominant-cluster fraction p per conv, and the CR it aims at (paper §5).
+
+Every step that needs per-layer K takes a `Plan`: sharing (`dkm.sharing.share`), the regularizer
+(`KMeansRegularizer.from_plan`), the pipeline, energy and export. Plans come from
+`plan_clusters` (a target CR → one uniform K), `uniform_plan` (a given K) or
+`dkm.authors.authors_plan` (the authors' per-layer settings).
+
+Choices made here:
+- K is capped at N, the layer's number of kernel rows; K = N marks a layer left dense (the
+  authors' rule, `dkm.rows.stays_dense`).
+- A per-layer value is given as one number for every conv, a list in conv order, or a dict by conv
+  name or index (`per_conv`): the one resolution rule of the package.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
-from ._checks import check_float
+from ._checks import check_float, check_int
 from .accounting import get_convention, table_from_specs, total_row
+from .models import conv_layers
+from .rows import num_rows, stays_dense
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Per-conv K and p in conv order; `setting` says how they were chosen ("uniform", "45x", …)."""
+
+    K: tuple
+    p: tuple
+    setting: str = "uniform"
+    target_cr: float | None = None  # the CR asked for (the authors' settings: their own CR)
+    estimated_cr: float | None = None  # with uniform usage of the non-dominant clusters
+    convention: str = "official"  # the CR convention of target_cr and estimated_cr
+
+    def __post_init__(self):
+        object.__setattr__(self, "K", tuple(check_int("K", k, 1) for k in self.K))
+        ps = tuple(check_float("p", q, 0.0, 1.0, hi_open=True) for q in self.p)
+        object.__setattr__(self, "p", ps)
+        if len(self.K) != len(self.p):
+            raise ValueError(f"a plan has {len(self.K)} K and {len(self.p)} p: allowed one each")
+
+    def label(self) -> str:
+        """'target CR 16' or "the authors' 45x setting" (for messages)."""
+        if self.setting == "uniform":
+            return f"target CR {self.target_cr:g}"
+        return f"the authors' {self.setting} setting"
+
+
+def conv_index(param: str, key, names: list, index_name: str | None = None) -> int:
+    """Position of a conv given by name or by index; the error lists what exists."""
+    if isinstance(key, str):
+        if key not in names:
+            raise ValueError(f"{param}: unknown layer name {key!r}: allowed names {names}")
+        return names.index(key)
+    return check_int(index_name or f"{param} layer index", key, 0, len(names) - 1)
+
+
+def per_conv(param: str, value, names: list, default=None) -> list:
+    """One value per conv from a number, a list in conv order or a dict by name/index (unset: None).
+
+    The one resolution rule of per-layer arguments (K, p) in the package."""
+    if value is None or isinstance(value, (int, float)):
+        return [default if value is None else value] * len(names)
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(names):
+            raise ValueError(
+                f"{param} has {len(value)} entries but the net has {len(names)} conv layers: "
+                f"allowed one entry per conv, or a dict by layer name/index"
+            )
+        return list(value)
+    if isinstance(value, dict):
+        out = [None] * len(names)
+        for key, v in value.items():
+            out[conv_index(param, key, names)] = v
+        return out
+    raise TypeError(
+        f"{param} must be a number, a list (one per conv) or a dict by layer name/index, "
+        f"got {type(value).__name__}"
+    )
 
 
 def layer_specs(net: nn.Module) -> list[dict]:
@@ -15,119 +89,70 @@ def layer_specs(net: nn.Module) -> list[dict]:
         if isinstance(m, nn.Conv2d):
             if m.kernel_size[0] != m.kernel_size[1]:
                 raise ValueError(
-                    f"layer {name!r} has a non-square kernel {m.kernel_size}: allowed square kernels only"
+                    f"layer {name!r} has a non-square kernel {m.kernel_size}: "
+                    f"allowed square kernels only"
                 )
             specs.append(
-                {
-                    "kind": "conv",
-                    "name": name,
-                    "in": m.in_channels,
-                    "out": m.out_channels,
-                    "k": m.kernel_size[0],
-                    "groups": m.groups,
-                    "bias": m.bias is not None,
-                }
-            )
+                {"kind": "conv", "name": name, "in": m.in_channels, "out": m.out_channels,
+                 "k": m.kernel_size[0], "groups": m.groups, "bias": m.bias is not None}
+            )  # fmt: skip
         elif isinstance(m, nn.Linear):
             specs.append(
-                {
-                    "kind": "linear",
-                    "name": name,
-                    "in": m.in_features,
-                    "out": m.out_features,
-                    "bias": m.bias is not None,
-                }
-            )
+                {"kind": "linear", "name": name, "in": m.in_features, "out": m.out_features,
+                 "bias": m.bias is not None}
+            )  # fmt: skip
         elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
             specs.append({"kind": "batchnorm", "name": name, "num_features": m.num_features})
     return specs
 
 
-def _num_rows(spec: dict) -> int:
-    """N, the number of kernel rows of a conv spec."""
-    return spec["out"] * spec["in"] // spec.get("groups", 1) * spec["k"]
+def conv_rows(net: nn.Module) -> list[int]:
+    """N, the number of kernel rows, of every conv of `net` in conv order."""
+    return [num_rows(m.weight.shape) for _, m in conv_layers(net)]
 
 
-def estimated_cr(specs: list[dict], num_clusters: list, p: list, convention="official") -> float:
-    """CR of the specs with uniform usage of the non-dominant clusters (an upper bound on the index entropy)."""
-    return total_row(table_from_specs(specs, {"K": num_clusters, "p": p}, convention))["cr"]
+def estimated_cr(specs: list[dict], num_clusters, p, convention="official") -> float:
+    """CR of the specs with uniform usage of the non-dominant clusters (an upper bound on the
+    entropy)."""
+    return total_row(table_from_specs(specs, {"K": list(num_clusters), "p": list(p)}, convention))[
+        "cr"
+    ]
 
 
-def plan_clusters(net: nn.Module, target_cr: float, convention="official", p: float = 0.0) -> dict:
-    """The largest uniform K (one K for every conv, capped at N = left dense) whose estimated CR ≥ target_cr.
+def _uniform(rows: list[int], k: int, p: float) -> tuple[list, list]:
+    """K = min(k, N) in every conv; p only where a dominant cluster fits (2 ≤ K < N)."""
+    ks = [min(k, n) for n in rows]
+    return ks, [p if 2 <= kk and not stays_dense(kk, n) else 0.0 for kk, n in zip(ks, rows)]
 
-    Returns {"K": [...], "p": [...], "estimated_cr": float, "target_cr": float, "convention": name,
-    "setting": "uniform"}.
-    Under `official` the real CR after sharing is higher (real usage has lower entropy than uniform).
+
+def uniform_plan(net: nn.Module, num_clusters: int, p: float = 0.0) -> Plan:
+    """One K for every conv (capped at its N: left dense), with its estimated official CR."""
+    k = check_int("num_clusters", num_clusters, 1)
+    ks, ps = _uniform(conv_rows(net), k, check_float("p", p, 0.0, 1.0, hi_open=True))
+    return Plan(ks, ps, estimated_cr=estimated_cr(layer_specs(net), ks, ps))
+
+
+def plan_clusters(net: nn.Module, target_cr: float, convention="official", p: float = 0.0) -> Plan:
+    """The largest uniform K (capped at N: left dense) whose estimated CR ≥ target_cr.
+
+    Under `official` the real CR after sharing is higher (real usage has lower entropy than
+    uniform).
     """
     target_cr = check_float("target_cr", target_cr, 1.0, lo_open=True)
     p = check_float("p", p, 0.0, 1.0, hi_open=True)
-    specs = layer_specs(net)
-    convs = [s for s in specs if s["kind"] == "conv"]
-    if not convs:
-        raise ValueError(
-            f"net={type(net).__name__} has no Conv2d layer: allowed only models with at least one conv"
-        )
+    specs, rows = layer_specs(net), conv_rows(net)
 
-    rows = [_num_rows(s) for s in convs]
+    def cr(k):
+        return estimated_cr(specs, *_uniform(rows, k, p), convention)
 
-    def plan(k):  # K = N marks a layer left dense (the authors' convention)
-        ks = [min(k, n) for n in rows]
-        ps = [p if 2 <= kk < n else 0.0 for kk, n in zip(ks, rows)]
-        return ks, ps, estimated_cr(specs, ks, ps, convention)
-
-    best = plan(1)
-    if best[2] < target_cr:
+    if cr(1) < target_cr:
         raise ValueError(
             f"target_cr={target_cr:g} is not reachable under convention "
-            f"{get_convention(convention).name!r}: allowed at most {best[2]:.2f} (K=1 in every conv)"
+            f"{get_convention(convention).name!r}: allowed at most {cr(1):.2f} (K=1 in every conv)"
         )
     lo, hi = 1, max(rows)
-    while (
-        lo < hi
-    ):  # estimated CR decreases as K grows: find the largest K that still reaches the target
+    while lo < hi:  # the estimated CR falls as K grows: the largest K that still reaches the target
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if plan(mid)[2] >= target_cr else (lo, mid - 1)
-    ks, ps, cr = plan(lo)
-    return {
-        "K": ks,
-        "p": ps,
-        "estimated_cr": cr,
-        "target_cr": target_cr,
-        "convention": get_convention(convention).name,
-        "setting": "uniform",
-    }
-
-
-def official_plan(net: nn.Module, setting: str) -> dict:
-    """The authors' per-layer K and p ("45x" | "47x" | "50x", WRN-16-4 only) as a plan like `plan_clusters`'.
-
-    Its target_cr is the setting's CR under the official convention with uniform cluster usage, rounded to
-    2 decimals (43.48, 45.41, 48.12: the authors' own numbers, see dkm.accounting)."""
-    from .accounting import load_reference
-    from .sharing import official_per_layer
-
-    specs = layer_specs(net)
-    convs = [s for s in specs if s["kind"] == "conv"]
-    ks, ps = official_per_layer(setting, len(convs))
-    ks = list(ks)
-    for i, (spec, ref) in enumerate(zip(convs, load_reference()["layers"])):
-        n, n_ref = _num_rows(spec), ref["out"] * ref["in"] * ref["k"]
-        if (
-            ks[i] >= n_ref
-        ):  # K = N: the authors leave the layer dense (conv1); dense here too, whatever its N
-            ks[i] = n
-        elif n != n_ref:
-            raise ValueError(
-                f"official={setting!r}: layer {spec['name']!r} has {n} kernel rows, the authors' WRN-16-4 "
-                f"{n_ref}: allowed only WRN-16-4's shared layer shapes"
-            )
-    cr = estimated_cr(specs, ks, ps, "official")
-    return {
-        "K": list(ks),
-        "p": list(ps),
-        "estimated_cr": cr,
-        "target_cr": round(cr, 2),
-        "convention": "official",
-        "setting": setting,
-    }
+        lo, hi = (mid, hi) if cr(mid) >= target_cr else (lo, mid - 1)
+    ks, ps = _uniform(rows, lo, p)
+    return Plan(ks, ps, "uniform", target_cr, cr(lo), get_convention(convention).name)

@@ -1,7 +1,9 @@
-"""Figure builders of the notebooks: plain numbers in, a `plotly.graph_objects.Figure` out (never shown or saved).
+"""Figure builders of the notebooks: plain numbers in, a `plotly.graph_objects.Figure` out.
+
+A figure is never shown or saved here.
 
 Each builder draws exactly the values it is given (no hidden computation), so a notebook computes,
-a builder draws, and `dkm.figures.save_figure` writes. Stems of the saved figures: DESIGN.md.
+a builder draws, and `dkm.saving.save_figure` writes. Stems of the saved figures: DESIGN.md.
 """
 
 from __future__ import annotations
@@ -52,38 +54,15 @@ def relaxation_figure(
     title: str = "k-means error and its spectral relaxation",
     ytitle: str = "error / ‖W‖²",
 ) -> go.Figure:
-    """fig01: per panel {"title", "K", "kmeans", "relaxed", "rank"}: both errors over K and the line K = rank bound."""
+    """fig01: both errors over K, and the line K = rank bound, one panel per entry.
+
+    Each panel is {"title", "K", "kmeans", "relaxed", "rank"}.
+    """
     fig = make_subplots(
         1, len(panels), subplot_titles=[p["title"] for p in panels], horizontal_spacing=0.07
     )
     for j, p in enumerate(panels, start=1):
-        first = j == 1
-        fig.add_trace(
-            go.Scatter(
-                x=list(p["K"]),
-                y=list(p["kmeans"]),
-                name="k-means error (Lloyd, k-means++)",
-                mode="lines+markers",
-                line=dict(color=_color(0)),
-                legendgroup="km",
-                showlegend=first,
-            ),
-            1,
-            j,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=list(p["K"]),
-                y=list(p["relaxed"]),
-                name="relaxed optimum Σ_{i>K} σ_i²",
-                mode="lines+markers",
-                line=dict(color=_color(1), dash="dash"),
-                legendgroup="rx",
-                showlegend=first,
-            ),
-            1,
-            j,
-        )
+        _relaxation_traces(fig, p, j)
         fig.add_vline(
             x=p["rank"],
             line=dict(color="#888", dash="dot"),
@@ -95,6 +74,28 @@ def relaxation_figure(
         fig.update_xaxes(title_text="K (clusters)", row=1, col=j)
     fig.update_yaxes(title_text=ytitle, rangemode="tozero", row=1, col=1)
     return _finish(fig, title)
+
+
+def _relaxation_traces(fig: go.Figure, p: dict, j: int) -> None:
+    """Panel j of fig01: the k-means error and the relaxed optimum over K, as lines with markers."""
+    curves = (
+        ("kmeans", "k-means error (Lloyd, k-means++)", dict(color=_color(0)), "km"),
+        ("relaxed", "relaxed optimum Σ_{i>K} σ_i²", dict(color=_color(1), dash="dash"), "rx"),
+    )
+    for key, name, line, group in curves:
+        fig.add_trace(
+            go.Scatter(
+                x=list(p["K"]),
+                y=list(p[key]),
+                name=name,
+                mode="lines+markers",
+                line=line,
+                legendgroup=group,
+                showlegend=j == 1,
+            ),
+            1,
+            j,
+        )
 
 
 def clusters_figure(points, assignments, title: str = "", centers=None) -> go.Figure:
@@ -129,7 +130,11 @@ def clusters_figure(points, assignments, title: str = "", centers=None) -> go.Fi
 def retraining_figure(
     runs: dict, title: str = "Re-training with and without the k-means regularizer"
 ) -> go.Figure:
-    """fig02: runs {label: {"step", "loss", "accuracy", "layer_errors" {layer: [...]}|None, "final_errors" {layer: x}|None}}."""
+    """fig02: task loss, training accuracy and per-layer k-means error of each run over the steps.
+
+    runs: {label: {"step", "loss", "accuracy", "layer_errors" {layer: [...]}|None,
+    "final_errors" {layer: x}|None}}.
+    """
     fig = make_subplots(
         1,
         3,
@@ -142,23 +147,11 @@ def retraining_figure(
     )
     for i, (label, run) in enumerate(runs.items()):
         color = _method_color(label, i)
-        kw = dict(legendgroup=label, line=dict(color=color))
-        fig.add_trace(
-            go.Scatter(x=run["step"], y=run["loss"], name=label, mode="lines", **kw), 1, 1
-        )
+        kw = dict(name=label, mode="lines", legendgroup=label, line=dict(color=color))
+        fig.add_trace(go.Scatter(x=run["step"], y=run["loss"], **kw), 1, 1)
         if run.get("accuracy") is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=run["step"],
-                    y=[100 * a for a in run["accuracy"]],
-                    name=label,
-                    mode="lines",
-                    showlegend=False,
-                    **kw,
-                ),
-                1,
-                2,
-            )
+            accuracy = [100 * a for a in run["accuracy"]]
+            fig.add_trace(go.Scatter(x=run["step"], y=accuracy, showlegend=False, **kw), 1, 2)
         _layer_traces(fig, label, run, color)
     fig.update_xaxes(title_text="optimizer step")
     fig.update_yaxes(type="log", row=1, col=3)
@@ -166,7 +159,7 @@ def retraining_figure(
 
 
 def _layer_traces(fig: go.Figure, label: str, run: dict, color: str) -> None:
-    """Per-layer error curves (solid, one dash per layer) and end-of-run values (markers) in panel 3."""
+    """Panel 3: per-layer error curves (first solid, one dash per layer) and end-of-run markers."""
     dashes = ("solid", "dot", "dash", "longdash", "dashdot", "longdashdot")
     for j, (layer, values) in enumerate((run.get("layer_errors") or {}).items()):
         fig.add_trace(
@@ -204,7 +197,10 @@ def _layer_traces(fig: go.Figure, label: str, run: dict, color: str) -> None:
 def assignments_figure(
     before: dict, after: dict, title: str = "Kernel rows coloured by cluster"
 ) -> go.Figure:
-    """fig03: {"label", "rows" (n×3), "assignments" (n,), "distances" (N,)} before and after re-training."""
+    """fig03: kernel rows coloured by cluster and their distance histograms, before and after.
+
+    before, after (re-training): {"label", "rows" (n×3), "assignments" (n,), "distances" (N,)}.
+    """
     fig = make_subplots(
         2,
         2,
@@ -214,38 +210,36 @@ def assignments_figure(
         subplot_titles=(before["label"], after["label"], "distance of each row to its center"),
     )
     for col, side in enumerate((before, after), start=1):
-        rows = np.asarray(side["rows"], dtype=float)
-        fig.add_trace(
-            go.Scatter3d(
-                x=rows[:, 0],
-                y=rows[:, 1],
-                z=rows[:, 2],
-                mode="markers",
-                showlegend=False,
-                name=side["label"],
-                marker=dict(
-                    size=2, opacity=0.7, color=[_color(int(a)) for a in side["assignments"]]
-                ),
-            ),
-            1,
-            col,
-        )
-        fig.add_trace(
-            go.Histogram(
-                x=list(side["distances"]),
-                name=side["label"],
-                opacity=0.6,
-                nbinsx=60,
-                histnorm="probability",
-                marker_color=_color(col + 1),
-            ),
-            2,
-            1,
-        )
+        cloud, histogram = _side_traces(side, col)
+        fig.add_trace(cloud, 1, col)
+        fig.add_trace(histogram, 2, 1)
     fig.update_layout(barmode="overlay")
     fig.update_xaxes(title_text="‖row − its center‖ / RMS row norm", row=2, col=1)
     fig.update_yaxes(title_text="fraction of rows", row=2, col=1)
     return _finish(fig, title, height=860, width=1100)
+
+
+def _side_traces(side: dict, col: int) -> tuple[go.Scatter3d, go.Histogram]:
+    """One side of fig03: its rows in R³ coloured by cluster, and the histogram of its distances."""
+    rows = np.asarray(side["rows"], dtype=float)
+    cloud = go.Scatter3d(
+        x=rows[:, 0],
+        y=rows[:, 1],
+        z=rows[:, 2],
+        mode="markers",
+        showlegend=False,
+        name=side["label"],
+        marker=dict(size=2, opacity=0.7, color=[_color(int(a)) for a in side["assignments"]]),
+    )
+    histogram = go.Histogram(
+        x=list(side["distances"]),
+        name=side["label"],
+        opacity=0.6,
+        nbinsx=60,
+        histnorm="probability",
+        marker_color=_color(col + 1),
+    )
+    return cloud, histogram
 
 
 def _tiles(kernels) -> np.ndarray:
@@ -259,7 +253,7 @@ def _tiles(kernels) -> np.ndarray:
 
 
 def filters_figure(panels: dict, title: str = "Conv kernels before and after sharing") -> go.Figure:
-    """fig04: {label: (n, kh, kw) kernels}: one row of tiles per label, one symmetric colour scale."""
+    """fig04: {label: (n, kh, kw) kernels}: a row of tiles per label, one symmetric colour scale."""
     tiles = {label: _tiles(k) for label, k in panels.items()}
     zmax = max(float(np.nanmax(np.abs(t))) for t in tiles.values())
     fig = make_subplots(len(tiles), 1, subplot_titles=list(tiles), vertical_spacing=0.08)
@@ -294,7 +288,7 @@ def bars_figure(
     reference: float | None = None,
     reference_label: str = "",
 ) -> go.Figure:
-    """One bar per label (colour by method name), optional error bars and a dashed reference line."""
+    """One bar per label (colour by method name), optional error bars, a dashed reference line."""
     labels = list(labels)
     fig = go.Figure(
         go.Bar(
@@ -323,31 +317,16 @@ def _dash(method: str) -> str:
 def cr_accuracy_figure(
     panels: dict, reference: float | None = None, title: str = "Top-1 accuracy vs compression ratio"
 ) -> go.Figure:
-    """fig05: {panel title: summary rows {"method", "cr_official", "mean", "spread"}} (accuracies as fractions)."""
+    """fig05: top-1 accuracy over the compression ratio, one line per method, one panel per entry.
+
+    panels: {panel title: summary rows {"method", "cr_official", "mean", "spread"}}, accuracies
+    as fractions.
+    """
     fig = make_subplots(
         1, len(panels), subplot_titles=list(panels), shared_yaxes=True, horizontal_spacing=0.05
     )
     for j, rows in enumerate(panels.values(), start=1):
-        methods = list(dict.fromkeys(r["method"] for r in rows))
-        for i, method in enumerate(methods):
-            pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["cr_official"])
-            dkm = method.startswith("dkm")
-            fig.add_trace(
-                go.Scatter(
-                    x=[r["cr_official"] for r in pts],
-                    y=[100 * r["mean"] for r in pts],
-                    name=method,
-                    legendgroup=method,
-                    showlegend=j == 1,
-                    mode="lines+markers",
-                    line=dict(
-                        color=_method_color(method, i), width=3 if dkm else 1.5, dash=_dash(method)
-                    ),
-                    error_y=dict(type="data", array=[100 * r["spread"] for r in pts]),
-                ),
-                1,
-                j,
-            )
+        _cr_traces(fig, rows, j)
         if reference is not None:
             fig.add_hline(
                 y=100 * reference,
@@ -364,50 +343,82 @@ def cr_accuracy_figure(
     return _finish(fig, title, height=460, width=1200)
 
 
+def _cr_traces(fig: go.Figure, rows: list[dict], j: int) -> None:
+    """Panel j of fig05: one line per method (in order of first appearance), sorted by CR."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for i, method in enumerate(methods):
+        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["cr_official"])
+        dkm = method.startswith("dkm")
+        fig.add_trace(
+            go.Scatter(
+                x=[r["cr_official"] for r in pts],
+                y=[100 * r["mean"] for r in pts],
+                name=method,
+                legendgroup=method,
+                showlegend=j == 1,
+                mode="lines+markers",
+                line=dict(
+                    color=_method_color(method, i), width=3 if dkm else 1.5, dash=_dash(method)
+                ),
+                error_y=dict(type="data", array=[100 * r["spread"] for r in pts]),
+            ),
+            1,
+            j,
+        )
+
+
 # ---------------------------------------------------------------- 05: energy
 def energy_validation_figure(
     nets: dict, title: str = "Energy metric vs the ZigZag reference, per layer"
 ) -> go.Figure:
-    """fig06: {net: {"names", "reference", "ours", "macs", "r2", "r2_macs"}}: log-log scatter per net, R² in the titles."""
+    """fig06: a log-log scatter per net of the estimates vs the reference, R² in the titles.
+
+    nets: {net: {"names", "reference", "ours", "macs", "r2", "r2_macs"}}.
+    """
     titles = [
         f"{net}: R² = {d['r2']:.3f} (MACs alone: {d['r2_macs']:.3f})" for net, d in nets.items()
     ]
     fig = make_subplots(1, len(nets), subplot_titles=titles, horizontal_spacing=0.08)
     for j, d in enumerate(nets.values(), start=1):
-        ref = np.asarray(d["reference"], dtype=float)
-        fig.add_trace(
-            go.Scatter(
-                x=[ref.min(), ref.max()],
-                y=[ref.min(), ref.max()],
-                mode="lines",
-                name="y = x",
-                legendgroup="diag",
-                showlegend=j == 1,
-                line=dict(color="#999", dash="dot"),
-            ),
-            1,
-            j,
-        )
-        for i, (key, label) in enumerate((("ours", "our metric"), ("macs", "MACs alone"))):
-            y = np.asarray(d[key], dtype=float)
-            fig.add_trace(
-                go.Scatter(
-                    x=ref,
-                    y=y,
-                    mode="markers",
-                    name=label,
-                    legendgroup=key,
-                    showlegend=j == 1,
-                    text=list(d["names"]),
-                    marker=dict(color=_color(i), size=8, opacity=0.8),
-                ),
-                1,
-                j,
-            )
+        _energy_traces(fig, d, j)
         fig.update_xaxes(title_text="ZigZag energy (pJ)", type="log", row=1, col=j)
         fig.update_yaxes(type="log", row=1, col=j)
     fig.update_yaxes(title_text="estimate (scaled to the reference by least squares)", row=1, col=1)
     return _finish(fig, title, height=470, width=1200)
+
+
+def _energy_traces(fig: go.Figure, d: dict, j: int) -> None:
+    """Panel j of fig06: the diagonal y = x, then our metric and MACs alone vs the reference."""
+    ref = np.asarray(d["reference"], dtype=float)
+    fig.add_trace(
+        go.Scatter(
+            x=[ref.min(), ref.max()],
+            y=[ref.min(), ref.max()],
+            mode="lines",
+            name="y = x",
+            legendgroup="diag",
+            showlegend=j == 1,
+            line=dict(color="#999", dash="dot"),
+        ),
+        1,
+        j,
+    )
+    for i, (key, label) in enumerate((("ours", "our metric"), ("macs", "MACs alone"))):
+        y = np.asarray(d[key], dtype=float)
+        fig.add_trace(
+            go.Scatter(
+                x=ref,
+                y=y,
+                mode="markers",
+                name=label,
+                legendgroup=key,
+                showlegend=j == 1,
+                text=list(d["names"]),
+                marker=dict(color=_color(i), size=8, opacity=0.8),
+            ),
+            1,
+            j,
+        )
 
 
 def energy_breakdown_figure(
@@ -416,7 +427,10 @@ def energy_breakdown_figure(
     title: str = "Energy per layer, dense vs shared",
     unit: str = "E_MAC16",
 ) -> go.Figure:
-    """fig07: rows {"layer", "variant", <component>: energy}, in drawing order: bars stacked by component."""
+    """fig07: energy per layer and variant, as bars stacked by component.
+
+    rows: {"layer", "variant", <component>: energy}, in drawing order.
+    """
     x = [
         [r["layer"] for r in rows],
         [r["variant"] for r in rows],

@@ -1,7 +1,8 @@
-"""Profiles: one place that sizes every experiment (`smoke` seconds, `cpu` minutes, `paper` GPU hours).
+"""Profiles: one place that sizes every experiment (`smoke` seconds, `cpu` minutes, `paper` hours).
 
-The `cpu` profile is sized by measurement (README, "Evidence"): the whole experiment behind the
-CR–accuracy figure — pre-training once, every method at every CR target, both seeds — on a 2-core CPU.
+`paper` takes GPU hours. The `cpu` profile is sized by measurement (README, "Evidence"): the whole
+experiment behind the CR–accuracy figure — pre-training once, every method at every CR target, both
+seeds — on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ._checks import check_choice, check_float, check_int
-from .accounting import OFFICIAL_SETTINGS
+from .authors import SETTINGS as OFFICIAL_SETTINGS
 from .sharing import CENTER_GRADIENTS
 from .train import TrainConfig
 
@@ -20,15 +21,17 @@ MEMORY_FORMATS = ("contiguous", "channels_last")
 
 @dataclass(frozen=True)
 class Profile:
-    """Everything an experiment depends on; each stage's cache key holds every field that stage uses (dkm.pipeline)."""
+    """Everything an experiment depends on.
+
+    Each stage's cache key holds every field that stage uses (dkm.pipeline).
+    """
 
     name: str
     dataset: str  # "fashion_mnist" | "cifar10"
     n_train: int | None  # None: the whole training split
     n_test: int | None
-    n_retrain: (
-        int | None
-    )  # images for re-training and center fine-tuning (a fixed subset; None: all)
+    # images for re-training and center fine-tuning (a fixed subset; None: all)
+    n_retrain: int | None
     model: str  # dkm.models registry name
     model_kwargs: dict
     pretrain: TrainConfig
@@ -39,15 +42,17 @@ class Profile:
     modes: tuple = ("indicator", "spectral")
     view: str = "rows"
     cr_targets: tuple = (8.0, 16.0, 32.0, 45.0)
-    official_settings: tuple = ()  # the authors' per-layer K/p settings run as extra points (WRN-16-4 only)
+    # the authors' per-layer K/p settings run as extra points (dkm.authors)
+    official_settings: tuple = ()
     seeds: tuple = (0, 1)
     p: float = 0.0  # dominant-cluster fraction used by the CR → K plan
     bn_batches: int = 20  # training batches used to re-estimate batch norm after sharing
-    threads: int | None = (
-        None  # torch threads for every stage (results on CPU depend on it); None: as is
-    )
-    memory_format: str = "contiguous"  # of the nets' tensors: "channels_last" is faster for convs on CPU (other sums)
-    center_gradient: str = "mean"  # Deep Compression fine-tuning: a center's gradient, "mean" or "sum" over its cluster
+    # torch threads for every stage (results on CPU depend on it); None: as is
+    threads: int | None = None
+    # of the nets' tensors: "channels_last" is faster for convs on CPU (other sums)
+    memory_format: str = "contiguous"
+    # Deep Compression fine-tuning: a center's gradient, "mean" or "sum" over its cluster
+    center_gradient: str = "mean"
     description: str = ""
 
     def __post_init__(self):
@@ -66,6 +71,31 @@ class Profile:
 
     def asdict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _wrn(depth: int, widen: int, dropout: float, in_channels: int, bias: bool) -> dict:
+    """model_kwargs of a 10-class dkm.models wide_resnet (WRN-depth-widen)."""
+    return {
+        "depth": depth,
+        "widen_factor": widen,
+        "dropout": dropout,
+        "in_channels": in_channels,
+        "num_classes": 10,
+        "conv_bias": bias,
+    }
+
+
+def _wrn_profile(pre: TrainConfig, re: TrainConfig, **fields) -> Profile:
+    """A wide_resnet profile on whole splits: pre-training `pre`, re-training + fine-tuning `re`."""
+    return Profile(
+        n_train=None,
+        n_test=None,
+        model="wide_resnet",
+        pretrain=pre,
+        retrain=re,
+        finetune=re,
+        **fields,
+    )
 
 
 def _smoke() -> Profile:
@@ -94,30 +124,22 @@ def _smoke() -> Profile:
 def _cpu() -> Profile:
     pre = TrainConfig(epochs=4, lr=0.1, batch_size=128, schedule="cosine", log_every=50)
     re = TrainConfig(epochs=1, lr=0.01, batch_size=128, schedule="cosine", log_every=50)
-    return Profile(
+    return _wrn_profile(
+        pre,
+        re,
         name="cpu",
         dataset="fashion_mnist",
-        n_train=None,
-        n_test=None,
         n_retrain=20000,
-        model="wide_resnet",
-        model_kwargs={
-            "depth": 10,
-            "widen_factor": 1,
-            "dropout": 0.0,
-            "in_channels": 1,
-            "num_classes": 10,
-            "conv_bias": False,
-        },
-        pretrain=pre,
-        retrain=re,
-        finetune=re,
+        model_kwargs=_wrn(depth=10, widen=1, dropout=0.0, in_channels=1, bias=False),
         lam=5.0,
         refresh_every=50,
         cr_targets=(16.0, 24.0, 32.0, 45.0),
         threads=2,
         memory_format="channels_last",
-        description="WRN-10-1 on full Fashion-MNIST (re-training on 20k images): the default, minutes on a 2-core CPU",
+        description=(
+            "WRN-10-1 on full Fashion-MNIST (re-training on 20k images): "
+            "the default, minutes on a 2-core CPU"
+        ),
     )
 
 
@@ -133,24 +155,13 @@ def _paper() -> Profile:
         log_every=100,
     )
     re = TrainConfig(epochs=30, lr=0.01, batch_size=128, schedule="cosine", log_every=100)
-    return Profile(
+    return _wrn_profile(
+        pre,
+        re,
         name="paper",
         dataset="cifar10",
-        n_train=None,
-        n_test=None,
         n_retrain=None,
-        model="wide_resnet",
-        model_kwargs={
-            "depth": 16,
-            "widen_factor": 4,
-            "dropout": 0.3,
-            "in_channels": 3,
-            "num_classes": 10,
-            "conv_bias": True,
-        },
-        pretrain=pre,
-        retrain=re,
-        finetune=re,
+        model_kwargs=_wrn(depth=16, widen=4, dropout=0.3, in_channels=3, bias=True),
         lam=0.5,
         refresh_every=200,
         cr_targets=(20.0, 30.0, 45.0, 50.0),

@@ -25,14 +25,18 @@ def vector_length(shape, view: str = "rows") -> int:
     check_choice("view", view, VIEWS)
     if len(shape) != 4:
         raise ValueError(
-            f"shape={tuple(shape)} is not a conv weight shape: expected 4 dims (C_out, C_in, kh, kw)"
+            f"shape={tuple(shape)} is not a conv weight shape: "
+            "expected 4 dims (C_out, C_in, kh, kw)"
         )
     _, c_in, kh, kw = shape
     return {"rows": kw, "kernels": kh * kw, "filters": c_in * kh * kw}[view]
 
 
 def to_matrix(weight: torch.Tensor, view: str = "rows") -> torch.Tensor:
-    """W ∈ R^{s×N}: the columns are the vectors of `view` (a view of `weight`, no copy when contiguous)."""
+    """W ∈ R^{s×N}: the columns are the vectors of `view`.
+
+    W is a view of `weight` (no copy when it is contiguous).
+    """
     s = vector_length(weight.shape, view)
     return weight.reshape(-1, s).T
 
@@ -42,7 +46,8 @@ def from_matrix(W: torch.Tensor, shape, view: str = "rows") -> torch.Tensor:
     s = vector_length(shape, view)
     if W.shape[0] != s or W.numel() != torch.Size(shape).numel():
         raise ValueError(
-            f"W has shape {tuple(W.shape)}, which does not fold into {tuple(shape)} under view={view!r}"
+            f"W has shape {tuple(W.shape)}, which does not fold into {tuple(shape)} "
+            f"under view={view!r}"
         )
     return W.T.reshape(shape)
 
@@ -57,8 +62,16 @@ def from_rows(rows: torch.Tensor, shape, view: str = "rows") -> torch.Tensor:
     return from_matrix(rows.T, shape, view)
 
 
+def num_rows(shape, view: str = "rows") -> int:
+    """N, the number of vectors (columns of W) of a conv weight of `shape` under `view`."""
+    return torch.Size(shape).numel() // vector_length(shape, view)
+
+
+def stays_dense(num_clusters: int, num_rows: int) -> bool:
+    """The authors' rule: a layer with K ≥ N (a center per row, or more) is left dense."""
+    return num_clusters >= num_rows
+
+
 def rank_bound(shape, view: str = "rows") -> int:
     """min(s, N), the largest rank W can have: a spectral F with K ≥ this is degenerate."""
-    s = vector_length(shape, view)
-    n = torch.Size(shape).numel() // s
-    return min(s, n)
+    return min(vector_length(shape, view), num_rows(shape, view))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -9,10 +10,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._checks import check_choice, check_float, check_int
-from .accounting import official_settings
 from .kmeans import dominant_p, kmeans
 from .models import conv_layers
-from .rows import to_rows
+from .plan import Plan, conv_index, per_conv
+from .rows import stays_dense, to_rows
 
 
 @dataclass
@@ -56,82 +57,52 @@ class ShareResult:
     skipped: dict = field(default_factory=dict)  # name -> reason (str)
 
 
-def _per_layer(name: str, value, convs, default=None) -> list:
-    """Expand an int/float, a list by conv index, or a dict by name or index into one value per conv."""
-    names = [n for n, _ in convs]
-    if value is None or isinstance(value, (int, float)):
-        return [default if value is None else value] * len(convs)
-    if isinstance(value, (list, tuple)):
-        if len(value) != len(convs):
-            raise ValueError(
-                f"{name} has {len(value)} entries but the net has {len(convs)} conv layers: "
-                f"allowed one entry per conv, or a dict by layer name/index"
-            )
-        return list(value)
-    if isinstance(value, dict):
-        out = [None] * len(convs)
-        for key, v in value.items():
-            out[_layer_index(name, key, names)] = v
-        return out
-    raise TypeError(
-        f"{name} must be a number, a list (one per conv) or a dict by layer name/index, got {type(value).__name__}"
-    )
+def sharing_seed(seed: int = 0) -> int:
+    """Base seed of sharing for run seed `seed`: layer i gets 1000 + 100·seed + i.
 
-
-def _layer_index(param: str, key, names: list) -> int:
-    """Index of a conv layer given by name or position; error lists what exists."""
-    if isinstance(key, str):
-        if key not in names:
-            raise ValueError(
-                f"{param}: unknown layer name {key!r}: allowed names are {', '.join(names)}"
-            )
-        return names.index(key)
-    return check_int(f"{param} layer index", key, 0, len(names) - 1)
+    The authors cluster layer i with seed 1000 + i (seed 0); each run seed shifts it by 100."""
+    return 1000 + 100 * check_int("seed", seed, 0)
 
 
 def _skip_reason(conv: nn.Conv2d, k, n_rows: int, explicit: bool) -> str | None:
-    """Why this conv cannot or should not be shared (None: share it)."""
+    """Why this conv is not shared (None: share it); an explicit K > N is left to the K check."""
     if k is None:
         return "no K given for this layer"
     if not torch.isfinite(conv.weight).all():
         raise ValueError(
             f"the weight of conv {conv} has non-finite values: allowed finite weights only"
         )
-    if k == n_rows:
-        return f"K={k} equals the number of rows N={n_rows}: left dense (the authors' convention)"
-    if k > n_rows and not explicit:
-        return f"K={k} exceeds the number of rows N={n_rows}: nothing to share"
+    if stays_dense(k, n_rows) and not (explicit and k > n_rows):
+        return f"K={k} ≥ the number of rows N={n_rows}: left dense (the authors' rule)"
     return None
 
 
 def share(
     net: nn.Module,
-    num_clusters=None,
+    num_clusters,
     p=0.0,
     init: str = "kmeans++",
     exclude=(),
     seed: int = 1000,
     max_iter: int = 100,
     tol: float = 1e-4,
-    official: str | None = None,
 ) -> ShareResult:
     """Row-wise k-means sharing of every Conv2d (paper §3.3): W ← codebook[assignments], in place.
 
-    num_clusters / p: one value for all layers, a list (one per conv, model order) or a dict by layer name
-    or index. official="45x"|"47x"|"50x" takes K and p from the authors' settings instead (WRN-16-4 only).
-    Layer i is clustered with seed `seed + i` (the authors use 1000 + layer index).
+    num_clusters: a `dkm.plan.Plan` (its K and p), or K as one int for all convs, a list in conv
+    order or a dict by conv name/index (then p likewise). Layer i is clustered with seed `seed + i`
+    (the authors use 1000 + layer index; the pipeline `sharing_seed(run seed) + i`).
     """
-    convs = conv_layers(net)
-    if official is not None:
-        num_clusters, p = official_per_layer(official, len(convs))
+    if isinstance(num_clusters, Plan):
+        num_clusters, p = list(num_clusters.K), list(num_clusters.p)
     if num_clusters is None:
-        raise ValueError(
-            "num_clusters is required (an int, a list per conv or a dict), or pass official='45x'"
-        )
+        raise ValueError("num_clusters is required: a Plan, an int, a list per conv or a dict")
+    convs = conv_layers(net)
+    names = [n for n, _ in convs]
     explicit = not isinstance(num_clusters, int)
-    ks = _per_layer("num_clusters", num_clusters, convs)
-    ps = _per_layer("p", p, convs, default=0.0)
-    excluded = {_layer_index("exclude", e, [n for n, _ in convs]) for e in exclude}
+    ks = per_conv("num_clusters", num_clusters, names)
+    ps = per_conv("p", p, names, default=0.0)
+    excluded = {conv_index("exclude", e, names) for e in exclude}
     result = ShareResult()
     for i, ((name, conv), k, p_i) in enumerate(zip(convs, ks, ps)):
         rows = to_rows(conv.weight.detach())
@@ -143,37 +114,34 @@ def share(
         if reason:
             result.skipped[name] = reason
             continue
-        check_int(f"num_clusters[{name}]", k, 1, rows.shape[0])
-        check_float(f"p[{name}]", p_i or 0.0, 0.0, 1.0, hi_open=True)
-        p_i = dominant_p(rows.shape[0], k, p_i)  # no room for a dominant cluster: plain k-means
-        km = kmeans(rows, k, init=init, p=p_i, max_iter=max_iter, tol=tol, seed=seed + i)
-        layer = SharedLayer(
-            name,
-            i,
-            tuple(conv.weight.shape),
-            km.codebook,
-            km.assignments,
-            p_i,
-            0 if conv.bias is None else conv.bias.numel(),
+        result.layers[name] = _share_layer(
+            name, i, conv, rows, k, p_i, init, seed + i, max_iter, tol
         )
-        with torch.no_grad():
-            conv.weight.copy_(layer.weight())
-        result.layers[name] = layer
     return result
 
 
-def official_per_layer(setting: str, num_convs: int) -> tuple[list, list]:
-    """Per-conv K and p lists of the authors' setting "45x" | "47x" | "50x" (data/reference/)."""
-    settings = official_settings(setting)
-    if num_convs != len(settings["K"]):
-        raise ValueError(
-            f"official={setting!r} is defined for WRN-16-4 with {len(settings['K'])} conv layers, "
-            f"but the net has {num_convs}: allowed only a net with the official layer table"
-        )
-    return settings["K"], settings["p"]
+def _share_layer(name, i, conv, rows, k, p, init, seed, max_iter, tol) -> SharedLayer:
+    """k-means of one conv's kernel rows; its weight becomes codebook[assignments]."""
+    check_int(f"num_clusters[{name}]", k, 1, rows.shape[0])
+    check_float(f"p[{name}]", p or 0.0, 0.0, 1.0, hi_open=True)
+    p = dominant_p(rows.shape[0], k, p)  # no room for a dominant cluster: plain k-means
+    km = kmeans(rows, k, init=init, p=p, max_iter=max_iter, tol=tol, seed=seed)
+    bias_numel = 0 if conv.bias is None else conv.bias.numel()
+    layer = SharedLayer(
+        name, i, tuple(conv.weight.shape), km.codebook, km.assignments, p, bias_numel
+    )
+    with torch.no_grad():
+        conv.weight.copy_(layer.weight())
+    return layer
 
 
-# ---- Deep Compression style fine-tuning of the centers, weights kept tied -------------------------
+def shared_copy(net: nn.Module, plan: Plan, seed: int = 0, init: str = "kmeans++"):
+    """(a shared deep copy of `net`, its ShareResult) with the pipeline's seeds (`sharing_seed`)."""
+    net = copy.deepcopy(net)
+    return net, share(net, plan, init=init, seed=sharing_seed(seed))
+
+
+# ---- Deep Compression style fine-tuning of the centers, weights kept tied ---------------------
 
 CENTER_GRADIENTS = ("mean", "sum")
 
@@ -193,7 +161,8 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 class TiedWeight(nn.Module):
-    """Parametrization weight = codebook[assignments]; a center's gradient is the sum or the mean over its cluster."""
+    """Parametrization weight = codebook[assignments]; a center's gradient is the sum or the mean
+    over its cluster."""
 
     def __init__(
         self,
@@ -215,12 +184,14 @@ class TiedWeight(nn.Module):
 
     def forward(self, codebook):
         # ∂L/∂c_k = Σ_{i: a(i)=k} ∂L/∂w_i  (Han et al. 2016, eq. 3) — the backward of this gather.
-        # "mean" divides it by n_k, the size of cluster k: SGD then moves a center by a weight's step
-        # (lr·mean gradient) instead of n_k times it, i.e. Han et al.'s sum with a step lr/n_k per center.
+        # "mean" divides it by n_k, the size of cluster k: SGD then moves a center by a weight's
+        # step (lr·mean gradient) instead of n_k times it, i.e. Han et al.'s sum with a step lr/n_k
+        # per center.
         if self.gradient == "mean":
             codebook = _ScaleGrad.apply(codebook, self.inverse_counts.to(codebook))
-        # index_select, not codebook[assignments]: the latter's backward (index_put_ accumulate) adds with
-        # atomics on a multi-threaded CPU, so fine-tuning was not reproducible; index_add_ sums in index order
+        # index_select, not codebook[assignments]: the latter's backward (index_put_ accumulate)
+        # adds with atomics on a multi-threaded CPU, so fine-tuning was not reproducible; index_add_
+        # sums in index order
         return codebook.index_select(0, self.assignments).reshape(self.shape)
 
     def right_inverse(self, weight):
@@ -235,8 +206,9 @@ class TiedWeight(nn.Module):
 def tie_centers(net: nn.Module, result: ShareResult, gradient: str = "sum") -> list[nn.Parameter]:
     """Make each shared conv's weight a function of its codebook; return the codebooks to optimize.
 
-    gradient="sum" is Han et al.'s rule (a center gets the sum of its weights' gradients); "mean" divides
-    it by the cluster size, so that one learning rate suits the codebooks and the rest of the net."""
+    gradient="sum" is Han et al.'s rule (a center gets the sum of its weights' gradients); "mean"
+    divides it by the cluster size, so that one learning rate suits the codebooks and the rest of
+    the net."""
     modules = dict(net.named_modules())
     params = []
     for name, layer in result.layers.items():
@@ -256,7 +228,7 @@ def tie_centers(net: nn.Module, result: ShareResult, gradient: str = "sum") -> l
 
 
 def untie_centers(net: nn.Module, result: ShareResult) -> None:
-    """Store the fine-tuned codebooks in `result` and turn the weights back into plain parameters."""
+    """Store the fine-tuned codebooks in `result`; turn the weights back into plain parameters."""
     modules = dict(net.named_modules())
     for name, layer in result.layers.items():
         conv = modules[name]

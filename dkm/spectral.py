@@ -21,7 +21,8 @@ from torch import nn
 
 from ._checks import check_choice, check_finite, check_float, check_int
 from .kmeans import dominant_p
-from .rows import VIEWS, rank_bound, to_matrix
+from .plan import Plan, conv_index, per_conv
+from .rows import VIEWS, num_rows, rank_bound, stays_dense, to_matrix
 
 MODES = ("spectral", "indicator")
 
@@ -44,7 +45,8 @@ def _check_assignments(
     a = torch.as_tensor(assignments)
     if a.dim() != 1 or a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool:
         raise ValueError(
-            f"assignments must be a 1-D integer tensor, got dtype {a.dtype} and shape {tuple(a.shape)}"
+            f"assignments must be a 1-D integer tensor, "
+            f"got dtype {a.dtype} and shape {tuple(a.shape)}"
         )
     if n is not None and a.numel() != n:
         raise ValueError(
@@ -79,7 +81,8 @@ def kmeans_error(W: torch.Tensor, assignments: torch.Tensor) -> float:
 def indicator_matrix(
     assignments: torch.Tensor, num_clusters: int, dtype=torch.float64
 ) -> torch.Tensor:
-    """F ∈ R^{N×K}, F_ik = 1/√n_k if a(i) = k (empty clusters: zero column), so FᵀF = I on used clusters."""
+    """F ∈ R^{N×K}, F_ik = 1/√n_k if a(i) = k (empty clusters: zero column), so FᵀF = I on used
+    clusters."""
     K = check_int("num_clusters", num_clusters, lo=1)
     a = _check_assignments(assignments, None, K)
     counts = torch.bincount(a, minlength=K).to(dtype)
@@ -90,7 +93,7 @@ def indicator_matrix(
 
 @dataclass
 class IndicatorF:
-    """A normalized indicator F stored as its assignments: W F Fᵀ = each column → its cluster mean."""
+    """A normalized indicator F stored as its assignments: W F Fᵀ maps each column to its mean."""
 
     assignments: torch.Tensor  # (N,) int64
     num_clusters: int
@@ -133,14 +136,15 @@ def _check_K(W: torch.Tensor, num_clusters) -> int:
 
 
 def relaxed_bound(W: torch.Tensor, num_clusters: int) -> float:
-    """Σ_{i>K} σ_i², the optimum of the relaxation (Ky Fan): ≤ the k-means error of any assignment."""
+    """Σ_{i>K} σ_i², the relaxation's optimum (Ky Fan): ≤ the k-means error of any assignment."""
     K = _check_K(_check_W(W), num_clusters)
     sigma = torch.linalg.svdvals(W.detach())
     return float((sigma[K:] ** 2).sum())
 
 
 def _randomized_right_vectors(W, rank, oversample, n_iter, seed):
-    """Top right singular vectors of W: randomized range finder on Wᵀ (Halko et al. 2011, alg. 4.4, 5.1)."""
+    """Top right singular vectors of W: randomized range finder on Wᵀ (Halko et al. 2011, alg. 4.4,
+    5.1)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     width = min(rank + oversample, *W.shape)
     omega = torch.randn(W.shape[0], width, generator=gen, dtype=W.dtype).to(W.device)
@@ -160,7 +164,8 @@ def spectral_F(
     n_iter: int = 2,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Top-K right singular vectors of W (N×min(K, s, N), orthonormal columns): the relaxed optimum (§3.2).
+    """Top-K right singular vectors of W (N×min(K, s, N), orthonormal columns): the relaxed optimum
+    (§3.2).
 
     W has rank ≤ r = min(s, N), so at most r columns are meaningful: when K ≥ r, F holds the r
     right singular vectors of the thin SVD, spans the whole row space of W, and W(I − FFᵀ) = 0.
@@ -183,7 +188,8 @@ def indicator_F(
     p: float = 0.0,
     init_centers: torch.Tensor | None = None,
 ) -> IndicatorF:
-    """Normalized indicator F of hard k-means (dkm.kmeans, on CPU) of the columns of W, as assignments."""
+    """Normalized indicator F of hard k-means (dkm.kmeans, on CPU) of the columns of W, as
+    assignments."""
     from .kmeans import kmeans
 
     W = _check_W(W).detach()
@@ -194,8 +200,9 @@ def indicator_F(
 
 
 def warm_start(W: torch.Tensor, F: IndicatorF) -> torch.Tensor:
-    """Starting centers (K, s) for a refresh: the cluster means of W under the previous assignments."""
-    # Lloyd from these centers cannot end above the error of the previous assignments (empty: zero center)
+    """Starting centers (K, s) of a refresh: the cluster means of W under the last assignments."""
+    # Lloyd from these centers cannot end above the error of the previous assignments (empty: zero
+    # center)
     return cluster_means(W.detach(), F.assignments.to(W.device), F.num_clusters)[0].T.cpu().double()
 
 
@@ -211,7 +218,8 @@ class _Penalty(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        # grad of λ/2‖W(I−FFᵀ)‖² is λ·W(I−FFᵀ)(I−FFᵀ)ᵀ = λ·W(I−FFᵀ): I − FFᵀ is a symmetric projection
+        # grad of λ/2‖W(I−FFᵀ)‖² is λ·W(I−FFᵀ)(I−FFᵀ)ᵀ = λ·W(I−FFᵀ): I − FFᵀ is a symmetric
+        # projection
         grads = (
             grad * ctx.lam * R.T.reshape(shape) for R, shape in zip(ctx.saved_tensors, ctx.shapes)
         )
@@ -228,25 +236,21 @@ class _Layer:
     F: object = None  # spectral: N×r tensor; indicator: IndicatorF
 
 
-def _resolve(param: str, key, names: list) -> str:
-    """A layer given by name or by conv index → its name."""
-    if isinstance(key, str):
-        if key not in names:
-            raise ValueError(f"{param}: unknown layer name {key!r}: allowed Conv2d names {names}")
-        return key
-    return names[check_int(param, key, lo=0, hi=len(names) - 1)]
-
-
 def _select(net: nn.Module, layers):
     """(every Conv2d name, [(conv index, name, module) of the chosen layers])."""
     convs = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(
-            f"net ({type(net).__name__}) has no nn.Conv2d layer: the regularizer acts on conv weights"
+            f"net ({type(net).__name__}) has no nn.Conv2d layer: "
+            f"the regularizer acts on conv weights"
         )
     names = [name for name, _ in convs]
     layers = [layers] if isinstance(layers, (str, int)) else layers
-    chosen = names if layers is None else [_resolve("layers", key, names) for key in layers]
+    chosen = (
+        names
+        if layers is None
+        else [names[conv_index("layers", k, names, "layers")] for k in layers]
+    )
     if not chosen or len(set(chosen)) != len(chosen):
         raise ValueError(
             f"layers={layers!r} must select at least one Conv2d, each once: "
@@ -256,10 +260,11 @@ def _select(net: nn.Module, layers):
 
 
 def _per_layer(param: str, value, names: list, chosen: list) -> dict:
-    """`value` (num_clusters or p) as {name: value} for every chosen layer (a scalar applies to all)."""
+    """`value` (num_clusters or p) as {name: value} for every chosen layer (a scalar applies to
+    all)."""
     if not isinstance(value, dict):
         return {name: value for name in chosen}
-    given = {_resolve(param, key, names): v for key, v in value.items()}
+    given = {n: v for n, v in zip(names, per_conv(param, value, names)) if v is not None}
     missing, extra = [n for n in chosen if n not in given], [n for n in given if n not in chosen]
     if missing or extra:
         raise ValueError(
@@ -277,13 +282,13 @@ class KMeansRegularizer:
     w.r.t. W is λ·W(I − FFᵀ). Call `after_step()` after each optimizer step: F is recomputed from
     the current weights every `refresh_every` steps (spectral: K-truncated SVD; indicator: k-means++
     with seed `seed` + conv index at construction, then Lloyd warm-started from the cluster means of
-    the previous assignments, so with p = 0 a refresh never raises a layer's k-means error). num_clusters: an
-    int, or {layer name or conv index: K} giving a K for every selected layer; layers: None (every
-    Conv2d) or a list of names / conv indices. p (indicator F only; a float or a dict like num_clusters):
-    the authors' dominant cluster, the ⌊N·p⌋ vectors nearest the mean vector in cluster 0 (dkm.kmeans), so
-    F matches the sharing that follows; it is ignored where K < 2 or ⌊N·p⌋ = 0, as in dkm.sharing.share.
-    A spectral F with K ≥ min(s, N) is degenerate (the term is identically zero): a
-    DegenerateRelaxationWarning is issued once per such layer.
+    the previous assignments, so with p = 0 a refresh never raises a layer's k-means error).
+    num_clusters: an int, or {layer name or conv index: K} giving a K for every selected layer;
+    layers: None (every Conv2d) or a list of names / conv indices. p (indicator F only; a float or a
+    dict like num_clusters): the authors' dominant cluster, the ⌊N·p⌋ vectors nearest the mean
+    vector in cluster 0 (dkm.kmeans), so F matches the sharing that follows; it is ignored where K <
+    2 or ⌊N·p⌋ = 0, as in dkm.sharing.share. A spectral F with K ≥ min(s, N) is degenerate (the term
+    is identically zero): a DegenerateRelaxationWarning is issued once per such layer.
     """
 
     def __init__(
@@ -316,6 +321,24 @@ class KMeansRegularizer:
         self.num_clusters = {layer.name: layer.num_clusters for layer in self._layers}
         self._warned = set()
         self.refresh()
+
+    @classmethod
+    def from_plan(cls, net, lam, plan: Plan, mode="indicator", **kwargs) -> "KMeansRegularizer":
+        """The regularizer of every conv the plan shares (K < N), at the plan's K.
+
+        The plan's p is used by the indicator F only: the spectral F has no dominant cluster (p then
+        applies at sharing only)."""
+        convs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+        if len(convs) != len(plan.K):
+            raise ValueError(f"plan has {len(plan.K)} K for the net's {len(convs)} convs")
+        chosen = {
+            name: (k, q)
+            for (name, m), k, q in zip(convs, plan.K, plan.p)
+            if not stays_dense(k, num_rows(m.weight.shape))
+        }
+        p = {name: q if mode == "indicator" else 0.0 for name, (_, q) in chosen.items()}
+        Ks = {name: k for name, (k, _) in chosen.items()}
+        return cls(net, lam, Ks, mode=mode, layers=list(chosen), p=p, **kwargs)
 
     def _check_layer_K(self, name, module, K) -> int:
         n = to_matrix(module.weight, self.view).shape[1]
@@ -384,7 +407,7 @@ class KMeansRegularizer:
         }
 
     def state_dict(self) -> dict:
-        """Step counter and every layer's F (spectral: the N×r matrix; indicator: the assignments)."""
+        """Step counter and each layer's F (spectral: N×r matrix; indicator: its assignments)."""
         layers = {}
         for layer in self._layers:
             F = layer.F
@@ -409,7 +432,8 @@ class KMeansRegularizer:
                 )
         if sorted(state["layers"]) != sorted(self.layer_names):
             raise ValueError(
-                f"state has layers {sorted(state['layers'])}: allowed exactly {sorted(self.layer_names)}"
+                f"state has layers {sorted(state['layers'])}: "
+                f"allowed exactly {sorted(self.layer_names)}"
             )
         step = check_int("state['step']", state["step"], lo=0)
         new = {

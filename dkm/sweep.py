@@ -1,26 +1,27 @@
-"""The CR grid behind the CR–accuracy figure: every method at every target CR and seed, into one tidy table.
+"""The CR grid behind the CR–accuracy figure: every method at every target CR and seed, into one
+tidy table.
 
 Methods (all shared row-wise at the same per-layer K, from `dkm.plan.plan_clusters`):
 
-| method             | net that is shared                    | sharing                                   |
-|--------------------|---------------------------------------|-------------------------------------------|
-| `kmeans`           | pre-trained                           | k-means++ (post-training sharing)         |
-| `density`          | pre-trained                           | k-means seeded from the weight density    |
-| `deep_compression` | pre-trained                           | linear init + center fine-tuning          |
-| `plain`            | re-trained without the regularizer    | k-means++ (the control: more training)    |
-| `dkm-indicator`    | re-trained with indicator F           | k-means++                                 |
-| `dkm-spectral`     | re-trained with spectral F            | k-means++                                 |
-| `plain+ft`         | re-trained without the regularizer    | as `deep_compression` (opt-in, below)     |
-| `dkm-<mode>+ft`    | re-trained with the regularizer       | as `deep_compression` (opt-in, below)     |
+| method             | net that is shared                 | sharing                                |
+|--------------------|------------------------------------|----------------------------------------|
+| `kmeans`           | pre-trained                        | k-means++ (post-training sharing)      |
+| `density`          | pre-trained                        | k-means seeded from the weight density |
+| `deep_compression` | pre-trained                        | linear init + center fine-tuning       |
+| `plain`            | re-trained without the regularizer | k-means++ (the control: more training) |
+| `dkm-indicator`    | re-trained with indicator F        | k-means++                              |
+| `dkm-spectral`     | re-trained with spectral F         | k-means++                              |
+| `plain+ft`         | re-trained without the regularizer | as `deep_compression` (opt-in, below)  |
+| `dkm-<mode>+ft`    | re-trained with the regularizer    | as `deep_compression` (opt-in, below)  |
 
 The `+ft` methods follow re-training with Deep Compression's center fine-tuning: two epochs of
 training in all, so `plain+ft` is their control. They are not in the default grid (they add a
 fine-tuning per point); run them with `sweep(profile, methods=finetuned_methods(profile))` or
 `python -m dkm sweep --methods plain+ft,dkm-indicator+ft`: their rows join the same table.
 
-Points: one uniform K per conv for each of the profile's `cr_targets` (`dkm.plan.plan_clusters`), plus the
-authors' per-layer settings named in `official_settings` (`dkm.plan.official_plan`; the paper profile).
-The table (one row per run × metric; `setting` = "uniform" or "45x"/"47x"/"50x") is
+Points: one uniform K per conv for each of the profile's `cr_targets` (`dkm.plan.plan_clusters`),
+plus the authors' per-layer settings named in `official_settings` (`dkm.authors.authors_plan`; the
+paper profile). The table (one row per run × metric; `setting` = "uniform" or "45x"/"47x"/"50x") is
 `data/results/sweep_<profile>.csv` (smoke: build/results/).
 """
 
@@ -34,9 +35,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import pipeline as pl
+from ._checks import check_choice
 from ._io import write_atomic
-from .plan import official_plan, plan_clusters
+from .authors import authors_plan
+from .plan import Plan, plan_clusters
 from .profiles import Profile
+from .runs import ROOT, config_key
 from .train import show_progress
 
 COLUMNS = ("run_key", "profile", "method", "setting", "target_cr", "seed", "lam", "metric", "value")
@@ -44,7 +48,8 @@ METRICS = ("top1_before", "top1", "top1_bn", "K", "cr_official", "cr_fixed", "cr
 BASELINES = ("kmeans", "density", "deep_compression")
 
 
-FINETUNED = "+ft"  # suffix: the re-trained net is shared as by deep_compression (linear init + center fine-tuning)
+# suffix: the re-trained net is shared as by deep_compression (linear init + center fine-tuning)
+FINETUNED = "+ft"
 
 
 def methods_of(profile: Profile) -> list[str]:
@@ -53,7 +58,8 @@ def methods_of(profile: Profile) -> list[str]:
 
 
 def finetuned_methods(profile: Profile) -> list[str]:
-    """The opt-in methods: each re-training followed by center fine-tuning (`plain+ft` is their control)."""
+    """The opt-in methods: each re-training followed by center fine-tuning (`plain+ft` is their
+    control)."""
     return [m + FINETUNED for m in methods_of(profile) if m not in BASELINES]
 
 
@@ -67,8 +73,9 @@ def split_method(method: str) -> tuple[str, str]:
 
 
 def results_path(profile: Profile) -> Path:
-    """data/results/sweep_<name>.csv for the cpu and paper profiles; build/results/ for smoke (or $DKM_RESULTS_DIR)."""
-    default = pl.ROOT / ("build/results" if profile.name == "smoke" else "data/results")
+    """data/results/sweep_<name>.csv for the cpu and paper profiles; build/results/ for smoke (or
+    $DKM_RESULTS_DIR)."""
+    default = ROOT / ("build/results" if profile.name == "smoke" else "data/results")
     return Path(os.environ.get("DKM_RESULTS_DIR", default)) / f"sweep_{profile.name}.csv"
 
 
@@ -77,7 +84,8 @@ class ResultsFormatError(ValueError):
 
 
 def read_results(path: Path) -> list[dict]:
-    """Rows of a results table; an older or foreign format raises ResultsFormatError (nothing is overwritten)."""
+    """Rows of a results table; an older or foreign format raises ResultsFormatError (nothing is
+    overwritten)."""
     if not path.exists():
         return []
     with open(path, newline="") as f:
@@ -91,7 +99,8 @@ def read_results(path: Path) -> list[dict]:
 
 
 def write_results(path: Path, new_rows: list[dict]) -> None:
-    """Merge `new_rows` into the table at `path` (rows of a re-run key replace the old ones), atomically."""
+    """Merge `new_rows` into the table at `path` (rows of a re-run key replace the old ones),
+    atomically."""
     keys = {r["run_key"] for r in new_rows}
     rows = [r for r in read_results(path) if r["run_key"] not in keys] + new_rows
     rows.sort(
@@ -110,61 +119,60 @@ def write_results(path: Path, new_rows: list[dict]) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def _rows(
-    profile: Profile, method: str, plan: dict, seed: int, key: str, result: dict, lam
-) -> list[dict]:
+def _rows(profile: Profile, method: str, plan: Plan, seed: int, key: str, result: dict) -> list:
+    """The table rows (one per metric) of one evaluated point."""
+    source = split_method(method)[0]
     values = {
         "top1_before": result["top1_before"],
         "top1": result["top1"],
         "top1_bn": result["top1_bn"],
-        "K": max(plan["K"]),
+        "K": max(plan.K),
         **{f"cr_{c}": result["cr"][c] for c in ("official", "fixed", "huffman")},
     }
     base = {
         "run_key": key,
         "profile": profile.name,
         "method": method,
-        "setting": plan.get("setting", "uniform"),
-        "target_cr": plan["target_cr"],
+        "setting": plan.setting,
+        "target_cr": plan.target_cr,
         "seed": seed,
-        "lam": "" if lam is None else lam,
+        "lam": profile.lam if source.startswith("dkm-") else "",  # λ of a regularized source
     }
     return [{**base, "metric": m, "value": f"{values[m]:.6g}"} for m in METRICS]
 
 
-def _source(profile: Profile, source: str, plan: dict, seed: int, progress):
-    """(net, config, λ) of the net to share: "pretrained" or a re-training ("plain", "dkm-<mode>")."""
-    lam = profile.lam if source.startswith("dkm-") else None
-    return (*pl.source_net(profile, source, plan, seed, progress), lam)
+def run_point(profile: Profile, method: str, plan: Plan, seed: int, progress=None):
+    """(result, table rows) of one sweep method at one plan and seed (cached stages are read)."""
+    source, share_method = split_method(method)
+    net, source_config = pl.source_net(profile, source, plan, seed, progress)
+    config = pl.evaluation_config(profile, source_config, share_method, plan, seed)
+    result = pl.share_and_evaluate(profile, net, source_config, share_method, plan, seed, progress)
+    return result, _rows(profile, method, plan, seed, config_key(config), result)
 
 
 def sweep(profile: Profile, methods=None, progress=None, write=True) -> list[dict]:
-    """Run (or read from the cache) every method × target CR × seed; merge the rows into the results table."""
+    """Run (or read from the cache) every method × plan × seed; merge the rows into the table."""
     methods = methods_of(profile) if methods is None else list(methods)
     for m in methods:
-        pl.check_choice("method", m, methods_of(profile) + finetuned_methods(profile))
+        check_choice("method", m, methods_of(profile) + finetuned_methods(profile))
     net, _ = pl.pretrain(profile, progress)
     plans = [plan_clusters(net, t, p=profile.p) for t in profile.cr_targets]
-    plans += [official_plan(net, setting) for setting in profile.official_settings]
+    plans += [authors_plan(net, setting) for setting in profile.official_settings]
     grid = [(m, plan, seed) for plan in plans for seed in profile.seeds for m in methods]
     rows = []
+    show = show_progress(progress)
     for method, plan, seed in tqdm(
-        grid, desc=f"sweep {profile.name}", unit="run", disable=not show_progress(progress)
+        grid, desc=f"sweep {profile.name}", unit="run", disable=not show
     ):
-        source, share_method = split_method(method)
-        src_net, src_cfg, lam = _source(profile, source, plan, seed, progress)
-        config = pl.evaluation_config(profile, src_cfg, share_method, plan, seed)
-        result = pl.share_and_evaluate(
-            profile, src_net, src_cfg, share_method, plan, seed, progress
-        )
-        rows += _rows(profile, method, plan, seed, pl.config_key(config), result, lam)
+        rows += run_point(profile, method, plan, seed, progress)[1]
     if write:
         write_results(results_path(profile), rows)
     return rows
 
 
 def summary(rows: list[dict], metric: str = "top1") -> list[dict]:
-    """Mean and spread (half the range) of `metric` over seeds, per method × plan, with the mean official CR."""
+    """Mean and spread (half the range) of `metric` over seeds, per method × plan, with the mean
+    official CR."""
     groups: dict = {}
     for r in rows:
         g = groups.setdefault((r["method"], r.get("setting", "uniform"), float(r["target_cr"])), {})

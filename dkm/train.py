@@ -1,4 +1,6 @@
-"""Training and evaluation loops: pre-training, and re-training with the k-means regularizer (paper §3.2, §5).
+"""Training and evaluation loops: pre-training, and re-training with the k-means regularizer.
+
+The method is that of paper §3.2 and §5.
 
 Conventions (the contract the pipeline relies on):
 - SGD with momentum (optionally Nesterov) and weight decay on every parameter.
@@ -34,26 +36,17 @@ import torch.nn.functional as F_
 from torch import nn
 from tqdm.auto import tqdm
 
-from .evaluation import (
-    DEVICES,
-    _batches,
-    _check_dataset,
-    _modes_kept,  # noqa: F401
-    epoch_order,
-    evaluate,
-    recalibrate_batchnorm,
-    resolve_device,
-)
 from .checkpoint import (
     CHECKPOINT_NAME,
     FORMAT,
     FORMAT_VERSION,
-    RESUME_FREE,
-    CheckpointError,  # noqa: F401
+    CheckpointError,
     load_checkpoint,
     remove_stale_temps,
     save_atomic,
 )
+from .data import batches, check_dataset, epoch_order
+from .evaluation import DEVICES, evaluate, modes_kept, resolve_device
 from ._threads import torch_threads
 from ._checks import check_choice, check_float, check_int
 
@@ -69,7 +62,7 @@ def _check_bool(name: str, value) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every hyper-parameter of one training run (paper §5: SGD, momentum 0.9, weight decay 5e-4)."""
+    """Every hyper-parameter of a training run (paper §5: SGD, momentum 0.9, weight decay 5e-4)."""
 
     epochs: int = 1
     lr: float = 0.05
@@ -118,7 +111,8 @@ class TrainConfig:
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(
-                f"TrainConfig: unknown field(s) {unknown}: allowed {[f.name for f in dataclasses.fields(cls)]}"
+                f"TrainConfig: unknown field(s) {unknown}: "
+                f"allowed {[f.name for f in dataclasses.fields(cls)]}"
             )
         return cls(**d)
 
@@ -150,7 +144,7 @@ def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float
 
 
 def show_progress(progress=None) -> bool:
-    """progress=True/False as given; None → $DKM_PROGRESS if 0/1, else off under $CI or without a TTY."""
+    """progress=True/False as given; None → $DKM_PROGRESS if 0/1, else off under $CI or no TTY."""
     if progress is not None:
         return _check_bool("progress", progress)
     if os.environ.get("DKM_PROGRESS") in ("0", "1"):
@@ -163,11 +157,13 @@ def show_progress(progress=None) -> bool:
 class History:
     """Per-log-interval records (`steps`) and per-epoch records (`epochs`), JSON-serializable."""
 
-    # {step, epoch, loss, task_loss, penalty, lr, train_accuracy, layer_errors}: loss terms and accuracy averaged
-    # over the steps since the last record; layer_errors as in `epochs` (None without regularizer.layer_errors)
+    # {step, epoch, loss, task_loss, penalty, lr, train_accuracy, layer_errors}: loss terms and
+    # accuracy averaged over the steps since the last record; layer_errors as in `epochs` (None
+    # without regularizer.layer_errors)
     steps: list = field(default_factory=list)
-    # {epoch, step, train_loss, train_accuracy, eval_accuracy, eval_loss, layer_errors, seconds}; train_* are
-    # running means over the epoch's batches in train mode (no extra pass); eval_* None without eval_set
+    # {epoch, step, train_loss, train_accuracy, eval_accuracy, eval_loss, layer_errors, seconds};
+    # train_* are running means over the epoch's batches in train mode (no extra pass); eval_* None
+    # without eval_set
     epochs: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -209,7 +205,7 @@ class _Run:
             regularizer,
         )
         self.device = resolve_device(config.device)
-        self.n = _check_dataset("train_set", train_set)
+        self.n = check_dataset("train_set", train_set)
         self.steps_per_epoch = math.ceil(self.n / config.batch_size)
         self.optimizer = torch.optim.SGD(
             net.to(self.device).parameters(),
@@ -317,7 +313,10 @@ class _Run:
         bar.set_postfix(epoch=self.epoch, loss=f"{loss / count:.4f}", refresh=False)
 
     def layer_errors(self) -> dict | None:
-        """{layer: ‖W(I − FFᵀ)‖²} of the regularizer now (indicator F: each layer's k-means error), or None."""
+        """{layer: ‖W(I − FFᵀ)‖²} of the regularizer now, or None.
+
+        With the indicator F, each value is that layer's k-means error.
+        """
         if not hasattr(self.regularizer, "layer_errors"):
             return None
         return {str(k): float(v) for k, v in self.regularizer.layer_errors().items()}
@@ -345,7 +344,7 @@ class _Run:
     def run_epoch(self, bar, path, eval_set, on_epoch_end) -> None:
         cfg, started = self.config, time.perf_counter()
         order = epoch_order(self.n, cfg.seed, self.epoch)[self.batch * cfg.batch_size :]
-        for X, y in _batches(self.train_set, order, cfg.batch_size):
+        for X, y in batches(self.train_set, order, cfg.batch_size):
             lr = self.train_step(X, y)
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.batch == self.steps_per_epoch:
@@ -374,8 +373,10 @@ def _check_regularizer(regularizer) -> None:
     ]
     if missing:
         raise TypeError(
-            f"regularizer={type(regularizer).__name__} lacks {missing}: allowed None or an object with "
-            "penalty(), after_step(), state_dict(), load_state_dict() (e.g. dkm.spectral.KMeansRegularizer)"
+            f"regularizer={type(regularizer).__name__} lacks {missing}: "
+            "allowed None or an object with "
+            "penalty(), after_step(), state_dict(), load_state_dict() "
+            "(e.g. dkm.spectral.KMeansRegularizer)"
         )
 
 
@@ -390,13 +391,13 @@ def train(
     eval_set=None,
     on_epoch_end=None,
 ) -> History:
-    """Train `net` in place (moved to config.device): SGD on CE + regularizer penalty (§3.2), checkpointed and resumable.
+    """Train `net` in place (moved to config.device): SGD on CE + regularizer penalty (§3.2).
 
-    With `checkpoint_dir` and resume=True, a run continues from `<checkpoint_dir>/checkpoint.pt`
-    (a finished run returns at once); resume=False starts over and overwrites it. A checkpoint
-    that is corrupt, foreign or of another config raises CheckpointError before anything is
-    written. `on_epoch_end(record)` is called after each epoch's checkpoint. The net's
-    train/eval flags are restored on return.
+    Training is checkpointed and resumable. With `checkpoint_dir` and resume=True, a run continues
+    from `<checkpoint_dir>/checkpoint.pt` (a finished run returns at once); resume=False starts
+    over and overwrites it. A checkpoint that is corrupt, foreign or of another config raises
+    CheckpointError before anything is written. `on_epoch_end(record)` is called after each
+    epoch's checkpoint. The net's train/eval flags are restored on return.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -432,7 +433,7 @@ def _train(
         remove_stale_temps(path)
     total = config.epochs * run.steps_per_epoch
     with (
-        _modes_kept(net),
+        modes_kept(net),
         tqdm(
             total=total,
             initial=run.step,

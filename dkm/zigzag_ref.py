@@ -1,4 +1,6 @@
-"""The independent energy reference for step 4 (paper §4.2): ZigZag's Eyeriss-like accelerator, per layer.
+"""The independent energy reference for step 4 (paper §4.2): ZigZag's Eyeriss-like accelerator.
+
+Energies are per layer.
 
 The paper validated its metric against the (web-only) Eyeriss energy estimation tool. Here the
 reference is ZigZag (PyPI `zigzag-dse`, KU Leuven; Mei et al., IEEE TC 2021), run one layer at a
@@ -6,8 +8,8 @@ time with its shipped `eyeriss_like.yaml` accelerator and `default.yaml` mapping
 unrolling clipped to the 14×12 array; ZigZag's LOMA temporal-mapping search, minimal energy).
 Operand precision: W = I = `bits`, partial sums O = 2·bits, final outputs `bits`.
 
-    python -m dkm.zigzag_ref [reference] [--nets alexnet,googlenet] [--bits 8,16]   # ~20–40 min
-    python -m dkm.zigzag_ref validate                                                # R² table
+    python -m dkm zigzag [reference] [--nets alexnet,googlenet] [--bits 8,16]   # ~20–40 min
+    python -m dkm zigzag validate                                                # R² table
 
 writes data/reference/zigzag_<net>_<bits>.csv (resumable: rows already there are kept) and
 data/results/energy_validation.csv.
@@ -15,11 +17,9 @@ data/results/energy_validation.csv.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import os
-import sys
 import tempfile
 import time
 from importlib import metadata
@@ -71,7 +71,10 @@ FIELDS = (
 
 
 def reference_net(net: str, device="meta"):
-    """The torchvision net of the validation, without weights (on the meta device: shapes only, no memory)."""
+    """The torchvision net of the validation, without weights.
+
+    On the meta device (the default): shapes only, no memory.
+    """
     import torch
     import torchvision
 
@@ -83,16 +86,23 @@ def reference_net(net: str, device="meta"):
 
 
 def reference_layers(net: str) -> list:
-    """Every conv and linear layer of `net` at a 3×224×224 input (GoogLeNet: its convs plus the final fc)."""
+    """Every conv and linear layer of `net` at a 3×224×224 input.
+
+    For GoogLeNet: its convs plus the final fc.
+    """
     return layer_inventory(reference_net(net), (3, 224, 224)).layers
 
 
 def zigzag_workload(layer: LayerInfo, bits: int) -> list:
-    """One ZigZag workload layer (yaml-as-dict) for a conv; a linear layer is its 1×1 conv on a 1×1 map."""
+    """One ZigZag workload layer (yaml-as-dict) for a conv.
+
+    A linear layer is its 1×1 conv on a 1×1 map.
+    """
     check_int("bits", bits, 1, 32)
     if layer.groups != 1:
         raise ValueError(
-            f"layer {layer.name!r} has groups={layer.groups}: the ZigZag reference supports groups=1 only"
+            f"layer {layer.name!r} has groups={layer.groups}: "
+            "the ZigZag reference supports groups=1 only"
         )
     (sy, sx), (py, px) = layer.stride, layer.padding
     return [
@@ -122,7 +132,10 @@ def _zigzag_inputs() -> tuple:
 
 
 def run_layer(layer: LayerInfo, bits: int) -> dict:
-    """ZigZag's minimal-energy mapping of one layer: energies in pJ, latency in cycles, wall time in s."""
+    """ZigZag's minimal-energy mapping of one layer.
+
+    Energies in pJ, latency in cycles, wall time in s.
+    """
     from zigzag.api import get_hardware_performance_zigzag
 
     accelerator, mapping = _zigzag_inputs()
@@ -188,7 +201,7 @@ def load_reference(net: str, bits: int, directory=None) -> list:
     path = csv_path(net, bits, directory)
     if not path.exists():
         raise FileNotFoundError(
-            f"reference {path} does not exist: run `python -m dkm.zigzag_ref reference`"
+            f"reference {path} does not exist: run `python -m dkm zigzag reference`"
         )
     with open(path, newline="") as f:
         return [
@@ -218,7 +231,10 @@ def write_csv(rows: list, path: Path, fields=None) -> None:
 
 
 def generate(net: str, bits: int, directory=None, log=print) -> Path:
-    """Run ZigZag on every layer of `net` at `bits`, saving after each layer; layers already saved are kept."""
+    """Run ZigZag on every layer of `net` at `bits`, saving after each layer.
+
+    Layers already saved are kept.
+    """
     path, version = csv_path(net, bits, directory), metadata.version("zigzag-dse")
     done = {r["name"]: r for r in load_reference(net, bits, directory)} if path.exists() else {}
     rows, layers = [], reference_layers(net)
@@ -233,7 +249,8 @@ def generate(net: str, bits: int, directory=None, log=print) -> Path:
                 "mapping": MAPPING,
             }
             log(
-                f"{net} {bits}b {i + 1}/{len(layers)} {layer.name}: {row['energy_pJ']:.4g} pJ in {row['wall_s']} s"
+                f"{net} {bits}b {i + 1}/{len(layers)} {layer.name}: "
+                f"{row['energy_pJ']:.4g} pJ in {row['wall_s']} s"
             )
         rows.append(row)
         write_csv(rows, path, FIELDS)
@@ -241,7 +258,10 @@ def generate(net: str, bits: int, directory=None, log=print) -> Path:
 
 
 def r2_linear(x, y) -> float:
-    """R² of the least-squares line y ≈ a·x + b: 1 − SS_res/SS_tot (= the squared Pearson correlation)."""
+    """R² of the least-squares line y ≈ a·x + b: 1 − SS_res/SS_tot.
+
+    It equals the squared Pearson correlation.
+    """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.shape != y.shape or x.size < 3:
         raise ValueError(f"x and y must have the same length ≥ 3, got {x.size} and {y.size}")
@@ -252,7 +272,10 @@ def r2_linear(x, y) -> float:
 
 
 def validation_rows(net: str, bits: int, directory=None) -> list:
-    """Our metric, MACs and parameters beside the ZigZag energy, per layer (matched by name and MACs)."""
+    """Our metric, MACs and parameters beside the ZigZag energy, per layer.
+
+    Layers are matched by name and MACs.
+    """
     from .energy import layer_energy
 
     ref = {r["name"]: r for r in load_reference(net, bits, directory)}
@@ -262,7 +285,7 @@ def validation_rows(net: str, bits: int, directory=None) -> list:
         if r is None or r["macs"] != layer.macs:
             raise ValueError(
                 f"reference {csv_path(net, bits, directory)} does not match layer {layer.name!r}: "
-                "regenerate it with `python -m dkm.zigzag_ref reference`"
+                "regenerate it with `python -m dkm zigzag reference`"
             )
         ours = layer_energy(layer, bits)["total"]
         rows.append(
@@ -316,38 +339,3 @@ def validation_table(nets=NETS, bits=(8, 16), directory=None, goal: float = 0.95
                     }
                 )
     return table
-
-
-def markdown_table(rows: list) -> str:
-    """A markdown table of dict rows (for the README)."""
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    """`python -m dkm.zigzag_ref [reference|validate]`."""
-    ap = argparse.ArgumentParser(
-        prog="python -m dkm.zigzag_ref", description=__doc__.splitlines()[0]
-    )
-    ap.add_argument("action", nargs="?", default="reference", choices=["reference", "validate"])
-    ap.add_argument("--nets", default=",".join(NETS))
-    ap.add_argument("--bits", default="8,16")
-    ap.add_argument("--dir", default=None, help="reference directory (default data/reference)")
-    args = ap.parse_args(argv)
-    nets = [check_choice("nets", n, NETS) for n in args.nets.split(",")]
-    bits = [check_int("bits", int(b), 1, 32) for b in args.bits.split(",")]
-    if args.action == "validate":
-        rows = validation_table(nets, bits, args.dir)
-        write_csv(rows, RESULTS_DIR / "energy_validation.csv")
-        print(markdown_table(rows))
-        return 0
-    for b in bits:
-        for n in nets:
-            print("wrote", generate(n, b, args.dir, log=lambda s: print(s, flush=True)), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

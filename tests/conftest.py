@@ -5,11 +5,13 @@ import pytest
 
 @pytest.fixture(scope="session")
 def smoke_cache(tmp_path_factory):
-    """One run cache and results directory for every test that runs the notebooks on the smoke profile.
+    """One run cache and results directory for every test that runs the notebooks on the smoke
+    profile.
 
-    tests/test_notebooks.py (papermill + nbval) and tests/e2e (JupyterLab) run the same smoke pipeline: whichever
-    runs first computes it, the other reads it. Stage outputs are written atomically, so a reader never sees half
-    a file. Keys cover the whole configuration, so sharing a cache cannot hand one a stale result.
+    tests/test_notebooks.py (papermill + nbval) and tests/e2e (JupyterLab) run the same smoke
+    pipeline: whichever runs first computes it, the other reads it. Stage outputs are written
+    atomically, so a reader never sees half a file. Keys cover the whole configuration, so sharing a
+    cache cannot hand one a stale result.
     """
     root = tmp_path_factory.mktemp("smoke-cache")
     return {"DKM_RUNS_DIR": str(root / "runs"), "DKM_RESULTS_DIR": str(root / "results")}

@@ -1,4 +1,5 @@
-"""Compression-ratio accounting against hand computations, brute force and the authors' reference."""
+"""Compression-ratio accounting against hand computations, brute force and the authors'
+reference."""
 
 import itertools
 import json
@@ -10,6 +11,8 @@ import torch
 from torch import nn
 
 from dkm import accounting as acc
+from dkm import authors
+from dkm.models import wide_resnet
 from dkm.sharing import SharedLayer, ShareResult
 
 REF = Path(__file__).resolve().parents[1] / "data" / "reference" / "wrn16_4_official_sharing.json"
@@ -207,7 +210,7 @@ def test_compression_table_rejects_mismatch():
         (lambda: acc.Convention("x", codebook_bits=0), "codebook_bits"),
         (lambda: acc.analytic_counts(10, 3, 1.5), "p"),
         (lambda: acc.analytic_counts(10, 0, 0.5), "num_clusters"),
-        (lambda: acc.official_settings("60x"), "official setting"),
+        (lambda: authors.setting("60x"), "official setting"),
         (lambda: acc.table_from_specs([{"in": 1, "out": 1, "k": 3}], {"K": [2, 2]}), "settings"),
     ],
 )
@@ -255,20 +258,21 @@ def _independent_official_cr(ref, setting):
 @pytest.mark.parametrize("setting, expected", [("45x", 43.5), ("47x", 45.4), ("50x", 48.1)])
 def test_reference_check(setting, expected):
     ref, specs = _reference_specs()
-    rows = acc.table_from_specs(specs, acc.official_settings(setting), "official")
+    rows = acc.table_from_specs(specs, authors.reference_plan(setting), "official")
     cr = acc.total_row(rows)["cr"]
     assert abs(cr - expected) < 0.1
     assert cr == pytest.approx(_independent_official_cr(ref, setting), rel=1e-12)
     # conv weights 432 + 9216 + 3·36864 + 1024 + 73728 + 3·147456 + 8192 + 294912 + 3·589824 + 32768
-    # = 2,742,704; conv biases 16 + 5·64 + 5·128 + 5·256 = 2256; linear 2560 + 10 → 2,747,530 (BN excluded)
+    # = 2,742,704; conv biases 16 + 5·64 + 5·128 + 5·256 = 2256;
+    # linear 2560 + 10 → 2,747,530 (BN excluded)
     assert sum(r["params"] for r in rows) == 2747530
     assert rows[0]["shared"] is False and rows[0]["K"] == 144 == rows[0]["N"]  # layer 0 left as is
     assert all(r["convention"] == "official" for r in rows)
 
 
-def test_official_specs_match_the_layer_table():
+def test_reference_specs_match_the_layer_table():
     _, specs = _reference_specs()
-    ours = acc.official_specs()
+    ours = authors.reference_specs()
     assert [(s["in"], s["out"], s["k"], s["bias"]) for s in ours[:16]] == [
         (s["in"], s["out"], s["k"], s["bias"]) for s in specs[:16]
     ]
@@ -279,7 +283,7 @@ def test_reference_orderings_of_conventions():
     # huffman costs ≥ entropy (optimal code ≥ entropy bound); fixed ≥ huffman; fp16 codebook cheaper
     _, specs = _reference_specs()
     cr = {
-        c: acc.total_row(acc.table_from_specs(specs, acc.official_settings("45x"), c))["cr"]
+        c: acc.total_row(acc.table_from_specs(specs, authors.reference_plan("45x"), c))["cr"]
         for c in acc.CONVENTIONS
     }
     assert cr["fixed"] < cr["huffman"] < cr["official"] < cr["official_fp16"]
@@ -288,15 +292,12 @@ def test_reference_orderings_of_conventions():
 
 
 def test_packaged_reference_copy_is_identical():
-    packaged = Path(acc.__file__).parent / "reference" / acc.REFERENCE_FILE
+    packaged = Path(authors.__file__).parent / "reference" / authors.REFERENCE_FILE
     assert json.loads(packaged.read_text()) == json.loads(REF.read_text())
 
 
 def test_model_counts_match_the_layer_table():
-    models = pytest.importorskip("dkm.models")
-    if not hasattr(models, "wide_resnet"):
-        pytest.skip("dkm.models.wide_resnet not available")
-    net = models.wide_resnet(
+    net = wide_resnet(
         depth=16, widen_factor=4, dropout=0.3, in_channels=3, num_classes=10, conv_bias=True
     )
     _, specs = _reference_specs()

@@ -1,4 +1,5 @@
-"""dkm._allocator: glibc thresholds set once, the user's own settings respected, no number changed."""
+"""dkm._allocator: glibc thresholds set once, the user's own settings respected, no number
+changed."""
 
 import os
 import subprocess
@@ -29,7 +30,8 @@ opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
 x, y = torch.randn(256, 1, 28, 28), torch.randint(0, 10, (256,))
 for _ in range(3):
     opt.zero_grad(); torch.nn.functional.cross_entropy(net(x), y).backward(); opt.step()
-print(hashlib.sha256(b"".join(t.detach().contiguous().numpy().tobytes() for t in net.state_dict().values())).hexdigest())
+state = b"".join(t.detach().contiguous().numpy().tobytes() for t in net.state_dict().values())
+print(hashlib.sha256(state).hexdigest())
 """
 
 

@@ -1,4 +1,5 @@
-"""Tests of dkm.data: idx decoding, the offline search order, subsets, loaders, CIFAR-10's format."""
+"""Tests of dkm.data: idx decoding, the offline search order, subsets, loaders, CIFAR-10's
+format."""
 
 import gzip
 import hashlib
@@ -38,7 +39,8 @@ def write_idx(path, arr, gz=False):
 
 
 def write_fashion(directory, n_train=12, n_test=7, seed=0, gz=True):
-    """Four small Fashion-MNIST-shaped idx files in `directory`; returns {train: (images, labels)}."""
+    """Four small Fashion-MNIST-shaped idx files in `directory`;
+    returns {train: (images, labels)}."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     out = {}
@@ -280,7 +282,10 @@ def test_bad_arguments_name_the_parameter(places):
 
 def test_loaders_are_deterministic():
     ds = torch.utils.data.TensorDataset(torch.arange(20.0), torch.arange(20))
-    order = lambda loader: torch.cat([y for _, y in loader]).tolist()
+
+    def order(loader):
+        return torch.cat([y for _, y in loader]).tolist()
+
     a, b = data.loaders(ds, 6, True, seed=1), data.loaders(ds, 6, True, seed=1)
     assert a.num_workers == 0
     first = order(a)
@@ -331,7 +336,8 @@ class Py2Pickler(pickle._Pickler):
 
 
 def write_cifar(root, per_batch=2, n_test=3, seed=0):
-    """cifar-10-batches-py/ with five train batches, a test batch and batches.meta; returns the arrays."""
+    """cifar-10-batches-py/ with five train batches, a test batch and batches.meta; returns the
+    arrays."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
@@ -360,12 +366,13 @@ def write_cifar(root, per_batch=2, n_test=3, seed=0):
 
 @pytest.fixture
 def cifar_md5(monkeypatch):
-    """Point torchvision's md5 table at the test's files, so its real integrity check runs on them."""
+    """Point torchvision's md5 table at the test's files, so its real integrity check runs on
+    them."""
 
     def set_md5(root):
-        md5 = lambda name: hashlib.md5(
-            (root / "cifar-10-batches-py" / name).read_bytes()
-        ).hexdigest()
+        def md5(name):
+            return hashlib.md5((root / "cifar-10-batches-py" / name).read_bytes()).hexdigest()
+
         C = torchvision.datasets.CIFAR10
         monkeypatch.setattr(C, "train_list", [[name, md5(name)] for name, _ in C.train_list])
         monkeypatch.setattr(C, "test_list", [[name, md5(name)] for name, _ in C.test_list])

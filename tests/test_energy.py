@@ -1,6 +1,6 @@
-"""The energy metric: hand-computed access counts, brute-force product reuse, invariants, CLI, bad input."""
+"""The energy metric: hand-computed access counts, brute-force product reuse, invariants, CLI, bad
+input."""
 
-import argparse
 import csv
 import math
 import time
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dkm import energy as en
-from dkm import energy_cli
+from dkm import cli
 from dkm.inventory import LayerInfo, layer_inventory
 
 
@@ -42,12 +42,14 @@ def test_accumulator_and_arithmetic_by_hand():
     assert en.accumulator_bits(8, 8, 576) == 8 + 8 + 10
     assert en.accumulator_bits(16, 16, 1) == 32
     row = en.layer_energy(linear(), 16)
-    # 1000 MACs: 16·16-FA multiplies plus (32 + ⌈log2 100⌉ = 39)-FA adds, over 288 FAs per 16-bit MAC
+    # 1000 MACs: 16·16-FA multiplies plus (32 + ⌈log2 100⌉ = 39)-FA adds,
+    # over 288 FAs per 16-bit MAC
     assert row["arith"] == pytest.approx(1000 * (256 + 39) / 288)
 
 
 def test_rs_accesses_by_hand():
-    # 3×3 conv 4→8 on 6×6 (pad 1): MACs = 8·4·9·36; q = min(4, ⌊12/3⌋) = 4, p = min(8, 24, ⌊224/12⌋) = 8, e = 6, t = 4
+    # 3×3 conv 4→8 on 6×6 (pad 1): MACs = 8·4·9·36;
+    # q = min(4, ⌊12/3⌋) = 4, p = min(8, 24, ⌊224/12⌋) = 8, e = 6, t = 4
     layer = conv()
     assert layer.macs == 10368 and en.rs_mapping(layer) == {"q": 4, "p": 8, "e": 6, "t": 4}
     a = en.rs_accesses(layer)
@@ -63,7 +65,8 @@ def test_rs_accesses_by_hand():
 
 
 def test_linear_layer_energy_by_hand():
-    # Linear(100, 10) at 16 bits: every weight once through DRAM (200), buffer (6), array (2), RF (1)
+    # Linear(100, 10) at 16 bits: every weight once through
+    # DRAM (200), buffer (6), array (2), RF (1)
     row, acc = en.layer_energy(linear(), 16), 39
     assert row["weights"] == pytest.approx(1000 * (200 + 6 + 2 + 1))
     assert row["inputs"] == pytest.approx(100 * (200 + 6) + (1000 / 10) * 2 + 1000)
@@ -187,8 +190,7 @@ def test_googlenet_metric_is_fast():
 
 
 def _cli(argv):
-    parser = energy_cli.build_parser(argparse.ArgumentParser())
-    return energy_cli.cli_main(parser.parse_args(argv))
+    return cli.run_energy(cli.make_parser().parse_args(["energy", *argv]))
 
 
 def _shared_small_cnn(path):
@@ -232,7 +234,7 @@ def test_cli_checkpoint_auto_sharing(tmp_path, capsys):
     rows = list(csv.DictReader(open(tmp_path / "e.csv")))
     assert len(rows) == 2 * 6
     conv2 = [r for r in rows if r["name"] == "conv2" and r["bits"] == "8"][0]
-    layer = [l for l in layer_inventory(net, (1, 28, 28)).layers if l.name == "conv2"][0]
+    layer = [lay for lay in layer_inventory(net, (1, 28, 28)).layers if lay.name == "conv2"][0]
     assert int(conv2["K"]) == 6
     assert float(conv2["shared_mults"]) == brute_force_mults(layer, a) < float(conv2["dense_mults"])
     others = [r for r in rows if r["name"] not in ("conv2", "TOTAL")]
@@ -276,15 +278,17 @@ def test_bad_arguments_name_parameter(tmp_path):
         en.net_energy([conv()], 8, shares={"nope": en.Share(3)})
     torch.save({"weights": 1}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not a dkm checkpoint"):
-        energy_cli.load_model(str(tmp_path / "bad.pt"))
+        cli.energy_model(str(tmp_path / "bad.pt"))
     (tmp_path / "text.pt").write_text("not a zip")
     with pytest.raises(ValueError, match="cannot be read as a torch checkpoint"):
-        energy_cli.load_model(str(tmp_path / "text.pt"))
+        cli.energy_model(str(tmp_path / "text.pt"))
 
 
 def _fake_run(tmp_path, monkeypatch, stage="pretrain"):
-    """A finished run directory as the pipeline writes it (config.json + model.pt), without training."""
+    """A finished run directory as the pipeline writes it (config.json + model.pt), without
+    training."""
     from dkm import pipeline as pl
+    from dkm import runs
     from dkm.models import build_model
     from dkm.profiles import get_profile
 
@@ -293,7 +297,7 @@ def _fake_run(tmp_path, monkeypatch, stage="pretrain"):
     config = pl.pretrain_config(profile)
     if stage == "evaluate":
         config = {"stage": "evaluate", "parent": config}
-    d = pl.run_dir(config["stage"], config)
+    d = runs.run_dir(config["stage"], config)
     torch.manual_seed(0)
     net = build_model(profile.model, **profile.model_kwargs)
     if stage != "evaluate":
@@ -303,7 +307,7 @@ def _fake_run(tmp_path, monkeypatch, stage="pretrain"):
 
 def test_cli_run_directory(tmp_path, monkeypatch, capsys):
     d, net = _fake_run(tmp_path, monkeypatch)
-    loaded, shape = energy_cli.load_model(str(d))
+    loaded, shape = cli.energy_model(str(d))
     assert shape == (1, 28, 28)  # from the run's dataset (Fashion-MNIST)
     assert all(
         torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values())
@@ -315,10 +319,10 @@ def test_cli_run_directory(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_run_directory_without_model(tmp_path, monkeypatch):
-    from dkm.pipeline import RunError
+    from dkm.runs import RunError
 
     d, _ = _fake_run(tmp_path, monkeypatch, stage="evaluate")
     with pytest.raises(RunError, match="keeps no model"):
-        energy_cli.load_model(str(d))
+        cli.energy_model(str(d))
     with pytest.raises(RunError, match="no config.json"):
-        energy_cli.load_model(str(tmp_path))
+        cli.energy_model(str(tmp_path))

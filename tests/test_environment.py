@@ -1,4 +1,5 @@
-"""The conda environment, pyproject.toml, Makefile and CI script agree with each other and with the README."""
+"""The conda environment, pyproject.toml, Makefile and CI script agree with each other and with the
+README."""
 
 from pathlib import Path
 import tomllib
@@ -45,5 +46,22 @@ def test_ci_runs_the_readme_test_command():
 def test_make_targets_depend_on_setup():
     make = (ROOT / "Makefile").read_text()
     for target in ("test", "bench", "lab"):
-        line = next(l for l in make.splitlines() if l.startswith(f"{target}:"))
+        line = next(ln for ln in make.splitlines() if ln.startswith(f"{target}:"))
         assert "setup" in line.split(":", 1)[1], f"make {target} must depend on setup"
+
+
+def test_installed_packages_satisfy_pyproject():
+    """Every runtime and dev dependency is installed here at a version pyproject.toml admits."""
+    from importlib import metadata
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    bad = []
+    for req in map(Requirement, project["dependencies"] + project["optional-dependencies"]["dev"]):
+        try:
+            version = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            bad.append(f"{req.name} is not installed")
+            continue
+        if not req.specifier.contains(version, prereleases=True):
+            bad.append(f"{req.name} {version} is outside {req.specifier}")
+    assert not bad, "; ".join(bad)

@@ -42,7 +42,8 @@ _KS = {"conv1": 5, "conv2": 2, "conv3": 1, "conv4": 16}
 
 
 def _shared_net(seed=0, width=16):
-    """A net whose convs 1–4 are shared by hand: random codebook, random assignments, W = codebook[a]."""
+    """A net whose convs 1–4 are shared by hand: random codebook, random assignments,
+    W = codebook[a]."""
     torch.manual_seed(seed)
     net = _Net(width)
     g = torch.Generator().manual_seed(seed)
@@ -139,10 +140,12 @@ def test_file_size_against_the_fixed_convention(tmp_path):
     expected = fixed + bn
     # padding: less than one byte per shared layer; header within the declared allowance
     assert 0 <= info["bytes"] - info["header_bytes"] - expected < len(shared.layers)
-    # one metadata entry per shared layer and per stored state tensor = one per state_dict entry here
+    # one metadata entry per shared layer and per stored state tensor
+    # = one per state_dict entry here
     allowance = export.header_allowance(len(net.state_dict()))
     assert info["header_bytes"] <= allowance == info["header_allowance_bytes"]
-    # the brief's criterion: within 5% of the fixed-convention size (+ BN state) plus the header allowance
+    # the brief's criterion: within 5% of the fixed-convention size (+ BN state)
+    # plus the header allowance
     assert expected <= info["bytes"] <= 1.05 * expected + allowance
     assert "fixed convention" in export.size_report(info)
 
@@ -162,7 +165,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["net.dkm"]  # no temp file left behind
 
 
-# ---------------------------------------------------------------- bad files: ExportFormatError naming file + problem
+# ----------------------------------------------- bad files: ExportFormatError naming file + problem
 @pytest.fixture
 def saved(tmp_path):
     net, shared = _shared_net()

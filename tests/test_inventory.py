@@ -1,4 +1,5 @@
-"""The layer inventory against hand-computed loop sizes and MACs (AlexNet, GoogLeNet, the package's nets)."""
+"""The layer inventory against hand-computed loop sizes and MACs (AlexNet, GoogLeNet, the package's
+nets)."""
 
 import pytest
 import torch
@@ -24,8 +25,9 @@ ALEXNET_CONVS = [
 ]
 ALEXNET_FCS = [(9216, 4096), (4096, 4096), (4096, 1000)]
 
-# GoogLeNet inception modules (Szegedy et al. 2015, Table 1): in, #1×1, #3×3 reduce, #3×3, #5×5 reduce,
-# #5×5, pool proj, at spatial size E. torchvision's "5×5" branch uses a 3×3 kernel (kept for its weights).
+# GoogLeNet inception modules (Szegedy et al. 2015, Table 1): in, #1×1, #3×3 reduce, #3×3, #5×5
+# reduce, #5×5, pool proj, at spatial size E. torchvision's "5×5" branch uses a 3×3 kernel (kept for
+# its weights).
 INCEPTIONS = [
     (192, 64, 96, 128, 16, 32, 32, 28),
     (256, 128, 128, 192, 32, 96, 64, 28),
@@ -59,7 +61,7 @@ def test_alexnet_macs_and_params_by_hand():
     hand = [co * ci * k * k * e * e for co, ci, k, e in ALEXNET_CONVS] + [
         i * o for i, o in ALEXNET_FCS
     ]
-    assert [l.macs for l in inv.layers] == hand
+    assert [layer.macs for layer in inv.layers] == hand
     assert inv.totals()["macs"] == sum(hand) == 714_188_480
     params = sum(co * ci * k * k + co for co, ci, k, _ in ALEXNET_CONVS) + sum(
         i * o + o for i, o in ALEXNET_FCS
@@ -78,7 +80,7 @@ def test_alexnet_macs_and_params_by_hand():
 def test_googlenet_macs_by_hand():
     net = meta(torchvision.models.googlenet, aux_logits=False, init_weights=True)
     inv = layer_inventory(net, (3, 224, 224))
-    by = {l.name: l for l in inv.layers}
+    by = {layer.name: layer for layer in inv.layers}
     assert by["conv1.conv"].macs == 64 * 3 * 7 * 7 * 112 * 112 == 118_013_952
     assert by["conv2.conv"].macs == 64 * 64 * 56 * 56
     assert by["conv3.conv"].macs == 192 * 64 * 9 * 56 * 56
@@ -100,10 +102,12 @@ def test_package_models():
 
     net = meta(wide_resnet, 16, 4, 0.3, 3, 10, True)
     inv = layer_inventory(net, (3, 32, 32))
-    assert [l.name for l in inv.layers if l.kind == "conv"] == [n for n, _ in conv_layers(net)]
+    assert [layer.name for layer in inv.layers if layer.kind == "conv"] == [
+        n for n, _ in conv_layers(net)
+    ]
     assert len(inv.layers) == 17 and inv.layers[-1].name == "fc"
     assert inv.layers[0].macs == 16 * 3 * 9 * 32 * 32
-    sc = {l.name: l for l in inv.layers}["stage2.0.shortcut"]
+    sc = {layer.name: layer for layer in inv.layers}["stage2.0.shortcut"]
     assert (sc.kernel, sc.stride, sc.in_size, sc.out_size, sc.macs) == (
         (1, 1),
         (2, 2),
@@ -122,11 +126,12 @@ def test_package_models():
         64 * 32 * 9 * 7 * 7,
         64 * 10,
     ]
-    assert [l.macs for l in inv.layers] == hand
+    assert [layer.macs for layer in inv.layers] == hand
 
 
 class Odd(nn.Module):
-    """A conv used twice, a grouped strided conv with padding='same'-like sizes, a Conv1d, a 3D linear."""
+    """A conv used twice, a grouped strided conv with padding='same'-like sizes, a Conv1d, a 3D
+    linear."""
 
     def __init__(self):
         super().__init__()
@@ -146,7 +151,7 @@ def test_reused_grouped_same_and_skipped_layers():
     net = Odd().train()
     inv = layer_inventory(net, (2, 4, 9, 9))
     assert net.training  # the training flag is restored
-    names = [l.name for l in inv.layers]
+    names = [layer.name for layer in inv.layers]
     assert names == ["conv", "conv#2", "grouped", "fc"]
     conv, grouped, fc = inv.layers[0], inv.layers[2], inv.layers[3]
     assert conv.padding == (1, 1) and conv.macs == 2 * 4 * 4 * 9 * 81

@@ -1,4 +1,5 @@
-"""dkm.kmeans against references: scikit-learn's KMeans, brute-force distances, hand computations."""
+"""dkm.kmeans against references: scikit-learn's KMeans, brute-force distances, hand
+computations."""
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ def brute_sq_dists(X, codebook):
 
 
 def assert_consistent(X, result: KMeansResult):
-    """Assignments are nearest centers and the inertia is their brute-force sum of squared distances."""
+    """Assignments are nearest centers and the inertia is their brute-force sum of squared
+    distances."""
     d = brute_sq_dists(X, result.codebook)
     chosen = d.gather(1, result.assignments[:, None])[:, 0]
     scale = float((X.double() ** 2).sum(1).max() + (result.codebook.double() ** 2).sum(1).max())
@@ -28,7 +30,7 @@ def assert_consistent(X, result: KMeansResult):
     assert result.assignments.dtype == torch.int64 and result.codebook.dtype == X.dtype
 
 
-# ---- against scikit-learn -------------------------------------------------------------------------
+# ---- against scikit-learn ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("N,s", [(500, 1), (2000, 3), (1000, 9), (300, 27)])
@@ -104,7 +106,8 @@ def test_sorted_path_equals_matmul_path_with_duplicate_centers():
 
 @pytest.mark.parametrize("init", ["kmeans++", "linear", "random"])
 def test_s1_fast_path_equals_the_general_path(init):
-    # a zero second coordinate leaves every distance unchanged but sends k-means down the general path
+    # a zero second coordinate leaves every distance unchanged
+    # but sends k-means down the general path
     X = normal(500, 1, seed=8)
     start = init_centers(X, 8, init, seed=1)
     fast = kmeans(X, 8, init_centers=start)
@@ -148,7 +151,7 @@ def test_global_rng_and_thread_count_are_left_alone():
         kmeans(normal(50, 3), 4, threads=0)
 
 
-# ---- dominant cluster (the authors' p) ------------------------------------------------------------
+# ---- dominant cluster (the authors' p) ------------------------------------------------------
 
 
 def test_dominant_cluster_is_the_rows_nearest_the_mean_row():
@@ -182,7 +185,7 @@ def test_dominant_cluster_with_explicit_centers_for_the_rest():
         kmeans(X, 4, p=0.5, init_centers=normal(4, 3))
 
 
-# ---- empty clusters and degenerate data ------------------------------------------------------------
+# ---- empty clusters and degenerate data -----------------------------------------------------
 
 
 def test_empty_cluster_takes_the_farthest_row_by_hand():
@@ -263,7 +266,10 @@ def test_density_init_is_the_means_of_equal_mass_bins():
 def test_density_init_puts_more_centers_where_the_weights_are_dense(s):
     # 90% of the rows in a narrow blob at 0, 10% in a wide blob at 10 along the first axis
     X = torch.cat([normal(900, s, seed=17) * 0.1, normal(100, s, seed=18) + 10 * torch.eye(s)[0]])
-    near_dense = lambda C: int((C[:, 0] < 5).sum())
+
+    def near_dense(C):
+        return int((C[:, 0] < 5).sum())
+
     assert near_dense(init_centers(X, 10, "density")) >= 8
     assert near_dense(init_centers(X, 10, "linear")) <= 6
 

@@ -34,7 +34,7 @@ def test_wrn16_4_conv_order_matches_official_table():
 def test_wrn16_4_parameter_count_by_hand():
     net = wide_resnet(16, 4, conv_bias=False)
     # convs: Σ out·in·k² over the official table; BN: 2·C per BN; fc: 256·10 + 10
-    conv = sum(l["out"] * l["in"] * l["k"] ** 2 for l in REF["layers"])
+    conv = sum(c["out"] * c["in"] * c["k"] ** 2 for c in REF["layers"])
     # (bn1, bn2) of each block, stage by stage, then the final bn; 2 parameters per channel
     bns = 2 * ((16 + 64) + (64 + 64) + (64 + 128) + (128 + 128) + (128 + 256) + (256 + 256) + 256)
     assert sum(p.numel() for p in net.parameters()) == conv + bns + 256 * 10 + 10

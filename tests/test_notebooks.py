@@ -1,10 +1,11 @@
-"""The five notebooks: committed clean, run headlessly with PROFILE="smoke", every figure produced, nbval --nbval-lax.
+"""The five notebooks: committed clean, run headlessly with PROFILE="smoke", every figure produced,
+nbval --nbval-lax.
 
-One smoke run (papermill, through `python -m dkm.figures`) executes every notebook into a temporary
-directory, with the session's smoke run cache and results table (tests/conftest.py, shared with
-tests/e2e), so nothing committed is touched; nbval then re-runs
-the executed copies and compares the cells marked `# NBVAL_CHECK_OUTPUT` (deterministic values: CR,
-bounds, counts, accuracies read from the cache) with the first run.
+One smoke run (papermill, through `dkm.notebooks.run_all` as `python -m dkm figures` does)
+executes every notebook into a temporary directory, with the session's smoke run cache and results
+table (tests/conftest.py, shared with tests/e2e), so nothing committed is touched; nbval then
+re-runs the executed copies and compares the cells marked `# NBVAL_CHECK_OUTPUT` (deterministic
+values: CR, bounds, counts, accuracies read from the cache) with the first run.
 """
 
 import ast
@@ -16,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dkm import figures
+from dkm import notebooks, saving
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -34,13 +35,14 @@ DESIGN_TABLES = {"table01_compression": "04"}
 
 
 def _env(cache: dict) -> dict:
-    """Caches and results in the session's smoke cache (nothing committed is touched); one thread per process
-    (2 run at once)."""
+    """Caches and results in the session's smoke cache (nothing committed is touched); one thread
+    per process (2 run at once)."""
     return {**cache, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DKM_PROGRESS": "0"}
 
 
 def _nbval(notebook: Path, env: dict, log: Path) -> subprocess.Popen:
-    """nbval --nbval-lax on one executed copy, in the background (its PNGs are already checked: DKM_PNG=0)."""
+    """nbval --nbval-lax on one executed copy, in the background (its PNGs are already checked:
+    DKM_PNG=0)."""
     with open(log, "w") as out:
         return subprocess.Popen(
             [
@@ -67,10 +69,12 @@ def _nbval(notebook: Path, env: dict, log: Path) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, smoke_cache):
-    """Every notebook executed with PROFILE="smoke" by the headless runner (papermill), then re-run by nbval.
+    """Every notebook executed with PROFILE="smoke" by the headless runner (papermill), then re-run
+    by nbval.
 
-    The nbval run of a notebook starts as soon as its papermill run is done, beside the papermill run of
-    the next one: it only reads the caches its own first run wrote, so the two never compute the same thing.
+    The nbval run of a notebook starts as soon as its papermill run is done, beside the papermill
+    run of the next one: it only reads the caches its own first run wrote, so the two never compute
+    the same thing.
     """
     tmp = tmp_path_factory.mktemp("smoke")
     out, fig, env, nbval = tmp / "notebooks", tmp / "figures", _env(smoke_cache), {}
@@ -78,8 +82,8 @@ def smoke_run(tmp_path_factory, smoke_cache):
         with pytest.MonkeyPatch.context() as mp:
             for key, value in env.items():
                 mp.setenv(key, value)
-            for name in figures.NOTEBOOKS:
-                figures.run_all("smoke", only=name, out_dir=out, fig_dir=fig, log=lambda line: None)
+            for name in notebooks.NOTEBOOKS:
+                notebooks.run_all("smoke", only=name, out_dir=out, fig_dir=fig, log=lambda _: None)
                 nbval[name] = _nbval(out / f"{name}.ipynb", env, tmp / f"nbval_{name}.log")
     finally:
         codes = {name: proc.wait() for name, proc in nbval.items()}
@@ -89,7 +93,7 @@ def smoke_run(tmp_path_factory, smoke_cache):
 
 # ---------------------------------------------------------------- the committed notebooks
 def test_the_five_notebooks_are_there():
-    assert [p.stem for p in NOTEBOOKS] == list(figures.NOTEBOOKS)
+    assert [p.stem for p in NOTEBOOKS] == list(notebooks.NOTEBOOKS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -101,7 +105,8 @@ def test_committed_notebook_has_no_outputs(path):
         if c.cell_type == "code" and (c.outputs or c.execution_count is not None)
     ]
     assert not dirty, (
-        f"{path.name}: cells {dirty} carry outputs or execution counts; clear them before committing"
+        f"{path.name}: cells {dirty} carry outputs or execution counts; "
+        "clear them before committing"
     )
     assert "widgets" not in nb.metadata, (
         f"{path.name} carries widget state: clear it before committing"
@@ -114,7 +119,8 @@ def _parameters(nb) -> list:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_layout(path):
-    """H1 title and the stems it regenerates, one `parameters` cell of literals, a Summary, then the saving cell."""
+    """H1 title and the stems it regenerates, one `parameters` cell of literals, a Summary, then the
+    saving cell."""
     nb = nbformat.read(path, as_version=4)
     first, stems = (
         nb.cells[0].source,
@@ -156,7 +162,7 @@ def test_notebook_functions_stay_short(path):
 
 # ---------------------------------------------------------------- the smoke run
 def test_every_design_figure_is_produced(smoke_run):
-    assert set(figures.FIGURES) == set(DESIGN_FIGURES) and set(figures.TABLES) == set(DESIGN_TABLES)
+    assert set(saving.FIGURES) == set(DESIGN_FIGURES) and set(saving.TABLES) == set(DESIGN_TABLES)
     for stem in DESIGN_FIGURES:
         png, html = smoke_run["fig"] / f"{stem}.png", smoke_run["fig"] / f"{stem}.html"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, stem
@@ -170,13 +176,11 @@ def test_gallery_shows_every_png(smoke_run):
     text = (smoke_run["fig"] / "README.md").read_text()
     pngs = sorted(smoke_run["fig"].glob("*.png"))
     assert len(pngs) == len(DESIGN_FIGURES)
-    assert all(
-        f"![{p.stem}]({p.name})" in text and figures.FIGURES[p.stem][1] in text for p in pngs
-    )
+    assert all(f"![{p.stem}]({p.name})" in text and saving.FIGURES[p.stem][1] in text for p in pngs)
 
 
 def test_executed_notebooks_have_no_errors_and_show_their_sliders(smoke_run):
-    for name in figures.NOTEBOOKS:
+    for name in notebooks.NOTEBOOKS:
         nb = nbformat.read(smoke_run["out"] / f"{name}.ipynb", as_version=4)
         outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
         assert not [o for o in outputs if o.output_type == "error"], name
@@ -187,15 +191,16 @@ def test_executed_notebooks_have_no_errors_and_show_their_sliders(smoke_run):
 
 
 def test_nbval_reproduces_the_checked_outputs(smoke_run):
-    """nbval --nbval-lax re-ran each executed copy: every cell runs, the NBVAL_CHECK_OUTPUT cells print the same."""
-    for name in figures.NOTEBOOKS:
+    """nbval --nbval-lax re-ran each executed copy: every cell runs, the NBVAL_CHECK_OUTPUT cells
+    print the same."""
+    for name in notebooks.NOTEBOOKS:
         assert smoke_run["nbval"][name] == 0, (
             f"nbval failed on {name}:\n{smoke_run['nbval_logs'][name][-6000:]}"
         )
         assert " passed" in smoke_run["nbval_logs"][name]
     checked = sum(
         "NBVAL_CHECK_OUTPUT" in c.source
-        for name in figures.NOTEBOOKS
+        for name in notebooks.NOTEBOOKS
         for c in nbformat.read(smoke_run["out"] / f"{name}.ipynb", as_version=4).cells
     )
     assert checked >= 10
@@ -214,14 +219,14 @@ def test_a_failing_notebook_names_itself_and_the_cell(tmp_path, monkeypatch):
     )
     nb.cells[0].metadata["tags"] = ["parameters"]
     nbformat.write(nb, tmp_path / "09_broken.ipynb")
-    monkeypatch.setattr(figures, "NOTEBOOK_DIR", tmp_path)
-    monkeypatch.setattr(figures, "NOTEBOOKS", ("09_broken",))
+    monkeypatch.setattr(notebooks, "NOTEBOOK_DIR", tmp_path)
+    monkeypatch.setattr(notebooks, "NOTEBOOKS", ("09_broken",))
     with pytest.raises(
-        figures.NotebookError,
+        notebooks.NotebookError,
         match=r"(?s)notebook 09_broken\.ipynb failed in cell \d.*"
         r"broken on purpose.*executed copy",
     ):
-        figures.run_all(
+        notebooks.run_all(
             "smoke", out_dir=tmp_path / "out", fig_dir=tmp_path / "fig", log=lambda s: None
         )
     assert (tmp_path / "out" / "09_broken.ipynb").exists() and not (

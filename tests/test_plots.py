@@ -1,4 +1,5 @@
-"""Figure builders (dkm.plots), figure files (dkm.figures) and slider helpers (dkm.widgets) against hand-made data."""
+"""Figure builders (dkm.plots), figure files (dkm.saving) and slider helpers (dkm.sliders) against
+hand-made data."""
 
 import csv
 import dataclasses
@@ -12,9 +13,10 @@ import pytest
 import torch
 
 import dkm._io
-from dkm import explore, figures, plots, widgets
+from dkm import cli, figdata, notebooks, plots, runs, saving, sliders
 from dkm.kmeans import kmeans
 from dkm.models import small_cnn
+from dkm.plan import uniform_plan
 from dkm.train import TrainConfig, train
 
 
@@ -26,7 +28,7 @@ def ys(fig, name=None, kind=None):
     ]
 
 
-# ---------------------------------------------------------------- builders draw exactly what they are given
+# -------------------------------------------------------- builders draw exactly what they are given
 def test_relaxation_figure_holds_the_values_and_the_rank_line():
     panels = [
         {
@@ -108,12 +110,9 @@ def test_retraining_figure_curves_layers_and_end_points():
 
 
 def test_assignments_figure_histograms_hold_every_distance():
-    side = lambda label, d: {
-        "label": label,
-        "rows": np.eye(3),
-        "assignments": [0, 1, 2],
-        "distances": d,
-    }  # noqa: E731
+    def side(label, d):
+        return {"label": label, "rows": np.eye(3), "assignments": [0, 1, 2], "distances": d}
+
     fig = plots.assignments_figure(side("before", [0.5, 1.0, 2.0]), side("after", [0.1, 0.2]))
     hists = [t for t in fig.data if t.type == "histogram"]
     assert [list(h.x) for h in hists] == [[0.5, 1.0, 2.0], [0.1, 0.2]] and [
@@ -183,14 +182,14 @@ def test_energy_figures():
 
 # ---------------------------------------------------------------- figure files
 def test_fig_dir_for_the_default_and_other_profiles():
-    assert figures.fig_dir_for("cpu") == figures.ROOT / "figures"
-    assert figures.fig_dir_for("smoke") == figures.ROOT / "build" / "figures" / "smoke"
+    assert saving.fig_dir_for("cpu") == saving.ROOT / "figures"
+    assert saving.fig_dir_for("smoke") == saving.ROOT / "build" / "figures" / "smoke"
     with pytest.raises(ValueError, match="profile"):
-        figures.fig_dir_for("laptop")
+        saving.fig_dir_for("laptop")
 
 
 def test_save_figure_writes_html_and_png(tmp_path):
-    paths = figures.save_figure(go.Figure(go.Bar(x=["a"], y=[1])), "fig99_test", tmp_path)
+    paths = saving.save_figure(go.Figure(go.Bar(x=["a"], y=[1])), "fig99_test", tmp_path)
     assert [p.name for p in paths] == ["fig99_test.html", "fig99_test.png"]
     assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = paths[0].read_text()
@@ -204,12 +203,12 @@ def test_save_figure_writes_html_and_png(tmp_path):
 def test_save_figure_is_all_or_nothing_when_png_export_fails(tmp_path, monkeypatch):
     (tmp_path / "fig98.html").write_text("old html")
     monkeypatch.setattr(
-        figures, "png_bytes", lambda fig: (_ for _ in ()).throw(RuntimeError("no browser"))
+        saving, "png_bytes", lambda fig: (_ for _ in ()).throw(RuntimeError("no browser"))
     )
     with pytest.raises(
-        figures.FigureExportError, match=r"(?s)'fig98'.*no browser.*apt-get install chromium"
+        saving.FigureExportError, match=r"(?s)'fig98'.*no browser.*apt-get install chromium"
     ):
-        figures.save_figure(go.Figure(), "fig98", tmp_path)
+        saving.save_figure(go.Figure(), "fig98", tmp_path)
     assert (
         sorted(p.name for p in tmp_path.iterdir()) == ["fig98.html"]
         and (tmp_path / "fig98.html").read_text() == "old html"
@@ -222,7 +221,7 @@ def test_save_table_keeps_the_old_files_when_writing_fails(tmp_path, monkeypatch
         dkm._io.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full"))
     )
     with pytest.raises(OSError, match="disk full"):
-        figures.save_table([{"a": 1}], "table97", tmp_path)
+        saving.save_table([{"a": 1}], "table97", tmp_path)
     assert (tmp_path / "table97.csv").read_text() == "old" and [
         p.name for p in tmp_path.iterdir()
     ] == ["table97.csv"]
@@ -231,7 +230,7 @@ def test_save_table_keeps_the_old_files_when_writing_fails(tmp_path, monkeypatch
 @pytest.mark.parametrize("stem", ["../evil", "a/b", "", ".hidden", "x.png/"])
 def test_bad_stems_are_refused(stem, tmp_path):
     with pytest.raises(ValueError, match="stem"):
-        figures.save_table([{"a": 1}], stem, tmp_path)
+        saving.save_table([{"a": 1}], stem, tmp_path)
 
 
 def test_save_table_round_trips_and_renders_markdown(tmp_path):
@@ -239,7 +238,7 @@ def test_save_table_round_trips_and_renders_markdown(tmp_path):
         {"layer": "conv1", "K": 8, "cr": 12.3456789, "p": None},
         {"layer": "total", "K": None, "cr": 3.0, "p": 0.5},
     ]
-    csv_path, md_path = figures.save_table(rows, "table99", tmp_path)
+    csv_path, md_path = saving.save_table(rows, "table99", tmp_path)
     with open(csv_path, newline="") as f:
         back = list(csv.DictReader(f))
     assert back == [
@@ -253,7 +252,7 @@ def test_save_table_round_trips_and_renders_markdown(tmp_path):
         "| total |  | 3 | 0.5 |",
     ]
     with pytest.raises(ValueError, match="rows"):
-        figures.save_table([], "table98", tmp_path)
+        saving.save_table([], "table98", tmp_path)
 
 
 def test_gallery_lists_every_png_with_one_line(tmp_path):
@@ -265,38 +264,36 @@ def test_gallery_lists_every_png_with_one_line(tmp_path):
         "notes.txt",
     ):
         (tmp_path / name).write_bytes(b"x")
-    text = figures.write_gallery(tmp_path, "smoke").read_text()
+    text = saving.write_gallery(tmp_path, "smoke").read_text()
     for stem in ("fig01_relaxation", "fig05_cr_accuracy", "extra"):
         assert f"![{stem}]({stem}.png)" in text and f"[{stem}.html]({stem}.html)" in text
-    assert figures.FIGURES["fig05_cr_accuracy"][1] in text and "not a figure of DESIGN.md" in text
+    assert saving.FIGURES["fig05_cr_accuracy"][1] in text and "not a figure of DESIGN.md" in text
     assert "[table01_compression.md](table01_compression.md)" in text and "notes.txt" not in text
     assert text.count("![") == 3 and "profile `smoke`" in text
 
 
 def test_select_notebooks():
-    assert figures.select_notebooks(None) == list(figures.NOTEBOOKS)
-    assert figures.select_notebooks("04,05") == ["04_compression", "05_energy"]
-    assert figures.select_notebooks("1") == ["01_spectral_relaxation"]
+    assert notebooks.select_notebooks(None) == list(notebooks.NOTEBOOKS)
+    assert notebooks.select_notebooks("04,05") == ["04_compression", "05_energy"]
+    assert notebooks.select_notebooks("1") == ["01_spectral_relaxation"]
     with pytest.raises(ValueError, match=r"only='07'.*allowed notebook"):
-        figures.select_notebooks("07")
+        notebooks.select_notebooks("07")
 
 
 def test_cli_main_refuses_an_unknown_notebook(capsys):
-    assert figures.main(["--profile", "smoke", "--only", "07"]) == 2
+    assert cli.main(["figures", "--profile", "smoke", "--only", "07"]) == 2
     assert "only='07'" in capsys.readouterr().err
 
 
 def test_cli_parser_defaults():
-    import argparse
-
-    args = figures.build_parser(argparse.ArgumentParser()).parse_args(["--only", "04,05"])
+    args = cli.make_parser().parse_args(["figures", "--only", "04,05"])
     assert (args.profile, args.only, args.out_dir, args.fig_dir) == ("cpu", "04,05", None, None)
 
 
 # ---------------------------------------------------------------- slider helper
 def test_live_figure_rebuilds_on_change():
     slider = W_.IntSlider(value=2, min=1, max=5)
-    box = widgets.live_figure(
+    box = sliders.live_figure(
         lambda K: go.Figure(go.Scatter(x=list(range(K)), y=[K] * K)), {"K": slider}
     )
     assert list(box.figure.data[0].x) == [0, 1]  # the default state, at once
@@ -312,7 +309,7 @@ def test_live_figure_with_a_button_waits_for_the_click_and_shows_errors():
             raise ValueError("lam must be ≥ 0")
         return go.Figure(go.Bar(x=["a"], y=[lam]))
 
-    box = widgets.live_figure(build, {"lam": slider}, button="re-train")
+    box = sliders.live_figure(build, {"lam": slider}, button="re-train")
     slider.value = 3.0
     assert list(box.figure.data[0].y) == [1.0]  # not yet: no click
     button = box.children[0].children[-1]
@@ -326,7 +323,7 @@ def test_live_figure_with_a_button_waits_for_the_click_and_shows_errors():
 # ---------------------------------------------------------------- numbers the notebooks draw
 def test_relaxation_curve_against_svd_and_kmeans():
     W = torch.randn(4, 50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    c = explore.relaxation_curve(W, [1, 3, 4, 6], seed=0)
+    c = figdata.relaxation_curve(W, [1, 3, 4, 6], seed=0)
     sigma2 = torch.linalg.svdvals(W) ** 2
     total = float((W * W).sum())
     assert c["relaxed"] == pytest.approx([float(sigma2[k:].sum()) / total for k in (1, 3, 4, 6)])
@@ -358,7 +355,7 @@ def test_curves_from_a_hand_history():
             },
         ]
     }
-    c = explore.curves(history, start={"a": 8.0, "b": 2.0}, final={"a": 1.0})
+    c = figdata.curves(history, start={"a": 8.0, "b": 2.0}, final={"a": 1.0})
     assert c == {
         "step": [5, 10],
         "loss": [2.0, 1.0],
@@ -366,24 +363,24 @@ def test_curves_from_a_hand_history():
         "layer_errors": {"a": [0.5, 0.25], "b": [0.5, 0.25]},
         "final_errors": {"a": 0.125},
     }
-    assert explore.curves(history, {"a": 8.0, "b": 2.0}, layer_errors=False)["layer_errors"] is None
+    assert figdata.curves(history, {"a": 8.0, "b": 2.0}, layer_errors=False)["layer_errors"] is None
     old = {"steps": [{"step": 5, "task_loss": 2.0}]}  # a history from before train_accuracy
-    assert explore.curves(old)["accuracy"] is None
+    assert figdata.curves(old)["accuracy"] is None
 
 
 def test_uniform_plan_caps_K_at_the_rows():
     net = small_cnn(width=2)  # conv1 has 2·1·3 = 6 rows
-    plan = explore.uniform_plan(net, 8)
-    assert plan["K"] == [6, 8, 8, 8] and plan["p"] == [0.0] * 4
+    plan = uniform_plan(net, 8)
+    assert plan.K == (6, 8, 8, 8) and plan.p == (0.0,) * 4
     with pytest.raises(ValueError, match="num_clusters"):
-        explore.uniform_plan(net, 0)
+        uniform_plan(net, 0)
 
 
 def test_layer_clusters_distances_by_hand():
     weight = torch.tensor(
         [[[[0.0, 0, 0], [2, 0, 0]]], [[[10, 0, 0], [10, 0, 4]]]]
     )  # 4 rows of length 3
-    c = explore.layer_clusters(weight, 2, seed=0)
+    c = figdata.layer_clusters(weight, 2, seed=0)
     rms = math.sqrt((0 + 4 + 100 + 116) / 4)
     assert sorted(c["distances"].tolist()) == pytest.approx(
         sorted([1 / rms, 1 / rms, 2 / rms, 2 / rms])
@@ -403,7 +400,7 @@ def test_cached_runs_finds_finished_children_only(tmp_path, monkeypatch):
         (tmp_path / name / "config.json").write_text(json.dumps(cfg))
         if done:
             (tmp_path / name / "model.pt").write_bytes(b"")
-    found = explore.cached_runs(parent, "retrain")
+    found = runs.cached_runs(parent, "retrain")
     assert [(c["lam"], d.name) for c, d in found] == [(0.5, "retrain-a")]
 
 

@@ -1,4 +1,5 @@
-"""dkm.rows: the three views of a conv weight as W ∈ R^{s×N}, checked against index arithmetic by hand."""
+"""dkm.rows: the three views of a conv weight as W ∈ R^{s×N}, checked against index arithmetic by
+hand."""
 
 import pytest
 import torch

@@ -1,4 +1,5 @@
-"""Row-wise sharing: codebook[assignments] written back, per-layer K/p, skips with reasons, tied fine-tuning."""
+"""Row-wise sharing: codebook[assignments] written back, per-layer K/p, skips with reasons, tied
+fine-tuning."""
 
 import pytest
 import torch
@@ -6,7 +7,9 @@ from torch import nn
 
 from dkm.models import conv_layers, small_cnn, wide_resnet
 from dkm.rows import to_rows
-from dkm.sharing import official_per_layer, share, tie_centers, untie_centers
+from dkm.authors import authors_plan, setting
+from dkm.plan import Plan
+from dkm.sharing import share, shared_copy, sharing_seed, tie_centers, untie_centers
 
 
 class MixedConvs(nn.Module):
@@ -70,7 +73,7 @@ def test_per_layer_k_by_name_and_index_and_exclude():
     torch.manual_seed(0)
     net = small_cnn(width=8)
     result = share(net, num_clusters={"conv1": 2, 1: 3, "conv3": 5, 3: 6}, exclude=["conv3"])
-    assert {n: l.num_clusters for n, l in result.layers.items()} == {
+    assert {n: layer.num_clusters for n, layer in result.layers.items()} == {
         "conv1": 2,
         "conv2": 3,
         "conv4": 6,
@@ -84,9 +87,11 @@ def test_missing_or_oversized_k_is_skipped_with_a_reason():
     result = share(net, num_clusters={"conv2": 4})
     assert result.skipped["conv1"] == "no K given for this layer"
     result = share(small_cnn(width=8), num_clusters=24)
-    assert "equals the number of rows N=24" in result.skipped["conv1"]
-    result = share(small_cnn(width=8), num_clusters=30)
-    assert "exceeds the number of rows N=24" in result.skipped["conv1"]
+    assert (
+        result.skipped["conv1"] == "K=24 ≥ the number of rows N=24: left dense (the authors' rule)"
+    )
+    result = share(small_cnn(width=8), num_clusters=30)  # one K for all: capped layer by layer
+    assert "K=30 ≥ the number of rows N=24: left dense" in result.skipped["conv1"]
 
 
 def test_dominant_cluster_fraction():
@@ -98,16 +103,36 @@ def test_dominant_cluster_fraction():
     assert result.layers["conv3"].p == 0.25
 
 
-def test_official_settings_on_wrn16_4():
+def test_authors_settings_on_wrn16_4():
     torch.manual_seed(0)
     net = wide_resnet(16, 4, 0.3, 3, 10, True)
-    ks, ps = official_per_layer("45x", 16)
-    result = share(net, official="45x", max_iter=3)
-    assert "equals the number of rows" in result.skipped["conv1"]  # K = 144 = 16·3·3
-    for (name, _), k, p in list(zip(conv_layers(net), ks, ps))[1:]:
-        layer = result.layers[name]
+    by_role = setting("45x")
+    result = share(net, authors_plan(net, "45x"), max_iter=3)
+    assert "K=144 ≥ the number of rows N=144" in result.skipped["conv1"]  # 144 = 16·3·3
+    for name, _ in conv_layers(net)[1:]:
+        layer, (k, p) = result.layers[name], by_role[name]
         assert layer.num_clusters == k
         assert int((layer.assignments == 0).sum()) >= int(layer.num_rows * p)
+
+
+def test_shared_copy_uses_the_sharing_seed_and_leaves_the_net():
+    torch.manual_seed(0)
+    net = small_cnn(width=8)
+    before = [w.clone() for w in net.state_dict().values()]
+    plan = Plan((3, 4, 4, 5), (0.0, 0.5, 0.0, 0.0))
+    copy_, result = shared_copy(net, plan, seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.state_dict().values()))
+    assert sharing_seed(2) == 1200 and sharing_seed(0) == 1000
+    torch.manual_seed(0)
+    ref = small_cnn(width=8)
+    by_hand = share(ref, plan, seed=1000 + 100 * 2)  # layer i: 1000 + 100·seed + i
+    for name, layer in result.layers.items():
+        assert torch.equal(layer.assignments, by_hand.layers[name].assignments)
+    assert all(
+        torch.equal(a, b) for a, b in zip(copy_.state_dict().values(), ref.state_dict().values())
+    )
+    with pytest.raises(ValueError, match="seed=-1"):
+        sharing_seed(-1)
 
 
 @pytest.mark.parametrize(
@@ -119,9 +144,11 @@ def test_official_settings_on_wrn16_4():
         ({"num_clusters": 3, "p": 1.0}, r"p\[conv1\]=1.0 is out of range"),
         ({"num_clusters": [3, 3]}, "num_clusters has 2 entries but the net has 4"),
         ({"num_clusters": 3, "exclude": [7]}, "exclude layer index=7"),
-        ({"official": "45x"}, "defined for WRN-16-4"),
-        ({"official": "99x"}, "official setting=.99x."),
-        ({}, "num_clusters is required"),
+        (
+            {"num_clusters": Plan((3, 3), (0.0, 0.0))},
+            "num_clusters has 2 entries but the net has 4",
+        ),
+        ({"num_clusters": None}, "num_clusters is required"),
     ],
 )
 def test_bad_input_names_the_parameter(kwargs, match):
@@ -140,7 +167,8 @@ def test_non_finite_weights_and_no_conv():
 
 
 def _shared_net_and_row_grads():
-    """A shared small net, a batch, and each shared layer's weight gradient (as rows) before tying."""
+    """A shared small net, a batch, and each shared layer's weight gradient (as rows) before
+    tying."""
     torch.manual_seed(0)
     net = small_cnn(width=8)
     result = share(net, num_clusters=4)
@@ -153,10 +181,11 @@ def _shared_net_and_row_grads():
 
 def test_tied_centers_sum_gradients_per_cluster_and_stay_shared():
     net, result, (x, y), grads = _shared_net_and_row_grads()
-    # reference: gradient w.r.t. the shared weight, summed over each cluster by hand (Han et al. 2016, eq. 3)
+    # reference: gradient w.r.t. the shared weight, summed over each cluster by hand
+    # (Han et al. 2016, eq. 3)
     ref = {
-        n: torch.zeros_like(l.codebook).index_add_(0, l.assignments, grads[n])
-        for n, l in result.layers.items()
+        n: torch.zeros_like(layer.codebook).index_add_(0, layer.assignments, grads[n])
+        for n, layer in result.layers.items()
     }
     codebooks = tie_centers(net, result)
     nn.functional.cross_entropy(net(x), y).backward()
@@ -174,16 +203,14 @@ def test_tied_centers_sum_gradients_per_cluster_and_stay_shared():
 def test_mean_center_gradient_is_the_cluster_sum_divided_by_its_size():
     net, result, (x, y), grads = _shared_net_and_row_grads()
     ref = {}
-    for (
-        n,
-        l,
-    ) in result.layers.items():  # by hand: the mean of the weight gradient over each cluster's rows
+    # by hand: the mean of the weight gradient over each cluster's rows
+    for n, layer in result.layers.items():
         ref[n] = torch.stack(
             [
-                grads[n][l.assignments == k].mean(0)
-                if (l.assignments == k).any()
+                grads[n][layer.assignments == k].mean(0)
+                if (layer.assignments == k).any()
                 else torch.zeros(grads[n].shape[1])
-                for k in range(len(l.codebook))
+                for k in range(len(layer.codebook))
             ]
         )
     weights = {n: dict(net.named_modules())[n].weight.detach().clone() for n in result.layers}
@@ -199,8 +226,8 @@ def test_mean_center_gradient_is_the_cluster_sum_divided_by_its_size():
 
 
 def test_tied_codebook_gradient_is_reproducible_on_two_threads():
-    # many rows in few clusters: an atomic accumulation (the backward of codebook[assignments]) gives
-    # run-to-run differences in the last bits here; the center fine-tuning must not
+    # many rows in few clusters: an atomic accumulation (the backward of codebook[assignments])
+    # gives run-to-run differences in the last bits here; the center fine-tuning must not
     from dkm._threads import torch_threads
     from dkm.sharing import TiedWeight
 

@@ -1,4 +1,5 @@
-"""dkm.spectral: the k-means regularizer, against brute force, numpy's SVD, autograd and dkm.kmeans."""
+"""dkm.spectral: the k-means regularizer, against brute force, numpy's SVD, autograd and
+dkm.kmeans."""
 
 import io
 import warnings

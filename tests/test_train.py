@@ -1,6 +1,6 @@
-"""dkm.train: learning, determinism, resume after SIGKILL (bit-exact), checkpoint safety, the regularizer term,
-batch-norm recalibration and evaluation, each against a reference (an uninterrupted run, autograd-free
-hand computations, manual counts)."""
+"""dkm.train: learning, determinism, resume after SIGKILL (bit-exact), checkpoint safety, the
+regularizer term, batch-norm recalibration and evaluation, each against a reference (an
+uninterrupted run, autograd-free hand computations, manual counts)."""
 
 import copy
 import json
@@ -17,16 +17,21 @@ import torch.nn.functional as F_
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import dkm.train as T
+
 from dkm.models import small_cnn, wide_resnet
-from dkm.train import CheckpointError, History, TrainConfig, evaluate, recalibrate_batchnorm, train
+from dkm import spectral
+from dkm.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from dkm.data import epoch_order
+from dkm.evaluation import evaluate, recalibrate_batchnorm
+from dkm.train import History, TrainConfig, show_progress, train
 
 torch.set_num_threads(1)
 HERE = Path(__file__).resolve().parent
 
 
 def toy_data(n=256, seed=0, noise=0.6):
-    """4 classes of 1×8×8 images: class k has its k-th quadrant bright, plus Gaussian noise (learnable)."""
+    """4 classes of 1×8×8 images: class k has its k-th quadrant bright, plus Gaussian noise
+    (learnable)."""
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 4, (n,), generator=g)
     X = noise * torch.randn(n, 1, 8, 8, generator=g)
@@ -43,7 +48,8 @@ def tiny_wrn(seed=0):
 
 
 class FakeRegularizer:
-    """lam/2·Σ‖W − c‖² over conv weights, c = mean of W refreshed every T steps: stateful like KMeansRegularizer."""
+    """lam/2·Σ‖W − c‖² over conv weights, c = mean of W refreshed every T steps: stateful like
+    KMeansRegularizer."""
 
     def __init__(self, net, lam=0.05, refresh_every=3, delay=0.0):
         self.weights = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
@@ -96,7 +102,8 @@ RESUME_CFG = TrainConfig(
 
 
 def resume_child(ckpt_dir):
-    """Run by the SIGKILL test in a subprocess: the same run as `run_reference`, slowed down, checkpointed."""
+    """Run by the SIGKILL test in a subprocess: the same run as `run_reference`, slowed down,
+    checkpointed."""
     net = tiny_wrn()
     train(
         net,
@@ -163,13 +170,11 @@ def dataclass_replace(cfg, **kw):
 
 
 def test_data_order_is_a_function_of_seed_and_epoch():
-    a = T.epoch_order(100, 5, 2)
-    assert torch.equal(a, T.epoch_order(100, 5, 2)) and torch.equal(
+    a = epoch_order(100, 5, 2)
+    assert torch.equal(a, epoch_order(100, 5, 2)) and torch.equal(
         a.sort().values, torch.arange(100)
     )
-    assert not torch.equal(a, T.epoch_order(100, 5, 3)) and not torch.equal(
-        a, T.epoch_order(100, 6, 2)
-    )
+    assert not torch.equal(a, epoch_order(100, 5, 3)) and not torch.equal(a, epoch_order(100, 6, 2))
 
 
 @pytest.mark.parametrize(
@@ -278,17 +283,20 @@ def test_history_json_round_trip(reference):
 
 # ---------------------------------------------------------------- resume
 def test_resume_after_sigkill_is_bit_exact(tmp_path, reference):
-    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_train; test_train.resume_child({str(tmp_path)!r})"
+    code = (
+        f"import sys; sys.path.insert(0, {str(HERE)!r}); "
+        f"import test_train; test_train.resume_child({str(tmp_path)!r})"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
     ckpt_path, deadline, ckpt = (
-        tmp_path / T.CHECKPOINT_NAME,
+        tmp_path / CHECKPOINT_NAME,
         time.time() + 300,
         None,
     )  # generous: a loaded machine
     try:
         while time.time() < deadline and child.poll() is None:
             if ckpt_path.exists():
-                ckpt = T.load_checkpoint(ckpt_path)  # always loadable while being rewritten
+                ckpt = load_checkpoint(ckpt_path)  # always loadable while being rewritten
                 if ckpt["epoch"] >= 1 and ckpt["batch"] > 0:
                     break
             time.sleep(0.005)
@@ -303,7 +311,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, reference):
         child.kill()
         child.wait()
     assert child.returncode == -signal.SIGKILL
-    last = T.load_checkpoint(ckpt_path)
+    last = load_checkpoint(ckpt_path)
     assert last["step"] < RESUME_CFG.epochs * 8  # killed before the end
     net = tiny_wrn(seed=99)  # the weights come from the checkpoint
     history = train(
@@ -318,8 +326,6 @@ class Interrupt(Exception):
 
 
 def test_resume_in_process_with_real_regularizer(tmp_path):
-    spectral = pytest.importorskip("dkm.spectral")
-    pytest.importorskip("dkm.kmeans")
     cfg = dataclass_replace(RESUME_CFG, epochs=2)
 
     def make(stop_at=None):
@@ -344,7 +350,7 @@ def test_resume_in_process_with_real_regularizer(tmp_path):
     net, reg = make(stop_at=11)  # mid-epoch 1, one step after the checkpoint of step 10
     with pytest.raises(Interrupt):
         train(net, toy_data(N), cfg, reg, checkpoint_dir=tmp_path, progress=False)
-    assert T.load_checkpoint(tmp_path / T.CHECKPOINT_NAME)["step"] == 10
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 10
     net, reg = make()
     train(net, toy_data(N), cfg, reg, checkpoint_dir=tmp_path, progress=False)
     assert_same_weights(params(net), params(ref_net))
@@ -363,7 +369,7 @@ def test_failed_write_keeps_the_last_checkpoint_and_stale_temps_are_harmless(
             raise OSError("No space left on device")
         real_save(obj, f)
 
-    monkeypatch.setattr(T.torch, "save", flaky_save)
+    monkeypatch.setattr(torch, "save", flaky_save)
     net = tiny_wrn()
     with pytest.raises(OSError, match="No space"):
         train(
@@ -374,18 +380,16 @@ def test_failed_write_keeps_the_last_checkpoint_and_stale_temps_are_harmless(
             checkpoint_dir=tmp_path,
             progress=False,
         )
-    monkeypatch.setattr(T.torch, "save", real_save)
-    assert (
-        T.load_checkpoint(tmp_path / T.CHECKPOINT_NAME)["step"] == 8
-    )  # the 4th write: end of epoch 0
-    assert [p.name for p in tmp_path.iterdir()] == [T.CHECKPOINT_NAME]
-    (tmp_path / f".{T.CHECKPOINT_NAME}.stale.tmp").write_bytes(b"garbage from a killed write")
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 8  # the 4th write: end of epoch 0
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
+    (tmp_path / f".{CHECKPOINT_NAME}.stale.tmp").write_bytes(b"garbage from a killed write")
     net = tiny_wrn(seed=7)
     train(
         net, toy_data(N), RESUME_CFG, FakeRegularizer(net), checkpoint_dir=tmp_path, progress=False
     )
     assert_same_weights(params(net), reference[0])
-    assert [p.name for p in tmp_path.iterdir()] == [T.CHECKPOINT_NAME]
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
 
 
 def test_finished_run_returns_at_once(tmp_path):
@@ -402,7 +406,7 @@ def test_finished_run_returns_at_once(tmp_path):
 def _one_epoch_checkpoint(tmp_path):
     cfg = dataclass_replace(RESUME_CFG, epochs=1, checkpoint_every=0)
     train(tiny_wrn(), toy_data(32), cfg, checkpoint_dir=tmp_path, progress=False)
-    return cfg, tmp_path / T.CHECKPOINT_NAME
+    return cfg, tmp_path / CHECKPOINT_NAME
 
 
 def _assert_refused(tmp_path, cfg, path, match, regularizer=False):
@@ -484,7 +488,8 @@ def test_evaluate_against_manual_count():
     assert net.training and net[2].training and not net[1].training
 
 
-def test_recalibrate_batchnorm_matches_hand_computed_statistics():
+def _bn_net():
+    """conv → BN (momentum 0.3, random affine) → ReLU → dropout → conv → BN, in eval mode."""
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(1, 3, 3),
@@ -494,32 +499,35 @@ def test_recalibrate_batchnorm_matches_hand_computed_statistics():
         nn.Conv2d(3, 2, 3),
         nn.BatchNorm2d(2),
     )
-    bn1, bn2 = net[1], net[5]
     with torch.no_grad():
-        bn1.weight.uniform_(0.5, 2)
-        bn1.bias.uniform_(-1, 1)
-        for bn in (bn1, bn2):
+        net[1].weight.uniform_(0.5, 2)
+        net[1].bias.uniform_(-1, 1)
+        for bn in (net[1], net[5]):
             bn.running_mean.fill_(5.0)
             bn.running_var.fill_(7.0)
-    net.eval()
-    data = toy_data(50)
+    return net.eval()
+
+
+def _per_channel(x, unbiased):
+    return x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=unbiased)
+
+
+def test_recalibrate_batchnorm_matches_hand_computed_statistics():
+    net, data = _bn_net(), toy_data(50)
+    bn1, bn2 = net[1], net[5]
     recalibrate_batchnorm(net, data, num_batches=3, batch_size=8, seed=4, device="cpu")
     # by hand: the first 24 images of epoch_order(50, 4, 0) in 3 batches; BN1 normalizes with the
-    # biased batch variance, dropout is off; running stats = average of batch means / unbiased variances
+    # biased batch variance, dropout is off;
+    # running stats = average of batch means / unbiased variances
     stats = {1: [], 2: []}
-    for idx in T.epoch_order(50, 4, 0)[:24].split(8):
+    for idx in epoch_order(50, 4, 0)[:24].split(8):
         with torch.no_grad():
             h1 = net[0](data.tensors[0][idx])
-            m, v = h1.mean((0, 2, 3)), h1.var((0, 2, 3), unbiased=False)
-            a = torch.relu(
-                (h1 - m[None, :, None, None])
-                / torch.sqrt(v[None, :, None, None] + bn1.eps)
-                * bn1.weight[None, :, None, None]
-                + bn1.bias[None, :, None, None]
-            )
-            h2 = net[4](a)
-        stats[1].append((m, h1.var((0, 2, 3), unbiased=True)))
-        stats[2].append((h2.mean((0, 2, 3)), h2.var((0, 2, 3), unbiased=True)))
+            m, v = (t[None, :, None, None] for t in _per_channel(h1, unbiased=False))
+            w, b = bn1.weight[None, :, None, None], bn1.bias[None, :, None, None]
+            h2 = net[4](torch.relu((h1 - m) / torch.sqrt(v + bn1.eps) * w + b))
+        stats[1].append(_per_channel(h1, unbiased=True))
+        stats[2].append(_per_channel(h2, unbiased=True))
     for bn, key in ((bn1, 1), (bn2, 2)):
         torch.testing.assert_close(
             bn.running_mean, torch.stack([s[0] for s in stats[key]]).mean(0), atol=1e-5, rtol=1e-5
@@ -593,10 +601,10 @@ def test_cuda_without_cuda_is_a_clear_error():
 def test_progress_is_quiet_when_not_interactive(monkeypatch, capsys):
     monkeypatch.delenv("DKM_PROGRESS", raising=False)
     monkeypatch.setenv("CI", "1")
-    assert T.show_progress() is False and T.show_progress(True) is True
+    assert show_progress() is False and show_progress(True) is True
     monkeypatch.delenv("CI")
     monkeypatch.setenv("DKM_PROGRESS", "1")
-    assert T.show_progress() is True
+    assert show_progress() is True
     monkeypatch.setenv("DKM_PROGRESS", "0")
     train(tiny_wrn(), toy_data(32), TrainConfig(device="cpu", batch_size=16), progress=None)
     out = capsys.readouterr()

@@ -1,4 +1,5 @@
-"""The ZigZag reference: workload dicts by hand, the committed CSVs, the R² computation and (slow) a recomputation."""
+"""The ZigZag reference: workload dicts by hand, the committed CSVs, the R² computation and (slow) a
+recomputation."""
 
 import csv
 import importlib.util
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from dkm import zigzag_ref as zr
+from dkm.cli import main
 
 HAVE_ZIGZAG = (
     importlib.util.find_spec("zigzag") is not None and importlib.util.find_spec("six") is not None
@@ -29,8 +31,8 @@ def test_workload_of_alexnet_layers_by_hand():
 @pytest.mark.parametrize("net,bits", CASES)
 def test_committed_reference_matches_layers(net, bits):
     rows, layers = zr.load_reference(net, bits), zr.reference_layers(net)
-    assert [r["name"] for r in rows] == [l.name for l in layers]
-    assert [r["macs"] for r in rows] == [l.macs for l in layers]
+    assert [r["name"] for r in rows] == [layer.name for layer in layers]
+    assert [r["macs"] for r in rows] == [layer.macs for layer in layers]
     for r in rows:
         assert (r["accelerator"], r["mapping"], r["bits"]) == (
             "eyeriss_like.yaml",
@@ -78,6 +80,17 @@ def test_committed_validation_table_is_reproduced():
             assert float(c[k]) == pytest.approx(f[k], abs=1e-4)
 
 
+def test_cli_validate_writes_the_committed_table(tmp_path, monkeypatch, capsys):
+    committed = (zr.RESULTS_DIR / "energy_validation.csv").read_text()
+    monkeypatch.setattr(zr, "RESULTS_DIR", tmp_path)
+    assert main(["zigzag", "validate"]) == 0
+    assert (tmp_path / "energy_validation.csv").read_text() == committed
+    out = capsys.readouterr().out
+    assert out.startswith("| net | bits |") and out.count("\n") == 2 + 3 * len(CASES)
+    assert main(["zigzag", "validate", "--nets", "vgg"]) == 2
+    assert "nets='vgg' is not allowed" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not HAVE_ZIGZAG, reason="zigzag-dse (and six) not installed: pip install -e '.[energy]'"
@@ -87,7 +100,7 @@ def test_committed_validation_table_is_reproduced():
     [("alexnet", 8, "classifier.4"), ("googlenet", 16, "inception5b.branch4.1.conv")],
 )
 def test_zigzag_recomputes_committed_rows(net, bits, name):
-    layer = [l for l in zr.reference_layers(net) if l.name == name][0]
+    layer = [lay for lay in zr.reference_layers(net) if lay.name == name][0]
     row = [r for r in zr.load_reference(net, bits) if r["name"] == name][0]
     fresh = zr.run_layer(layer, bits)
     for k in ("energy_pJ", "mac_energy_pJ", "mem_energy_pJ", "mem_W_pJ", "mem_I_pJ", "mem_O_pJ"):

@@ -1,4 +1,5 @@
-"""Fixtures of the browser tests: one JupyterLab server and one headless Chromium per session, a page per test.
+"""Fixtures of the browser tests: one JupyterLab server and one headless Chromium per session, a
+page per test.
 
 Select or skip them with `-m e2e` / `-m "not e2e"`. Chromium is Debian's (`/usr/bin/chromium`, or
 `$DKM_CHROMIUM`), driven by the Playwright Python package: nothing is downloaded at run time.
@@ -44,7 +45,8 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def lab_server(tmp_path_factory, smoke_cache):
-    """JupyterLab on 127.0.0.1:<free port> with a token, serving smoke-profile copies of the notebooks."""
+    """JupyterLab on 127.0.0.1:<free port> with a token, serving smoke-profile copies of the
+    notebooks."""
     server = LabServer(venv_jupyter(), tmp_path_factory.mktemp("lab"), extra_env=smoke_cache)
     copy_tree(
         NOTEBOOKS, server.root / "notebooks"
@@ -88,7 +90,8 @@ def browser():
 
 @pytest.fixture(scope="session")
 def lab_app(lab_server, browser):
-    """One page with JupyterLab loaded (loading it costs ~10 s), shared by the tests; its console log."""
+    """One page with JupyterLab loaded (loading it costs ~10 s), shared by the tests; its console
+    log."""
     context = browser.new_context(viewport=VIEWPORT)
     page, console = context.new_page(), []
     page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
@@ -100,7 +103,8 @@ def lab_app(lab_server, browser):
 
 @pytest.fixture
 def lab_page(request, lab_server, lab_app):
-    """The JupyterLab page; after the test: screenshot and console saved, notebooks closed, kernels shut down."""
+    """The JupyterLab page; after the test: screenshot and console saved, notebooks closed, kernels
+    shut down."""
     page, console = lab_app
     console.clear()
     yield page

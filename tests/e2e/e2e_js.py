@@ -1,6 +1,8 @@
-"""The JavaScript the browser tests run in the JupyterLab page (through Playwright's `page.evaluate`).
+"""The JavaScript the browser tests run in the JupyterLab page (through Playwright's
+`page.evaluate`).
 
-`window.jupyterapp` is the JupyterLab application, exposed by the server's `--expose-app-in-browser`.
+`window.jupyterapp` is the JupyterLab application, exposed by the server's
+`--expose-app-in-browser`.
 """
 
 # true once the notebook at `path` is open with an idle kernel; hooks that kernel's error messages
@@ -17,7 +19,8 @@ PANEL = """
       const m = a.msg, t = m.header.msg_type;
       if (a.direction !== 'recv' || m.channel !== 'iopub') return;
       if (t === 'error') window.__e2e.kernelErrors.push(strip(m.content.traceback.join('\\n')));
-      if (t === 'stream' && m.content.name === 'stderr' && /Traceback \\(most recent call last\\)/.test(m.content.text))
+      if (t === 'stream' && m.content.name === 'stderr'
+          && /Traceback \\(most recent call last\\)/.test(m.content.text))
         window.__e2e.kernelErrors.push(strip(m.content.text));
     });
   }
@@ -59,7 +62,8 @@ CELLS = """
 RENDERING = """
 () => {
   const views = Array.from(document.querySelectorAll(
-    '.jp-Notebook .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.widget-view+json"]'));
+    '.jp-Notebook .jp-OutputArea-output'
+    + '[data-mime-type="application/vnd.jupyter.widget-view+json"]'));
   const failed = views.filter(v => /Error displaying widget|Failed to load/.test(v.textContent));
   const pending = views.filter(v => !v.querySelector('.jupyter-widgets'));
   const plots = Array.from(document.querySelectorAll('.jp-Notebook .js-plotly-plot'));
@@ -68,24 +72,29 @@ RENDERING = """
 }
 """
 
-# figure state: "data <hash> layout <hash>" of each drawn figure (its traces; its title, annotations,
-# shapes and images), keyed by cell.
-# Trace uids and plotly's private `_` keys are left out (a rebuilt but identical figure has new uids), and
-# base64 arrays ({dtype, bdata}) are decoded, so the same numbers hash the same however they were sent.
+# figure state: "data <hash> layout <hash>" of each drawn figure (its traces; its title,
+# annotations, shapes and images), keyed by cell.
+# Trace uids and plotly's private `_` keys are left out (a rebuilt but identical figure has new
+# uids), and base64 arrays ({dtype, bdata}) are decoded, so the same numbers hash the same however
+# they were sent.
 FIGURES = """
 () => {
   const cells = window.jupyterapp.shell.currentWidget.content.widgets;
-  const kinds = {f8: Float64Array, f4: Float32Array, i4: Int32Array, u4: Uint32Array, i2: Int16Array,
-                 u2: Uint16Array, i1: Int8Array, u1: Uint8Array, u1c: Uint8ClampedArray};
+  const kinds = {f8: Float64Array, f4: Float32Array, i4: Int32Array, u4: Uint32Array,
+                 i2: Int16Array, u2: Uint16Array, i1: Int8Array, u1: Uint8Array,
+                 u1c: Uint8ClampedArray};
   const decode = o => { const b = Uint8Array.from(atob(o.bdata), c => c.charCodeAt(0));
     return Array.from(new kinds[o.dtype](b.buffer)); };
   const plain = (k, v) => {
     if (k === 'uid' || k.startsWith('_')) return undefined;
     if (ArrayBuffer.isView(v)) return Array.from(v);
-    if (v && typeof v === 'object' && typeof v.bdata === 'string' && kinds[v.dtype]) return decode(v);
+    if (v && typeof v === 'object' && typeof v.bdata === 'string' && kinds[v.dtype]) {
+      return decode(v);
+    }
     return v; };
   const hash = s => { let h = 2166136261; for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i); h = Math.imul(h, 16777619); } return (h >>> 0).toString(16) + ':' + s.length; };
+    h ^= s.charCodeAt(i); h = Math.imul(h, 16777619); }
+    return (h >>> 0).toString(16) + ':' + s.length; };
   const out = {}, seen = {};
   for (const p of document.querySelectorAll('.jp-Notebook .js-plotly-plot')) {
     if (!p._fullLayout || !p.data) continue;
@@ -99,7 +108,8 @@ FIGURES = """
 }
 """
 
-# the first push button (not a toggle) in the nearest widget box around the slider: a slider + "re-train" UI
+# the first push button (not a toggle) in the nearest widget box around the slider:
+# a slider + "re-train" UI
 BUTTON_NEAR = """
 (slider) => {
   for (let box = slider.parentElement; box && !box.classList.contains('jp-OutputArea-output');
@@ -111,14 +121,18 @@ BUTTON_NEAR = """
 }
 """
 
-# where the slider is: its cell, and the text its output shows besides figures (status lines, errors)
+# where the slider is: its cell, and the text its output shows besides figures (status lines,
+# errors)
 WHERE = """
 (slider) => {
   const cells = window.jupyterapp.shell.currentWidget.content.widgets;
   const out = slider.closest('.jp-OutputArea-output');
-  const notes = out ? Array.from(out.querySelectorAll('.widget-html, .widget-label, .jp-RenderedText'))
-    .map(e => e.textContent.trim()).filter(t => t) : [];
-  return {cell: cells.findIndex(c => c.node.contains(slider)), notes: notes.join(' | ').slice(0, 600)};
+  const notes = out
+    ? Array.from(out.querySelectorAll('.widget-html, .widget-label, .jp-RenderedText'))
+      .map(e => e.textContent.trim()).filter(t => t)
+    : [];
+  return {cell: cells.findIndex(c => c.node.contains(slider)),
+          notes: notes.join(' | ').slice(0, 600)};
 }
 """
 

@@ -1,9 +1,10 @@
-"""Drive one notebook in JupyterLab through Playwright: open, run all, move every slider, watch the figures.
+"""Drive one notebook in JupyterLab through Playwright: open, run all, move every slider, watch the
+figures.
 
 Everything is read from the live page (e2e_js): cells and outputs from the JupyterLab application,
-figures from the `.js-plotly-plot` elements' `data` and `layout` (what plotly.js draws), kernel errors
-from the kernel's websocket messages. Timeouts are stated below; each failure raises a subclass of
-AssertionError whose message says what was seen.
+figures from the `.js-plotly-plot` elements' `data` and `layout` (what plotly.js draws), kernel
+errors from the kernel's websocket messages. Timeouts are stated below; each failure raises a
+subclass of AssertionError whose message says what was seen.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class FigureDidNotChange(AssertionError):
 
 
 def wait_until(predicate, timeout: float, what: str, exc=AssertionError):
-    """Poll `predicate()` until it returns a truthy value; raise exc(what(last)) after `timeout` s."""
+    """Poll `predicate()` until it returns a truthy value;
+    raise exc(what(last)) after `timeout` s."""
     deadline, last = time.monotonic() + timeout, None
     while True:
         last = predicate()
@@ -60,7 +62,8 @@ def load_lab(page, server, timeout: float = OPEN_TIMEOUT_S) -> None:
 
 
 def open_notebook(page, server, path: str, timeout: float = OPEN_TIMEOUT_S) -> None:
-    """Open `path` (relative to the server root) in the loaded JupyterLab and wait for an idle kernel."""
+    """Open `path` (relative to the server root) in the loaded JupyterLab and wait for an idle
+    kernel."""
     if not page.evaluate("() => !!window.jupyterapp"):
         load_lab(page, server, timeout)
     page.evaluate(js.OPEN, path)
@@ -84,7 +87,8 @@ def _describe(cells: list[dict]) -> str:
 
 
 def run_all(page, timeout: float = RUN_ALL_TIMEOUT_S) -> list[dict]:
-    """Run All Cells; wait for an idle kernel; raise NotebookError on a cell error or an unfinished run."""
+    """Run All Cells; wait for an idle kernel; raise NotebookError on a cell error or an unfinished
+    run."""
     page.evaluate(js.RUN_ALL)
 
     def finished():
@@ -118,7 +122,8 @@ def run_all(page, timeout: float = RUN_ALL_TIMEOUT_S) -> list[dict]:
 
 
 def wait_rendered(page, timeout: float = RENDER_TIMEOUT_S) -> dict:
-    """Wait until every widget view and figure is drawn and the figures stop changing; their states."""
+    """Wait until every widget view and figure is drawn and the figures stop changing; their
+    states."""
 
     def drawn():
         r = page.evaluate(js.RENDERING)
@@ -167,7 +172,8 @@ def _position(handle) -> float:
 
 
 def move_slider(slider) -> tuple[str, str]:
-    """Move a slider one step with the keyboard (right, or left at the maximum); its readout before and after."""
+    """Move a slider one step with the keyboard (right, or left at the maximum); its readout before
+    and after."""
     handle, readout = slider.locator(".noUi-handle").first, slider.locator(".widget-readout").first
     handle.scroll_into_view_if_needed()
     old, shown = _position(handle), readout.text_content()
@@ -193,7 +199,8 @@ def _data(state: str | None) -> str | None:
 
 
 def _changed(page, before: dict, watched: str) -> list[str]:
-    """Watched figures whose data (traces) differ from `before`: a new title alone does not count."""
+    """Watched figures whose data (traces) differ from `before`: a new title alone does not
+    count."""
     now = page.evaluate(js.FIGURES)
     return [k for k, v in now.items() if k.startswith(watched) and _data(before.get(k)) != _data(v)]
 
@@ -246,7 +253,8 @@ def _unchanged(page, slider, before: dict, watched: str) -> str:
     figures, now = [k for k in before if k.startswith(watched)], page.evaluate(js.FIGURES)
     layout_only = [k for k in figures if before[k] != now.get(k)]
     return (
-        f"the data of none of the {len(figures)} figures {figures} changed (layout only: {layout_only}; "
+        f"the data of none of the {len(figures)} figures {figures} changed "
+        f"(layout only: {layout_only}; "
         f"the output reads: {slider.evaluate(js.WHERE)['notes']!r})"
     )
 
@@ -254,7 +262,8 @@ def _unchanged(page, slider, before: dict, watched: str) -> str:
 def _wait_changed(
     page, before: dict, watched: str, errors_before: int, timeout: float
 ) -> list[str]:
-    """Watched figures changed since `before`; [] after `timeout` s or as soon as the kernel reports an error."""
+    """Watched figures changed since `before`; [] after `timeout` s or as soon as the kernel reports
+    an error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and len(kernel_errors(page)) == errors_before:
         changed = _changed(page, before, watched)
@@ -265,7 +274,8 @@ def _wait_changed(
 
 
 def check_notebook(page, server, path: str) -> dict:
-    """Open, run all, then move each slider and check that a figure follows; records and seconds per step."""
+    """Open, run all, then move each slider and check that a figure follows; records and seconds per
+    step."""
     seconds, start = {}, time.monotonic()
 
     def lap(step):

@@ -1,9 +1,10 @@
-"""A throw-away JupyterLab server for the browser tests: 127.0.0.1, a free port, a token, a temporary root.
+"""A throw-away JupyterLab server for the browser tests: 127.0.0.1, a free port, a token, a
+temporary root.
 
-The root holds *copies* of the notebooks (JupyterLab autosaves, so the committed ones are never opened),
-each parameterized with `PROFILE = "smoke"` the way papermill does it (a cell injected after the one
-tagged `parameters`); every Jupyter and dkm directory the server or its kernels could write to is
-redirected into the temporary directory.
+The root holds *copies* of the notebooks (JupyterLab autosaves, so the committed ones are never
+opened), each parameterized with `PROFILE = "smoke"` the way papermill does it (a cell injected
+after the one tagged `parameters`); every Jupyter and dkm directory the server or its kernels could
+write to is redirected into the temporary directory.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
-    """True when 127.0.0.1:port can be listened on again (as any server would: TIME_WAIT is no obstacle)."""
+    """True when 127.0.0.1:port can be listened on again (as any server would: TIME_WAIT is no
+    obstacle)."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -63,7 +65,8 @@ def port_is_free(port: int) -> bool:
 
 
 def prepare_notebook(src: Path, dst: Path, parameters: dict = PARAMETERS) -> Path:
-    """Copy `src` to `dst` with `parameters` injected after its `parameters` cell (papermill's rule)."""
+    """Copy `src` to `dst` with `parameters` injected after its `parameters` cell (papermill's
+    rule)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(
         str(src),
@@ -86,7 +89,8 @@ def write_user_settings(settings_dir: Path) -> None:
 
 
 class LabServer:
-    """`jupyter lab` as a subprocess; `start()` waits for /api/status, `stop()` terminates then kills."""
+    """`jupyter lab` as a subprocess; `start()` waits for /api/status, `stop()` terminates then
+    kills."""
 
     def __init__(
         self, jupyter: Path, tmp: Path, extra_args: tuple = (), extra_env: dict | None = None
@@ -118,7 +122,8 @@ class LabServer:
                 "DKM_RUNS_DIR": str(t / "runs"),
                 "DKM_RESULTS_DIR": str(t / "results"),
                 "DKM_PROGRESS": "0",
-                "DKM_PNG": "0",  # figures as .html only: PNG export is tested by tests/test_notebooks.py
+                # figures as .html only: PNG export is tested by tests/test_notebooks.py
+                "DKM_PNG": "0",
             }
         )
         env.update(self.extra_env)
@@ -129,7 +134,8 @@ class LabServer:
         return {**PARAMETERS, "FIG_DIR": str(self.tmp / "figures")}
 
     def prepare(self, src: Path, folder: str) -> str:
-        """A parameterized copy of notebook `src` in `folder` of the root; its path for JupyterLab."""
+        """A parameterized copy of notebook `src` in `folder` of the root; its path for
+        JupyterLab."""
         prepare_notebook(src, self.root / folder / src.name, self.parameters())
         return f"{folder}/{src.name}"
 
@@ -151,7 +157,8 @@ class LabServer:
         ]
 
     def start(self, timeout: float = START_TIMEOUT_S) -> "LabServer":
-        """Start the server; raise ServerDidNotStart (with the log) unless /api/status answers in time."""
+        """Start the server; raise ServerDidNotStart (with the log) unless /api/status answers in
+        time."""
         self.root.mkdir(parents=True, exist_ok=True)
         write_user_settings(self.tmp / "lab-settings")
         with open(self.log_path, "wb") as log:
@@ -175,7 +182,10 @@ class LabServer:
         raise ServerDidNotStart(self._why(f"did not answer /api/status within {timeout:.0f} s"))
 
     def _why(self, what: str) -> str:
-        return f"jupyter lab {what}; command: {' '.join(self.command())}\n--- server log ---\n{self.log()}"
+        return (
+            f"jupyter lab {what}; command: {' '.join(self.command())}\n"
+            f"--- server log ---\n{self.log()}"
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else "(no log)"
@@ -197,7 +207,8 @@ class LabServer:
             return None
 
     def shutdown_kernels(self) -> None:
-        """Delete every session (and so its kernel): each notebook test starts from a fresh kernel."""
+        """Delete every session (and so its kernel): each notebook test starts from a fresh
+        kernel."""
         for session in self.api("/api/sessions") or []:
             self.api(f"/api/sessions/{session['id']}", method="DELETE")
 

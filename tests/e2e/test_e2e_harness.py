@@ -1,4 +1,5 @@
-"""The browser harness proven on fixture notebooks: it sees sliders drive figures, and it sees them fail."""
+"""The browser harness proven on fixture notebooks: it sees sliders drive figures, and it sees them
+fail."""
 
 from __future__ import annotations
 

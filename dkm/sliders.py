@@ -1,9 +1,11 @@
-"""The notebooks' sliders: live views (ipywidgets + plotly FigureWidget) that rebuild a figure when a control moves.
+"""The notebooks' sliders: live views that rebuild a figure when a control moves.
+
+The views are ipywidgets controls above a plotly FigureWidget.
 
 `live_figure(build, controls)` is the one slider helper: it shows `build(**values)` at once (the
 default state, so a papermill run never waits for a user), and rebuilds it when a control moves —
 or when a button is clicked, for answers that take seconds (live re-training). What the sliders
-compute (numbers from cached runs, small k-means) is in dkm.explore.
+compute is in dkm.figdata; `live_retrain` is the live λ slider's computation.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ from __future__ import annotations
 import functools
 import html
 import time
+
+from . import pipeline as pl
+from .figdata import curves, layer_kmeans_errors
+from .plan import plan_clusters
+from .runs import run_history
 
 
 # ---------------------------------------------------------------- the slider helper
@@ -28,7 +35,7 @@ def _replace(view, new) -> None:
 
 
 def _rebuild(build, controls: dict, view, status, _event=None) -> None:
-    """Rebuild the figure from the controls' values; a failure is shown in `status`, the figure kept."""
+    """Rebuild the figure from the controls' values; a failure is shown in `status`, figure kept."""
     started = time.perf_counter()
     status.value = "computing…"
     try:
@@ -41,9 +48,11 @@ def _rebuild(build, controls: dict, view, status, _event=None) -> None:
 
 
 def live_figure(build, controls: dict, button: str | None = None, initial=None):
-    """Controls above a FigureWidget of build(**values); rebuilt on each change (or on a click of `button`).
+    """Controls above a FigureWidget of build(**values), rebuilt on each change.
 
-    `initial` is the figure of the current values when the caller has it already (the default state).
+    With `button` (a label), it is rebuilt instead on a click of a button with that label.
+    `initial` is the figure of the current values when the caller has it already (the default
+    state).
     A failing rebuild leaves the figure as it was and shows the error under the controls.
     """
     import ipywidgets as W
@@ -63,3 +72,25 @@ def live_figure(build, controls: dict, button: str | None = None, initial=None):
     box = W.VBox([W.HBox(row), status, view])
     box.update, box.figure, box.status = update, view, status
     return box
+
+
+# ---------------------------------------------------------------- the live λ slider
+def live_retrain(
+    profile, lam: float, mode: str = "indicator", seed: int = 0, target_cr: float | None = None
+) -> dict:
+    """Re-train the profile's net at λ (cached per λ), share it, evaluate it.
+
+    Returns {"curves", "result", "seconds", "K"}."""
+    started = time.perf_counter()
+    net0, _ = pl.pretrain(profile)
+    plan = plan_clusters(net0, target_cr or max(profile.cr_targets), p=profile.p)
+    start = layer_kmeans_errors(net0, plan, seed)
+    net, config = pl.retrain(profile, "dkm", seed, plan, mode, lam)
+    history = run_history("retrain", config)
+    result = pl.share_and_evaluate(profile, net, config, "kmeans", plan, seed)
+    return {
+        "curves": curves(history, start),
+        "result": result,
+        "K": max(plan.K),
+        "seconds": time.perf_counter() - started,
+    }
