@@ -22,12 +22,13 @@ from .energy import COMPONENTS, UNIT, compare_energy, make_shares
 from .export import save_shared, size_report
 from .inventory import layer_inventory
 from .models import load_model_file
-from .plan import Plan, plan_clusters
+from .plan import Plan, describe, plan_clusters
+from .planner import rd_plan
 from .profiles import PROFILES, get_profile
 from .runs import root_config
 from .saving import DEFAULT_PROFILE, PROFILE_NAMES
 from .sharing import share, sharing_seed
-from .sweep import FINETUNED, finetuned_methods, methods_of, results_path, run_point, summary
+from .sweep import FINETUNED, all_methods, finetuned_methods, results_path, run_point, summary
 from .sweep import split_method, sweep, write_results
 from .tables import markdown_table, text_table
 
@@ -57,12 +58,19 @@ def _add_plan(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--target-cr",
         type=float,
-        help="target compression ratio (official convention): one uniform K",
+        help="target compression ratio (official convention), planned by --planner",
     )
     where.add_argument(
         "--official",
         choices=authors.SETTINGS,
         help="the authors' per-layer K and p by layer role (a WRN-16-k)",
+    )
+    parser.add_argument(
+        "--planner",
+        choices=("uniform", "rd"),
+        default=None,
+        help="with --target-cr: uniform (one K in every conv, default) or rd (per-layer K and p "
+        "by rate–distortion, dkm.planner)",
     )
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of re-training and sharing (default 0)")  # fmt: skip
@@ -74,10 +82,14 @@ def _profile(args):
 
 
 def _plan(args, profile) -> Plan:
-    """The Plan of --target-cr or --official for the profile's pre-trained net."""
+    """The Plan of --official, or of --target-cr by --planner, for the profile's pre-trained net."""
     net = pl.pretrain(profile, args.progress)[0]
     if args.official:
+        if args.planner is not None:
+            raise ValueError(f"--planner {args.planner} plans a --target-cr: not with --official")
         return authors.authors_plan(net, args.official)
+    if args.planner == "rd":
+        return rd_plan(net, args.target_cr, pl.planner_options(profile, net))
     return plan_clusters(net, args.target_cr, p=profile.p)
 
 
@@ -118,7 +130,8 @@ def run_retrain(args) -> int:
     source = "plain" if args.method == "plain" else f"dkm-{args.mode}"
     net, config = pl.source_net(profile, source, plan, args.seed, args.progress)
     acc = pl.evaluate(net, pl.datasets(profile)[1])["accuracy"]
-    print(f"re-trained ({source}, K={max(plan.K)}): top-1 before sharing {100 * acc:.2f}%  "
+    where = "" if source == "plain" else f", {plan.label()}: {describe(plan, net)}"
+    print(f"re-trained ({source}{where}): top-1 before sharing {100 * acc:.2f}%  "
           f"[{pl.run_dir('retrain', config)}]")  # fmt: skip
     return 0
 
@@ -142,7 +155,7 @@ def run_share(args) -> int:
     net = copy.deepcopy(pl.source_net(profile, args.source, plan, args.seed, args.progress)[0])
     init = pl.SHARE_INITS[args.method]
     shared = share(net, plan, init=init, seed=sharing_seed(args.seed))
-    columns = ("name", "kind", "K", "N", "s", "bits_index_per_row", "cr")
+    columns = ("name", "kind", "K", "p", "N", "s", "bits_index_per_row", "cr")
     print(text_table(compression_table(net, shared, "official"), columns, float_format=".3g"))
     for name, reason in shared.skipped.items():
         print(f"skipped {name}: {reason}")
@@ -171,8 +184,9 @@ def run_evaluate(args) -> int:
               f"net)")  # fmt: skip
     result, rows = run_point(profile, label, plan, args.seed, args.progress)
     write_results(results_path(profile), rows)
+    kp = describe(plan, pl.pretrain(profile, args.progress)[0])
     print(f"{label} at {plan.label()} (official CR {result['cr']['official']:.2f}, "
-          f"K={max(plan.K)}): top-1 before sharing {100 * result['top1_before']:.2f}%, after "
+          f"{kp}): top-1 before sharing {100 * result['top1_before']:.2f}%, after "
           f"{100 * result['top1']:.2f}%, "
           f"after BN re-estimation {100 * result['top1_bn']:.2f}%")  # fmt: skip
     return 0
@@ -183,8 +197,9 @@ def add_sweep(parser):
     _add_profile(parser)
     smoke = get_profile("smoke")
     parser.add_argument("--methods", default=None,
-                        help=f"comma-separated, from: {', '.join(methods_of(smoke))} (the default: "
-                             f"all of these) and the opt-in {', '.join(finetuned_methods(smoke))} "
+                        help=f"comma-separated, from: {', '.join(all_methods(smoke))} "
+                             f"(the default: the profile's methods) and the opt-in "
+                             f"{', '.join(finetuned_methods(smoke))} "
                              f"(re-training, then center fine-tuning)")  # fmt: skip
 
 

@@ -20,16 +20,18 @@ class BasicBlock(nn.Module):
     BN-ReLU-conv3×3-BN-ReLU-(dropout)-conv3×3.
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int, dropout: float, bias: bool):
+    def __init__(
+        self, c_in: int, c_out: int, stride: int, dropout: float, bias: bool, project=False
+    ):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=bias)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=bias)
         self.dropout = dropout
-        # a 1×1 projection only where the shape changes (as in the authors' WideResNet)
+        # a 1×1 projection where the shape changes (as in the authors' WideResNet), or if asked
         self.shortcut = None
-        if c_in != c_out or stride != 1:
+        if project or c_in != c_out or stride != 1:
             self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, 0, bias=bias)
 
     def forward(self, x):
@@ -45,12 +47,15 @@ class BasicBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-k: conv1, three stages of (depth−4)/6 blocks, BN-ReLU, pool, fc.
 
-    The stages have widths 16k, 32k and 64k.
+    The stages have widths 16k, 32k and 64k. The first block of each stage has a 1×1 shortcut
+    conv where its shape changes — in every stage for k > 1; `stage1_shortcut=True` gives stage 1
+    one for k = 1 too, so that WRN-16-1 has the 16 convs of the authors' layer table.
     """
 
     def __init__(
-        self, depth=16, widen_factor=4, dropout=0.0, in_channels=3, num_classes=10, conv_bias=False
-    ):
+        self, depth=16, widen_factor=4, dropout=0.0, in_channels=3, num_classes=10,
+        conv_bias=False, stage1_shortcut=False,
+    ):  # fmt: skip
         super().__init__()
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
@@ -63,6 +68,7 @@ class WideResNet(nn.Module):
                     (1 if i == 0 else 2) if b == 0 else 1,
                     dropout,
                     conv_bias,
+                    project=stage1_shortcut and i == 0 and b == 0,
                 )
                 for b in range(n)
             ]
@@ -78,11 +84,12 @@ class WideResNet(nn.Module):
 
 
 def wide_resnet(
-    depth=16, widen_factor=4, dropout=0.0, in_channels=3, num_classes=10, conv_bias=False
-) -> WideResNet:
+    depth=16, widen_factor=4, dropout=0.0, in_channels=3, num_classes=10, conv_bias=False,
+    stage1_shortcut=False,
+) -> WideResNet:  # fmt: skip
     """WRN-depth-widen_factor; depth must be 6n+4.
 
-    WRN-16-k has 16 convs, matching the official layer table.
+    WRN-16-k (k > 1, or k = 1 with stage1_shortcut=True) has the 16 convs of the authors' table.
     """
     check_int("depth", depth, 10, 100)
     if (depth - 4) % 6:
@@ -93,7 +100,11 @@ def wide_resnet(
     check_float("dropout", dropout, 0.0, 1.0, hi_open=True)
     check_int("in_channels", in_channels, 1, 64)
     check_int("num_classes", num_classes, 2, 100000)
-    return WideResNet(depth, widen_factor, dropout, in_channels, num_classes, bool(conv_bias))
+    if not isinstance(stage1_shortcut, bool):
+        raise TypeError(f"stage1_shortcut={stage1_shortcut!r} must be True or False")
+    return WideResNet(
+        depth, widen_factor, dropout, in_channels, num_classes, bool(conv_bias), stage1_shortcut
+    )
 
 
 class SmallCNN(nn.Module):

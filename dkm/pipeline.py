@@ -29,6 +29,7 @@ from .checkpoint import save_atomic
 from .evaluation import evaluate, recalibrate_batchnorm
 from .models import build_model
 from .plan import Plan
+from .planner import K_GRID, P_GRID, layer_options
 from .profiles import Profile
 from .runs import RunError, load_json, root_config, run_dir
 from .sharing import share, sharing_seed, tie_centers, untie_centers
@@ -209,6 +210,23 @@ def source_net(profile: Profile, source: str, plan: Plan, seed: int, progress=No
         return retrain(profile, "plain", seed, progress=progress)
     mode = source.split("-", 1)[1]
     return retrain(profile, "dkm", seed, plan, mode, progress=progress)
+
+
+# ---------------------------------------------------------------- the planner's k-means runs
+def planner_options(profile: Profile, net: torch.nn.Module) -> list:
+    """`dkm.planner.layer_options` of the pre-trained net, cached (one k-means per option).
+
+    Sharing seed 0 (1000 + conv index), the grids and the convention are in the key."""
+    config = {"stage": "plan", "parent": pretrain_config(profile), "planner": "rd",
+              "K_grid": list(K_GRID), "p_grid": list(P_GRID), "seed": sharing_seed(0),
+              "convention": "official"}  # fmt: skip
+    path = run_dir("plan", config) / "options.json"
+    if path.exists():
+        return load_json(path)["options"]
+    with _compute(profile):
+        options = layer_options(net, config["seed"], config["convention"])
+    write_atomic(path, json.dumps({"options": options}, indent=1))
+    return options
 
 
 # ---------------------------------------------------------------- share + evaluate

@@ -43,9 +43,11 @@ class Plan:
             raise ValueError(f"a plan has {len(self.K)} K and {len(self.p)} p: allowed one each")
 
     def label(self) -> str:
-        """'target CR 16' or "the authors' 45x setting" (for messages)."""
+        """'target CR 16', 'the rd planner at target CR 28.56' or "the authors' 45x setting"."""
         if self.setting == "uniform":
             return f"target CR {self.target_cr:g}"
+        if self.setting == "rd":
+            return f"the rd planner at target CR {self.target_cr:g}"
         return f"the authors' {self.setting} setting"
 
 
@@ -104,6 +106,21 @@ def layer_specs(net: nn.Module) -> list[dict]:
         elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
             specs.append({"kind": "batchnorm", "name": name, "num_features": m.num_features})
     return specs
+
+
+def _span(values) -> str:
+    """'7–100', or '3' where every value is the same."""
+    lo, hi = min(values), max(values)
+    return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+
+
+def describe(plan: Plan, net: nn.Module) -> str:
+    """'K 7–100, p 0.3–0.9 in 15 of 16 convs': the convs the plan shares (K < N; others dense)."""
+    kp = [(k, q) for k, q, n in zip(plan.K, plan.p, conv_rows(net)) if not stays_dense(k, n)]
+    if not kp:
+        return f"every one of the {len(plan.K)} convs dense"
+    ks, ps = zip(*kp)
+    return f"K {_span(ks)}, p {_span(ps)} in {len(kp)} of {len(plan.K)} convs"
 
 
 def conv_rows(net: nn.Module) -> list[int]:

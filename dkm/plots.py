@@ -319,8 +319,9 @@ def cr_accuracy_figure(
 ) -> go.Figure:
     """fig05: top-1 accuracy over the compression ratio, one line per method, one panel per entry.
 
-    panels: {panel title: summary rows {"method", "cr_official", "mean", "spread"}}, accuracies
-    as fractions.
+    panels: {panel title: summary rows {"method", "setting", "cr_official", "mean", "std"}},
+    accuracies as fractions. Per method: the per-layer plans of the planner ("rd") as a line, the
+    authors' settings ("45x", …) as stars, uniform-K plans as a faded line (the contrast).
     """
     fig = make_subplots(
         1, len(panels), subplot_titles=list(panels), shared_yaxes=True, horizontal_spacing=0.05
@@ -340,31 +341,53 @@ def cr_accuracy_figure(
             title_text="compression ratio (official convention)", type="log", row=1, col=j
         )
     fig.update_yaxes(title_text="top-1 accuracy (%)", row=1, col=1)
-    return _finish(fig, title, height=460, width=1200)
+    return _finish(fig, title, height=480, width=1250)
+
+
+def _family(setting: str) -> str:
+    """How a plan was made: "rd" (the planner), "uniform" (one K) or "authors" (45x, 47x, 50x)."""
+    return setting if setting in ("rd", "uniform") else "authors"
+
+
+# per plan family: (legend suffix, trace mode, opacity, marker symbol)
+FAMILIES = {
+    "rd": ("", "lines+markers", 1.0, "circle"),
+    "authors": (", authors' K/p", "markers", 1.0, "star"),
+    "uniform": (", uniform K", "lines+markers", 0.35, "circle-open"),
+}
 
 
 def _cr_traces(fig: go.Figure, rows: list[dict], j: int) -> None:
-    """Panel j of fig05: one line per method (in order of first appearance), sorted by CR."""
+    """Panel j of fig05: per method (in order of first appearance) and plan family, sorted by CR."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for i, method in enumerate(methods):
-        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["cr_official"])
-        dkm = method.startswith("dkm")
-        fig.add_trace(
-            go.Scatter(
-                x=[r["cr_official"] for r in pts],
-                y=[100 * r["mean"] for r in pts],
-                name=method,
-                legendgroup=method,
-                showlegend=j == 1,
-                mode="lines+markers",
-                line=dict(
-                    color=_method_color(method, i), width=3 if dkm else 1.5, dash=_dash(method)
-                ),
-                error_y=dict(type="data", array=[100 * r["spread"] for r in pts]),
-            ),
-            1,
-            j,
-        )
+        for family, (suffix, mode, opacity, symbol) in FAMILIES.items():
+            pts = [r for r in rows if r["method"] == method
+                   and _family(r.get("setting", "uniform")) == family]  # fmt: skip
+            if pts:
+                _cr_trace(fig, method, sorted(pts, key=lambda r: r["cr_official"]), j, i,
+                          dict(name=method + suffix, mode=mode, opacity=opacity),
+                          symbol)  # fmt: skip
+
+
+def _cr_trace(fig, method: str, pts: list, j: int, i: int, style: dict, symbol: str) -> None:
+    """One line (or set of markers) of fig05 with ± one standard deviation over seeds."""
+    dkm = method.startswith("dkm")
+    color = _method_color(method, i)
+    fig.add_trace(
+        go.Scatter(
+            x=[r["cr_official"] for r in pts],
+            y=[100 * r["mean"] for r in pts],
+            legendgroup=method,
+            showlegend=j == 1,
+            line=dict(color=color, width=3 if dkm else 1.5, dash=_dash(method)),
+            marker=dict(symbol=symbol, size=12 if symbol == "star" else 7, color=color),
+            error_y=dict(type="data", array=[100 * r["std"] for r in pts]),
+            **style,
+        ),
+        1,
+        j,
+    )
 
 
 # ---------------------------------------------------------------- 05: energy

@@ -40,10 +40,16 @@ class Profile:
     lam: float  # λ of the k-means regularizer (sum-normalized, see dkm.spectral)
     refresh_every: int  # T: optimizer steps between F updates
     modes: tuple = ("indicator", "spectral")
+    # the sweep's default methods (dkm.sweep; empty: every method without +ft)
+    methods: tuple = ()
     view: str = "rows"
+    # targets of uniform-K plans (dkm.plan.plan_clusters): CRs, or "45x"/"47x"/"50x" for the CR the
+    # authors' setting has on this net
     cr_targets: tuple = (8.0, 16.0, 32.0, 45.0)
     # the authors' per-layer K/p settings run as extra points (dkm.authors)
     official_settings: tuple = ()
+    # targets (as cr_targets) of the rate–distortion planner's per-layer (K, p) plans (dkm.planner)
+    rd_targets: tuple = ()
     seeds: tuple = (0, 1)
     p: float = 0.0  # dominant-cluster fraction used by the CR → K plan
     bn_batches: int = 20  # training batches used to re-estimate batch norm after sharing
@@ -64,13 +70,22 @@ class Profile:
         if self.threads is not None:
             check_int("threads", self.threads, 1, 1024)
         check_float("p", self.p, 0.0, 1.0, hi_open=True)
-        for cr in self.cr_targets:
-            check_float("cr_targets", cr, 1.0, lo_open=True)
+        for name in ("cr_targets", "rd_targets"):
+            for target in getattr(self, name):
+                _check_target(name, target)
         for setting in self.official_settings:
             check_choice("official_settings", setting, OFFICIAL_SETTINGS)
 
     def asdict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _check_target(name: str, target) -> None:
+    """A plan target: a CR > 1, or the name of an authors' setting (its CR on the profile's net)."""
+    if isinstance(target, str):
+        check_choice(name, target, OFFICIAL_SETTINGS)
+    else:
+        check_float(name, target, 1.0, lo_open=True)
 
 
 def _wrn(depth: int, widen: int, dropout: float, in_channels: int, bias: bool) -> dict:
@@ -86,16 +101,10 @@ def _wrn(depth: int, widen: int, dropout: float, in_channels: int, bias: bool) -
 
 
 def _wrn_profile(pre: TrainConfig, re: TrainConfig, **fields) -> Profile:
-    """A wide_resnet profile on whole splits: pre-training `pre`, re-training + fine-tuning `re`."""
-    return Profile(
-        n_train=None,
-        n_test=None,
-        model="wide_resnet",
-        pretrain=pre,
-        retrain=re,
-        finetune=re,
-        **fields,
-    )
+    """A wide_resnet profile (whole splits unless given): pre-training `pre`, re-training and
+    fine-tuning `re`."""
+    whole = {"n_train": None, "n_test": None}
+    return Profile(model="wide_resnet", pretrain=pre, retrain=re, finetune=re, **whole | fields)
 
 
 def _smoke() -> Profile:
@@ -123,22 +132,29 @@ def _smoke() -> Profile:
 
 def _cpu() -> Profile:
     pre = TrainConfig(epochs=4, lr=0.1, batch_size=128, schedule="cosine", log_every=50)
-    re = TrainConfig(epochs=1, lr=0.01, batch_size=128, schedule="cosine", log_every=50)
+    re = TrainConfig(epochs=1, lr=0.01, batch_size=128, schedule="cosine", log_every=10)
+    wrn = _wrn(depth=16, widen=1, dropout=0.0, in_channels=1, bias=False)
     return _wrn_profile(
         pre,
         re,
         name="cpu",
         dataset="fashion_mnist",
-        n_retrain=20000,
-        model_kwargs=_wrn(depth=10, widen=1, dropout=0.0, in_channels=1, bias=False),
+        n_test=4000,
+        n_retrain=5000,
+        model_kwargs=wrn | {"stage1_shortcut": True},  # the authors' 16 convs, by role
         lam=5.0,
-        refresh_every=50,
-        cr_targets=(16.0, 24.0, 32.0, 45.0),
+        refresh_every=20,
+        official_settings=OFFICIAL_SETTINGS,
+        rd_targets=(15.0, "45x", "50x", 60.0),
+        cr_targets=(15.0, "45x"),  # uniform K: the contrast
+        seeds=(0, 1, 2),
+        methods=("kmeans", "deep_compression", "plain", "dkm-indicator", "dkm-spectral"),
+        bn_batches=10,
         threads=2,
         memory_format="channels_last",
         description=(
-            "WRN-10-1 on full Fashion-MNIST (re-training on 20k images): "
-            "the default, minutes on a 2-core CPU"
+            "WRN-16-1 with the authors' 16 convs on Fashion-MNIST (re-training on 5k images), "
+            "the authors' settings, the planner and uniform K: the default, minutes on a 2-core CPU"
         ),
     )
 

@@ -93,7 +93,8 @@ def cached_runs(parent: dict, stage: str) -> list[tuple[dict, Path]]:
 def cached_retrains(pretrain_config: dict) -> list[dict]:
     """Every finished Deep k-Means re-training from a pre-training configuration.
 
-    Each as {"lam", "mode", "K", "config", "history", "results"} (results: its k-means sharings)."""
+    Each as {"lam", "mode", "K" (the largest), "Ks" (per conv), "seed", "config", "history",
+    "results"} (results: its k-means sharings)."""
     runs = []
     for config, d in cached_runs(pretrain_config, "retrain"):
         if config["method"] != "dkm" or not (d / "history.json").exists():
@@ -105,6 +106,7 @@ def cached_retrains(pretrain_config: dict) -> list[dict]:
         ]
         runs.append(
             {"lam": config["lam"], "mode": config["mode"], "K": max(config["num_clusters"]),
+             "Ks": tuple(config["num_clusters"]), "seed": config["train"]["seed"],
              "config": config, "history": load_json(d / "history.json"), "results": results}
         )  # fmt: skip
-    return sorted(runs, key=lambda r: (r["lam"], r["K"], r["mode"]))
+    return sorted(runs, key=lambda r: (r["lam"], r["Ks"], r["mode"], r["seed"]))

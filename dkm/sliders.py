@@ -18,6 +18,7 @@ from . import pipeline as pl
 from .figdata import curves, layer_kmeans_errors
 from .plan import plan_clusters
 from .runs import run_history
+from .sweep import headline_plan
 
 
 # ---------------------------------------------------------------- the slider helper
@@ -80,10 +81,14 @@ def live_retrain(
 ) -> dict:
     """Re-train the profile's net at λ (cached per λ), share it, evaluate it.
 
-    Returns {"curves", "result", "seconds", "K"}."""
+    The plan: uniform K at `target_cr` if given, else the profile's `dkm.sweep.headline_plan`.
+    Returns {"curves", "result", "seconds", "K" (the largest), "plan"}."""
     started = time.perf_counter()
     net0, _ = pl.pretrain(profile)
-    plan = plan_clusters(net0, target_cr or max(profile.cr_targets), p=profile.p)
+    if target_cr is None:
+        plan = headline_plan(profile, net0)
+    else:
+        plan = plan_clusters(net0, target_cr, p=profile.p)
     start = layer_kmeans_errors(net0, plan, seed)
     net, config = pl.retrain(profile, "dkm", seed, plan, mode, lam)
     history = run_history("retrain", config)
@@ -92,5 +97,6 @@ def live_retrain(
         "curves": curves(history, start),
         "result": result,
         "K": max(plan.K),
+        "plan": plan,
         "seconds": time.perf_counter() - started,
     }

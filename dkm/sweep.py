@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import statistics
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -37,8 +38,9 @@ from tqdm.auto import tqdm
 from . import pipeline as pl
 from ._checks import check_choice
 from ._io import write_atomic
-from .authors import authors_plan
+from .authors import SETTINGS, authors_plan
 from .plan import Plan, plan_clusters
+from .planner import rd_plan
 from .profiles import Profile
 from .runs import ROOT, config_key
 from .train import show_progress
@@ -52,15 +54,20 @@ BASELINES = ("kmeans", "density", "deep_compression")
 FINETUNED = "+ft"
 
 
-def methods_of(profile: Profile) -> list[str]:
-    """Every method the sweep runs by default for this profile, in table order."""
+def all_methods(profile: Profile) -> list[str]:
+    """Every method without fine-tuning after re-training, in table order."""
     return [*BASELINES, "plain", *(f"dkm-{mode}" for mode in profile.modes)]
+
+
+def methods_of(profile: Profile) -> list[str]:
+    """The methods the sweep runs by default: the profile's `methods`, else all of them."""
+    return list(profile.methods) if profile.methods else all_methods(profile)
 
 
 def finetuned_methods(profile: Profile) -> list[str]:
     """The opt-in methods: each re-training followed by center fine-tuning (`plain+ft` is their
     control)."""
-    return [m + FINETUNED for m in methods_of(profile) if m not in BASELINES]
+    return [m + FINETUNED for m in all_methods(profile) if m not in BASELINES]
 
 
 def split_method(method: str) -> tuple[str, str]:
@@ -150,14 +157,37 @@ def run_point(profile: Profile, method: str, plan: Plan, seed: int, progress=Non
     return result, _rows(profile, method, plan, seed, config_key(config), result)
 
 
+def _target(net, target) -> float:
+    """A plan target as a CR: an authors' setting name stands for its CR on `net`."""
+    return authors_plan(net, target).target_cr if target in SETTINGS else float(target)
+
+
+def plans_of(profile: Profile, net) -> list[Plan]:
+    """The sweep's plans: uniform K at `cr_targets`, the authors' `official_settings`, and the
+    rate–distortion planner at `rd_targets` (its k-means runs cached with the pre-trained net)."""
+    plans = [plan_clusters(net, _target(net, t), p=profile.p) for t in profile.cr_targets]
+    plans += [authors_plan(net, setting) for setting in profile.official_settings]
+    if profile.rd_targets:
+        options = pl.planner_options(profile, net)
+        plans += [rd_plan(net, _target(net, t), options) for t in profile.rd_targets]
+    return plans
+
+
+def headline_plan(profile: Profile, net) -> Plan:
+    """The one plan the notebooks re-train and share: the profile's first authors' setting (the
+    paper's regime) if it runs one, else uniform K at its largest uniform target."""
+    if profile.official_settings:
+        return authors_plan(net, profile.official_settings[0])
+    return plan_clusters(net, max(_target(net, t) for t in profile.cr_targets), p=profile.p)
+
+
 def sweep(profile: Profile, methods=None, progress=None, write=True) -> list[dict]:
     """Run (or read from the cache) every method × plan × seed; merge the rows into the table."""
     methods = methods_of(profile) if methods is None else list(methods)
     for m in methods:
-        check_choice("method", m, methods_of(profile) + finetuned_methods(profile))
+        check_choice("method", m, all_methods(profile) + finetuned_methods(profile))
     net, _ = pl.pretrain(profile, progress)
-    plans = [plan_clusters(net, t, p=profile.p) for t in profile.cr_targets]
-    plans += [authors_plan(net, setting) for setting in profile.official_settings]
+    plans = plans_of(profile, net)
     grid = [(m, plan, seed) for plan in plans for seed in profile.seeds for m in methods]
     rows = []
     show = show_progress(progress)
@@ -171,8 +201,8 @@ def sweep(profile: Profile, methods=None, progress=None, write=True) -> list[dic
 
 
 def summary(rows: list[dict], metric: str = "top1") -> list[dict]:
-    """Mean and spread (half the range) of `metric` over seeds, per method × plan, with the mean
-    official CR."""
+    """Mean, standard deviation (n − 1) and spread (half the range) of `metric` over seeds, per
+    method × plan, with the mean official CR."""
     groups: dict = {}
     for r in rows:
         g = groups.setdefault((r["method"], r.get("setting", "uniform"), float(r["target_cr"])), {})
@@ -192,6 +222,7 @@ def summary(rows: list[dict], metric: str = "top1") -> list[dict]:
                 "n": len(v),
                 "mean": sum(v) / len(v),
                 "spread": (max(v) - min(v)) / 2,
+                "std": statistics.stdev(v) if len(v) > 1 else 0.0,
             }
         )
     return out

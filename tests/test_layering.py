@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "dkm"
 LAYERS = {
     1: {"rows", "spectral", "train", "kmeans", "sharing", "accounting", "export", "energy",
-        "inventory", "plan", "authors", "models", "data", "evaluation", "checkpoint",
+        "inventory", "plan", "planner", "authors", "models", "data", "evaluation", "checkpoint",
         "_checks", "_io", "_threads", "_allocator"},
     2: {"profiles", "runs", "pipeline", "sweep", "zigzag_ref"},
     3: {"cli", "figdata", "plots", "sliders", "saving", "tables", "notebooks", "__main__"},

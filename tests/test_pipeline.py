@@ -13,6 +13,7 @@ from dkm.cli import main
 from dkm.models import small_cnn, wide_resnet
 from dkm.authors import SETTINGS, authors_plan, setting, wrn16_4
 from dkm.plan import Plan, estimated_cr, layer_specs, plan_clusters
+from dkm.planner import rd_plan
 from dkm.profiles import get_profile
 from dkm.sharing import share
 from dkm.accounting import compression_ratio
@@ -202,3 +203,75 @@ def test_sweep_runs_the_official_settings_as_points(dirs):
     cr = [float(r["value"]) for r in rows if r["metric"] == "cr_official"][0]
     assert cr >= target - 0.01  # real index entropy ≤ the uniform-usage bound
     assert [s["setting"] for s in sw.summary(rows)] == ["50x"]
+
+
+def test_sweep_runs_the_planner_and_uniform_k_at_the_authors_cr(dirs, monkeypatch):
+    wrn = {"depth": 16, "widen_factor": 1, "dropout": 0.0, "in_channels": 1, "num_classes": 10,
+           "conv_bias": False, "stage1_shortcut": True}  # fmt: skip
+    p = tiny(
+        model="wide_resnet",
+        model_kwargs=wrn,
+        cr_targets=("45x",),
+        official_settings=("45x",),
+        rd_targets=("45x", 12.0),
+        pretrain=dataclasses.replace(tiny().pretrain, epochs=1),
+        n_train=128,
+        n_test=64,
+    )
+    rows = sw.sweep(p, methods=["kmeans"], progress=False)
+    target = authors_plan(wide_resnet(**wrn), "45x").target_cr
+    assert {(r["setting"], float(r["target_cr"])) for r in rows} == {
+        ("uniform", target),
+        ("45x", target),
+        ("rd", target),
+        ("rd", 12.0),
+    }
+    crs = {(r["setting"], float(r["target_cr"])): float(r["value"])
+           for r in rows if r["metric"] == "cr_official"}  # fmt: skip
+    assert all(cr >= t - 0.01 for (_, t), cr in crs.items())  # every plan reaches its target
+    # the planner's k-means runs are cached with the pre-trained net: a second sweep reads them
+    monkeypatch.setattr(pl, "layer_options", lambda *a, **k: pytest.fail("recomputed"))
+    assert sw.sweep(p, methods=["kmeans"], progress=False, write=False) == rows
+    with pytest.raises(ValueError, match="rd_targets='60x'"):
+        get_profile("smoke", rd_targets=("60x",))
+
+
+def test_summary_mean_std_and_spread_by_hand():
+    rows = [
+        {"method": "kmeans", "setting": "45x", "target_cr": "28.56", "metric": m, "value": v}
+        for seed_values in ({"top1": 0.90, "cr_official": 30.0, "K": 90},
+                            {"top1": 0.92, "cr_official": 31.0, "K": 90},
+                            {"top1": 0.97, "cr_official": 32.0, "K": 90})
+        for m, v in seed_values.items()
+    ]  # fmt: skip
+    (s,) = sw.summary(rows)
+    assert (s["n"], s["cr_official"], s["K"]) == (3, 31.0, 90)
+    assert s["mean"] == pytest.approx(0.93) and s["spread"] == pytest.approx(0.035)
+    # sample standard deviation: √(((−0.03)² + (−0.01)² + 0.04²) / 2) = √0.0013
+    assert s["std"] == pytest.approx(0.0013**0.5)
+
+
+def test_cached_retrains_lists_finished_dkm_runs_with_plan_and_seed(dirs):
+    p = tiny()
+    pl.retrain(p, "plain", 0, progress=False)
+    for seed in (0, 1):
+        pl.retrain(p, "dkm", seed, FOUR, "indicator", progress=False)
+    found = runs.cached_retrains(pl.pretrain_config(p))
+    assert [(r["mode"], r["Ks"], r["K"], r["seed"], r["lam"]) for r in found] == [
+        ("indicator", (4,) * 4, 4, 0, p.lam),
+        ("indicator", (4,) * 4, 4, 1, p.lam),
+    ]  # the plain control is not a Deep k-Means run
+    assert all(r["history"]["steps"] and r["results"] == [] for r in found)
+
+
+def test_cli_share_with_the_planner(dirs, capsys):
+    assert main(["share", "--profile", "smoke", "--target-cr", "8", "--planner", "rd"]) == 0
+    out = capsys.readouterr().out
+    official = float(out.split("CR: official ")[1].split(",")[0])
+    assert official >= 8.0 and "bits_index_per_row" in out
+    net, _ = pl.pretrain(get_profile("smoke"), progress=False)
+    plan = rd_plan(net, 8.0, pl.planner_options(get_profile("smoke"), net))
+    conv_lines = [line.split() for line in out.splitlines() if line.startswith("conv")]
+    assert [int(cols[2]) for cols in conv_lines] == list(plan.K)  # the K column is the plan's
+    assert main(["share", "--profile", "smoke", "--official", "45x", "--planner", "rd"]) == 2
+    assert "--planner rd plans a --target-cr: not with --official" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dkm.models import conv_layers, small_cnn
-from dkm.plan import Plan, conv_index, conv_rows, per_conv, plan_clusters, uniform_plan
+from dkm.plan import Plan, conv_index, conv_rows, describe, per_conv, plan_clusters, uniform_plan
 from dkm.rows import num_rows, stays_dense
 from dkm.spectral import DegenerateRelaxationWarning, KMeansRegularizer
 from dkm.tables import markdown_table, text_table
@@ -95,3 +95,12 @@ def test_text_and_markdown_tables_by_hand():
     assert markdown_table([], ["a"]) == "| a |\n|---|\n"
     with pytest.raises(ValueError, match="needs columns="):
         markdown_table([])
+
+
+def test_describe_and_label_name_the_plan():
+    net = small_cnn(width=2)  # convs of 6, 24, 48, 96 kernel rows
+    plan = Plan((6, 3, 7, 7), (0.0, 0.0, 0.5, 0.9), "rd", 12.0)
+    assert describe(plan, net) == "K 3–7, p 0–0.9 in 3 of 4 convs"  # conv1 (K = N) stays dense
+    assert plan.label() == "the rd planner at target CR 12"
+    assert describe(Plan((6, 24, 48, 96), (0.0,) * 4), net) == "every one of the 4 convs dense"
+    assert describe(Plan((2,) * 4, (0.0,) * 4), net) == "K 2, p 0 in 4 of 4 convs"

@@ -138,14 +138,21 @@ def test_bars_and_cr_accuracy_figures():
     assert list(fig.data[0].y) == [50.0, 60.0] and list(fig.data[0].error_y.array) == [1.0, 2.0]
     assert fig.layout.shapes[0].y0 == 70.0
     rows = [
-        {"method": "kmeans", "cr_official": 16.0, "mean": 0.4, "spread": 0.01},
-        {"method": "kmeans", "cr_official": 8.0, "mean": 0.6, "spread": 0.02},
-        {"method": "dkm-indicator", "cr_official": 8.1, "mean": 0.7, "spread": 0.0},
-        {"method": "dkm-indicator+ft", "cr_official": 8.1, "mean": 0.75, "spread": 0.0},
+        {"method": "kmeans", "setting": "rd", "cr_official": 16.0, "mean": 0.4, "std": 0.01},
+        {"method": "kmeans", "setting": "rd", "cr_official": 8.0, "mean": 0.6, "std": 0.02},
+        {"method": "kmeans", "setting": "45x", "cr_official": 9.0, "mean": 0.5, "std": 0.0},
+        {"method": "kmeans", "setting": "uniform", "cr_official": 8.0, "mean": 0.3, "std": 0.0},
+        {"method": "dkm-indicator", "setting": "rd", "cr_official": 8.1, "mean": 0.7, "std": 0},
+        {"method": "dkm-indicator+ft", "setting": "rd", "cr_official": 8.1, "mean": 0.75, "std": 0},
     ]
     fig = plots.cr_accuracy_figure({"after sharing": rows}, reference=0.8)
     dash = {t.name: t.line.dash for t in fig.data}
-    assert dash == {"kmeans": "dash", "dkm-indicator": "solid", "dkm-indicator+ft": "dot"}
+    assert dash == {"kmeans": "dash", "kmeans, authors' K/p": "dash", "kmeans, uniform K": "dash",
+                    "dkm-indicator": "solid", "dkm-indicator+ft": "dot"}  # fmt: skip
+    by_name = {t.name: t for t in fig.data}
+    assert by_name["kmeans, uniform K"].opacity == 0.35 and by_name["kmeans"].opacity == 1.0
+    assert by_name["kmeans, authors' K/p"].mode == "markers"
+    assert by_name["kmeans, authors' K/p"].marker.symbol == "star"
     km = next(t for t in fig.data if t.name == "kmeans")
     assert list(km.x) == [8.0, 16.0] and list(km.y) == pytest.approx(
         [60.0, 40.0]
