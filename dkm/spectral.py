@@ -21,6 +21,7 @@ from torch import nn
 
 from ._checks import check_choice, check_finite, check_float, check_int
 from .kmeans import dominant_p
+from .models import conv_layers
 from .plan import Plan, conv_index, per_conv
 from .rows import VIEWS, num_rows, rank_bound, stays_dense, to_matrix
 
@@ -328,7 +329,7 @@ class KMeansRegularizer:
 
         The plan's p is used by the indicator F only: the spectral F has no dominant cluster (p then
         applies at sharing only)."""
-        convs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+        convs = conv_layers(net)
         if len(convs) != len(plan.K):
             raise ValueError(f"plan has {len(plan.K)} K for the net's {len(convs)} convs")
         chosen = {

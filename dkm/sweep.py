@@ -19,9 +19,12 @@ training in all, so `plain+ft` is their control. They are not in the default gri
 fine-tuning per point); run them with `sweep(profile, methods=finetuned_methods(profile))` or
 `python -m dkm sweep --methods plain+ft,dkm-indicator+ft`: their rows join the same table.
 
-Points: one uniform K per conv for each of the profile's `cr_targets` (`dkm.plan.plan_clusters`),
-plus the authors' per-layer settings named in `official_settings` (`dkm.authors.authors_plan`; the
-paper profile). The table (one row per run × metric; `setting` = "uniform" or "45x"/"47x"/"50x") is
+Points (`plans_of`): one uniform K per conv for each of the profile's `cr_targets`
+(`dkm.plan.plan_clusters`), the authors' per-layer settings named in `official_settings`
+(`dkm.authors.authors_plan`), and the rate–distortion planner's per-layer (K, p) at each of its
+`rd_targets` (`dkm.planner.rd_plan`); a target may be an authors' setting's name, standing for its
+CR on the profile's net. The profile's `methods` (default: all but `+ft`) run at every plan, seed.
+The table (one row per run × metric; `setting` = "uniform", "rd" or "45x"/"47x"/"50x") is
 `data/results/sweep_<profile>.csv` (smoke: build/results/).
 """
 
