@@ -46,8 +46,8 @@ lint: setup  ## ruff check + ruff format --check (line length 100, pyproject.tom
 bench: setup  ## side-by-side speed ratios -> build/bench.json
 	$(BIN)/python bench/run.py
 
-lab: setup  ## open JupyterLab on the notebooks
-	$(BIN)/jupyter lab notebooks/
+lab: setup  ## JupyterLab on the notebooks: 127.0.0.1, a token, prints the URL (works as root)
+	$(BIN)/python -m dkm lab
 
 clean:  ## remove build artefacts (keeps .venv, data/runs)
 	rm -rf build .pytest_cache

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import secrets
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from .models import load_model_file
 from .plan import Plan, describe, plan_clusters
 from .planner import rd_plan
 from .profiles import PROFILES, get_profile
-from .runs import root_config
+from .runs import ROOT, root_config
 from .saving import DEFAULT_PROFILE, PROFILE_NAMES
 from .sharing import share, sharing_seed
 from .sweep import FINETUNED, all_methods, finetuned_methods, results_path, run_point, summary
@@ -376,6 +379,39 @@ def run_zigzag(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- JupyterLab
+def add_lab(parser):
+    """Options of `dkm lab`."""
+    parser.add_argument("--port", type=int, default=8888, help="port on 127.0.0.1 (default 8888)")
+    parser.add_argument(
+        "--token", default=None, help="access token (default: $DKM_LAB_TOKEN, else a random one)"
+    )
+
+
+def lab_command(port: int, token: str, as_root: bool) -> list[str]:
+    """The JupyterLab command: on the notebooks, bound to 127.0.0.1, with a token; as root (a
+    container) with --allow-root, which JupyterLab otherwise demands."""
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+           f"--ServerApp.root_dir={ROOT / 'notebooks'}"]  # fmt: skip
+    return cmd + ["--allow-root"] if as_root else cmd
+
+
+def run_lab(args) -> int:
+    """Start JupyterLab on the notebooks and print the URL to open (with its token)."""
+    port = check_int("port", args.port, 1, 65535)
+    token = args.token or os.environ.get("DKM_LAB_TOKEN") or secrets.token_hex(24)
+    if not token.isalnum():
+        raise ValueError(f"token={token!r} is not allowed: letters and digits only")
+    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if as_root:
+        print("running as root (as in a container): JupyterLab starts with --allow-root")
+    print(
+        f"JupyterLab on 127.0.0.1 only; open http://127.0.0.1:{port}/lab?token={token}", flush=True
+    )
+    return subprocess.call(lab_command(port, token, as_root))
+
+
 # ---------------------------------------------------------------- the parser
 COMMANDS = {
     "pretrain": (add_pretrain, run_pretrain, "pre-train the profile's net (cached)"),
@@ -386,6 +422,7 @@ COMMANDS = {
     "figures": (add_figures, run_figures, "run every notebook headlessly, regenerate every figure"),
     "energy": (add_energy, run_energy, "per-layer energy estimate of a model, dense or shared"),
     "zigzag": (add_zigzag, run_zigzag, "the ZigZag energy reference and its R² validation"),
+    "lab": (add_lab, run_lab, "JupyterLab on the notebooks (127.0.0.1, a token; also as root)"),
 }
 
 

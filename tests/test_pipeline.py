@@ -106,7 +106,8 @@ def test_unreachable_target_and_bad_values():
 
 
 @pytest.mark.parametrize(
-    "command", ["pretrain", "retrain", "share", "evaluate", "sweep", "energy", "figures"]
+    "command",
+    ["pretrain", "retrain", "share", "evaluate", "sweep", "energy", "figures", "zigzag", "lab"],
 )
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
