@@ -97,16 +97,18 @@ def png_bytes(fig, scale: float = 1.0) -> bytes:
 
 
 def save_figure(fig, stem: str, fig_dir) -> list[Path]:
-    """Write `<fig_dir>/<stem>.html` (plotly.js from its CDN) and `<stem>.png`.
+    """Write `<fig_dir>/<stem>.html` and `<stem>.png`; the .html loads plotly.js from
+    `<fig_dir>/plotly.min.js` (one shared copy, written when missing or stale), so it works offline.
 
     Both are rendered before either is written. $DKM_PNG=0 skips the PNG (only for re-runs whose
     PNGs were already produced, as the nbval pass of the tests).
     """
     stem, fig_dir = _check_stem(stem), Path(fig_dir)
     # a fixed div id: regenerating an unchanged figure gives the same .html
-    html = fig.to_html(include_plotlyjs="cdn", full_html=True, div_id=stem).encode()
+    html = fig.to_html(include_plotlyjs="directory", full_html=True, div_id=stem).encode()
     # a re-run whose PNGs were already checked (tests/test_notebooks.py)
     if os.environ.get("DKM_PNG") == "0":
+        write_plotlyjs(fig_dir)
         write_atomic(fig_dir / f"{stem}.html", html)
         return [fig_dir / f"{stem}.html"]
     try:
@@ -116,10 +118,25 @@ def save_figure(fig, stem: str, fig_dir) -> list[Path]:
             f"PNG export of {stem!r} failed ({type(err).__name__}: {err}). {PNG_HELP} "
             f"Nothing was written for {stem!r}."
         ) from err
+    write_plotlyjs(fig_dir)
     paths = [fig_dir / f"{stem}.html", fig_dir / f"{stem}.png"]
     for path, data in zip(paths, (html, png)):
         write_atomic(path, data)
     return paths
+
+
+PLOTLYJS = "plotly.min.js"
+
+
+def write_plotlyjs(fig_dir) -> Path:
+    """`<fig_dir>/plotly.min.js`: the plotly.js bundled with the installed plotly (the figures'
+    offline copy); rewritten only when it differs."""
+    from plotly.offline import get_plotlyjs
+
+    path, js = Path(fig_dir) / PLOTLYJS, get_plotlyjs().encode()
+    if not path.is_file() or path.read_bytes() != js:
+        write_atomic(path, js)
+    return path
 
 
 def save_table(rows: list[dict], stem: str, fig_dir, columns=None) -> list[Path]:

@@ -200,10 +200,15 @@ def test_save_figure_writes_html_and_png(tmp_path):
     assert [p.name for p in paths] == ["fig99_test.html", "fig99_test.png"]
     assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = paths[0].read_text()
-    assert 'id="fig99_test"' in html and "cdn.plot.ly" in html
+    # offline: plotly.js from one shared copy beside the figures, nothing from the network
+    assert 'id="fig99_test"' in html and 'src="plotly.min.js"' in html and "http" not in html
+    from plotly.offline import get_plotlyjs
+
+    assert (tmp_path / "plotly.min.js").read_text() == get_plotlyjs()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "fig99_test.html",
         "fig99_test.png",
+        "plotly.min.js",
     ]  # no temp files left
 
 
