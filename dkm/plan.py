@@ -2,8 +2,9 @@
 
 Every step that needs per-layer K takes a `Plan`: sharing (`dkm.sharing.share`), the regularizer
 (`KMeansRegularizer.from_plan`), the pipeline, energy and export. Plans come from
-`plan_clusters` (a target CR → one uniform K), `uniform_plan` (a given K) or
-`dkm.authors.authors_plan` (the authors' per-layer settings).
+`plan_clusters` (a target CR → one uniform K), `uniform_plan` (a given K),
+`dkm.authors.authors_plan` (the authors' per-layer settings) or `dkm.planner.rd_plan` (per-layer
+K and p for a target CR, by rate–distortion).
 
 Choices made here:
 - K is capped at N, the layer's number of kernel rows; K = N marks a layer left dense (the

@@ -25,10 +25,10 @@ from __future__ import annotations
 from torch import nn
 
 from ._checks import check_float
-from .accounting import get_convention, table_from_specs, total_row
+from .accounting import get_convention, table_from_specs
 from .kmeans import kmeans
 from .models import conv_layers
-from .plan import Plan, layer_specs
+from .plan import Plan, estimated_cr, layer_specs
 from .rows import num_rows, stays_dense, to_rows
 
 K_GRID = (2, 3, 4, 5, 7, 10, 14, 20, 28, 40, 56, 80, 112, 160, 224)
@@ -70,8 +70,8 @@ def _choose(options: list, mu: float) -> list[dict]:
 
 
 def _cr(specs: list, chosen: list, convention) -> float:
-    ks, ps = [o["K"] for o in chosen], [o["p"] for o in chosen]
-    return total_row(table_from_specs(specs, {"K": ks, "p": ps}, convention))["cr"]
+    """The estimated CR (`dkm.plan.estimated_cr`) of the chosen options."""
+    return estimated_cr(specs, [o["K"] for o in chosen], [o["p"] for o in chosen], convention)
 
 
 def rd_plan(
