@@ -8,7 +8,7 @@ APT_PACKAGES := dataset-fashion-mnist chromium
 PYTEST_ARGS ?=
 PROFILE ?= cpu
 
-.PHONY: help setup system-deps figures test lint bench lab clean distclean
+.PHONY: help setup system-deps figures study test lint bench lab clean distclean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -35,6 +35,9 @@ system-deps:  ## Debian's dataset-fashion-mnist (offline data) and chromium (PNG
 
 figures: setup  ## run every notebook with papermill (PROFILE=cpu|smoke|paper) and write figures/
 	$(BIN)/python -m dkm figures --profile $(PROFILE)
+
+study: setup  ## the budget × λ study of PROFILE (cpu: about 2 h) -> data/results/study_<profile>.csv
+	$(BIN)/python -m dkm study --profile $(PROFILE)
 
 test: setup lint  ## ruff, then the whole test suite (pytest)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

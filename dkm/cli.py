@@ -14,9 +14,10 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from . import __version__, authors, notebooks, zigzag_ref
+from . import __version__, authors, notebooks, study, zigzag_ref
 from . import pipeline as pl
 from ._checks import check_choice, check_int
 from .accounting import CONVENTIONS, compression_ratio, compression_table
@@ -31,6 +32,7 @@ from .profiles import PROFILES, get_profile
 from .runs import ROOT, root_config
 from .saving import DEFAULT_PROFILE, PROFILE_NAMES
 from .sharing import share, sharing_seed
+from .study import STUDIES, profile_and_study
 from .sweep import FINETUNED, all_methods, finetuned_methods, results_path, run_point, summary
 from .sweep import split_method, sweep, write_results
 from .tables import markdown_table, text_table
@@ -235,6 +237,33 @@ def run_sweep(args) -> int:
     return 0
 
 
+def add_study(parser):
+    """Options of `dkm study`."""
+    parser.add_argument(
+        "--profile",
+        default="cpu",
+        choices=list(STUDIES),
+        help="the profile whose study runs (cpu: about 2 h on 2 cores)",
+    )
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars (default: in an interactive terminal)")  # fmt: skip
+
+
+def run_study(args) -> int:
+    """Run (or read) the budget × λ study; print mean ± std of top-1 after BN per arm."""
+    profile, grid = profile_and_study(args.profile)
+    started = time.perf_counter()
+    rows = study.run_study(profile, grid, progress=args.progress)
+    lines = [{**s, "lam": "" if s["lam"] is None else f"{s['lam']:g}",
+              "top1": f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"}
+             for s in study.study_summary(rows, "top1_bn")]  # fmt: skip
+    columns = ("method", "setting", "epochs", "lam", "n", "top1")
+    headers = ("method", "plan", "epochs", "λ", "seeds", "top-1 after BN %")
+    print(text_table(lines, columns, headers))
+    print(f"written: {study.study_path(profile)} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
 # ---------------------------------------------------------------- figures and energy
 def add_figures(parser):
     """Options of `dkm figures`."""
@@ -257,10 +286,21 @@ def add_figures(parser):
                              "build/figures/<profile>/ otherwise)")  # fmt: skip
 
 
+def _needs_sweep(only) -> bool:
+    """Do the notebooks chosen read the sweep's runs (02, 03, 04)?"""
+    return any(name[:2] in ("02", "03", "04") for name in notebooks.select_notebooks(only))
+
+
+def _flushed(line: str) -> None:
+    print(line, flush=True)
+
+
 def run_figures(args) -> int:
     """Run every notebook with papermill; a failing notebook stops with its name and cell (1)."""
     try:
-        seconds = notebooks.run_all(args.profile, args.only, args.out_dir, args.fig_dir)
+        prepare = _needs_sweep(args.only)
+        seconds = notebooks.run_all(args.profile, args.only, args.out_dir, args.fig_dir,
+                                    log=_flushed, prepare_first=prepare)  # fmt: skip
     except notebooks.NotebookError as err:
         print(f"dkm figures: {err}", file=sys.stderr)
         return 1
@@ -419,6 +459,7 @@ COMMANDS = {
     "share": (add_share, run_share, "share a net row-wise; print the per-layer table and CR"),
     "evaluate": (add_evaluate, run_evaluate, "share and evaluate one point; add it to the results"),
     "sweep": (add_sweep, run_sweep, "every method at every plan and seed (the CR-accuracy grid)"),
+    "study": (add_study, run_study, "the budget × λ study: equal training for every method"),
     "figures": (add_figures, run_figures, "run every notebook headlessly, regenerate every figure"),
     "energy": (add_energy, run_energy, "per-layer energy estimate of a model, dense or shared"),
     "zigzag": (add_zigzag, run_zigzag, "the ZigZag energy reference and its R² validation"),

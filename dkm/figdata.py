@@ -11,7 +11,8 @@ from ._checks import check_int
 from .kmeans import kmeans
 from .models import conv_layers
 from .plan import Plan
-from .rows import rank_bound, stays_dense, to_rows
+from .rows import rank_bound, to_rows
+from .sharing import layer_errors
 from .spectral import relaxed_bound
 
 
@@ -49,14 +50,9 @@ def largest_conv(net) -> tuple[int, str]:
 def layer_kmeans_errors(net, plan, seed: int = 0) -> dict:
     """{conv name: k-means error of its rows} at a Plan's K (or a K per conv); dense layers skipped.
 
-    Conv i is clustered with seed `seed + i`."""
-    errors = {}
-    Ks = plan.K if isinstance(plan, Plan) else plan
-    for i, ((name, conv), K) in enumerate(zip(conv_layers(net), Ks)):
-        rows = to_rows(conv.weight.detach())
-        if not stays_dense(K, rows.shape[0]):
-            errors[name] = kmeans(rows, K, seed=seed + i).inertia
-    return errors
+    Conv i is clustered with seed `seed + i` (`dkm.sharing.layer_errors`)."""
+    plan = plan if isinstance(plan, Plan) else Plan(plan, [0.0] * len(plan))
+    return {name: e["error"] for name, e in layer_errors(net, plan, seed).items()}
 
 
 def curves(

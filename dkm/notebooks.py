@@ -2,11 +2,14 @@
 
 `python -m dkm figures [--profile …] [--only 04,05]` runs each notebook (parameters PROFILE and
 FIG_DIR injected) into `build/notebooks/<profile>/`; the notebooks save their figures through
-`dkm.saving`; then the gallery is written.
+`dkm.saving`; then the gallery is written. With `prepare=True` (the command line) the profile's long
+stages — pre-training and the sweep — run first in this process (`prepare`), showing progress: the
+notebooks then read them from the run cache.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -87,21 +90,88 @@ def run_notebook(name: str, profile: str, out_dir, fig_dir, kernel_name: str = "
     return output
 
 
+class Heartbeat:
+    """While in the with-block, log `status` (a one-item list, set by the caller) every `every` s
+    from a daemon thread, with the time since the block started."""
+
+    def __init__(self, log=print, every: float = 30.0):
+        self.log, self.every, self.status = log, every, [""]
+        self._stop, self._thread = threading.Event(), None
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self):
+        while not self._stop.wait(self.every):
+            self.log(f"  … {self.status[0]} ({_minutes(time.perf_counter() - self.started)})")
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def prepare(profile: str, log=print, every: float = 30.0) -> None:
+    """Pre-train the profile's net and run its sweep (cached stages are read): a progress bar in an
+    interactive terminal, else a line at least every `every` seconds (runs done / total, the run
+    in progress, the time left if the rest is not cached)."""
+    from . import pipeline as pl
+    from .profiles import get_profile
+    from .sweep import sweep
+    from .train import show_progress
+
+    p = get_profile(profile)
+    with Heartbeat(log, 1e9 if show_progress() else every) as beat:
+        beat.status[0] = f"pre-training the {profile} net ({p.pretrain.epochs} epochs)"
+        pl.pretrain(p)
+        computed = {"seconds": 0.0, "runs": 0, "last": None}
+
+        def report(done, total, what):
+            now = time.perf_counter()
+            if computed["last"] is not None and now - computed["last"][0] > 1.0:  # not cached
+                computed["seconds"] += now - computed["last"][0]
+                computed["runs"] += 1
+            computed["last"] = (now, what)
+            mean = computed["seconds"] / max(computed["runs"], 1)
+            left = f", at most ~{_minutes(mean * (total - done))} left" if computed["runs"] else ""
+            beat.status[0] = f"sweep {profile}: {done}/{total} runs done, now {what}{left}"
+
+        sweep(p, report=report)
+    log(f"  pre-training and sweep of {profile}: ready")
+
+
 def run_all(
-    profile: str = DEFAULT_PROFILE, only=None, out_dir=None, fig_dir=None, log=print
+    profile: str = DEFAULT_PROFILE,
+    only=None,
+    out_dir=None,
+    fig_dir=None,
+    log=print,
+    prepare_first: bool = False,
 ) -> dict:
     """Run the chosen notebooks in order, then write the gallery; return {notebook: seconds}.
 
-    Stops at the first failure.
+    prepare_first: run `prepare` before the notebooks. Stops at the first failure; while a
+    notebook runs, a line every 30 s says so.
     """
     check_choice("profile", profile, PROFILE_NAMES)
     out_dir = Path(out_dir) if out_dir else ROOT / "build" / "notebooks" / profile
     fig_dir = Path(fig_dir) if fig_dir else fig_dir_for(profile)
+    if prepare_first:
+        log(f"preparing the runs of profile {profile} (cached stages are read) …")
+        prepare(profile, log)
     seconds = {}
     for name in select_notebooks(only):
         started = time.perf_counter()
         log(f"running {name}.ipynb (profile {profile}) …")
-        run_notebook(name, profile, out_dir, fig_dir)
+        with Heartbeat(log) as beat:
+            beat.status[0] = f"{name}.ipynb running"
+            run_notebook(name, profile, out_dir, fig_dir)
         seconds[name] = time.perf_counter() - started
         log(f"  done in {seconds[name]:.0f} s")
     log(f"gallery: {write_gallery(fig_dir, profile)}")

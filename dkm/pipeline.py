@@ -31,8 +31,8 @@ from .models import build_model
 from .plan import Plan
 from .planner import K_GRID, P_GRID, layer_options
 from .profiles import Profile
-from .runs import RunError, load_json, root_config, run_dir
-from .sharing import share, sharing_seed, tie_centers, untie_centers
+from .runs import RunError, config_key, load_json, root_config, run_dir
+from .sharing import layer_errors, share, sharing_seed, tie_centers, untie_centers
 from .spectral import DegenerateRelaxationWarning, KMeansRegularizer
 from .train import History, train
 
@@ -210,6 +210,20 @@ def source_net(profile: Profile, source: str, plan: Plan, seed: int, progress=No
         return retrain(profile, "plain", seed, progress=progress)
     mode = source.split("-", 1)[1]
     return retrain(profile, "dkm", seed, plan, mode, progress=progress)
+
+
+def source_errors(profile: Profile, source: str, plan: Plan, seed: int, progress=None) -> dict:
+    """`dkm.sharing.layer_errors` of the net `source` shares at `plan` (its sharing seeds),
+    cached beside that net (one file per K and seed)."""
+    net, config = source_net(profile, source, plan, seed, progress)
+    key = config_key({"K": list(plan.K), "seed": sharing_seed(seed), "init": "kmeans++"})
+    path = run_dir(config["stage"], config) / f"kmeans_errors_{key}.json"
+    if path.exists():
+        return load_json(path)["layers"]
+    with _compute(profile):
+        errors = layer_errors(net, plan, sharing_seed(seed))
+    write_atomic(path, json.dumps({"K": list(plan.K), "layers": errors}, indent=1))
+    return errors
 
 
 # ---------------------------------------------------------------- the planner's k-means runs

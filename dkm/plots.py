@@ -390,6 +390,89 @@ def _cr_trace(fig, method: str, pts: list, j: int, i: int, style: dict, symbol: 
     )
 
 
+# ---------------------------------------------------------------- 04: the budget × λ study
+def study_figure(
+    rows: list[dict], lam: float, reference: float | None = None, title: str = ""
+) -> go.Figure:
+    """fig08: the budget × λ study, one row of panels per plan.
+
+    rows: `dkm.study.study_summary` rows {"method", "setting", "epochs", "lam", "mean", "std"}.
+    Left: top-1 over the training budget, one line per method (Deep k-Means at λ = `lam`; its other
+    λ faded), post-training k-means (no training) as a dashed line. Right: Deep k-Means top-1 over
+    λ, one line per budget. The uncompressed net is the dotted line."""
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    plans = {s: "the planner (rd)" if s == "rd" else f"the authors' {s}" for s in settings}
+    titles = [t for s in settings for t in (f"{plans[s]}: top-1 vs training budget",
+                                             f"{plans[s]}: Deep k-Means top-1 vs λ")]  # fmt: skip
+    fig = make_subplots(len(settings), 2, horizontal_spacing=0.08, vertical_spacing=0.14,
+                        subplot_titles=titles)  # fmt: skip
+    for i, setting in enumerate(settings, start=1):
+        here = [r for r in rows if r["setting"] == setting]
+        _budget_traces(fig, here, lam, i)
+        _lam_traces(fig, here, i)
+        for j in (1, 2):
+            if reference is not None:
+                fig.add_hline(
+                    y=100 * reference,
+                    line=dict(color="#444", dash="dot"),
+                    row=i,
+                    col=j,
+                    annotation_text="uncompressed",
+                    annotation_position="top left",
+                )
+            fig.update_yaxes(title_text="top-1 after BN re-est. (%)", row=i, col=j)
+        budgets = sorted({r["epochs"] for r in here if r["epochs"] > 0})
+        lams = sorted({r["lam"] for r in here if r["lam"] is not None})
+        fig.update_xaxes(
+            title_text="epochs of training after pre-training",
+            type="log",
+            tickvals=budgets,
+            row=i,
+            col=1,
+        )
+        fig.update_xaxes(title_text="λ", type="log", tickvals=lams, row=i, col=2)  # fmt: skip
+    return _finish(fig, title, height=380 * len(settings) + 80, width=1250)
+
+
+def _budget_traces(fig: go.Figure, rows: list[dict], lam: float, i: int) -> None:
+    """Left panel of row i: one line per (method, λ) over the budget, λ ≠ `lam` faded."""
+    arms = list(dict.fromkeys((r["method"], r["lam"]) for r in rows if r["epochs"] > 0))
+    for k, (method, arm_lam) in enumerate(arms):
+        pts = sorted((r for r in rows if (r["method"], r["lam"]) == (method, arm_lam)),
+                     key=lambda r: r["epochs"])  # fmt: skip
+        main = arm_lam is None or arm_lam == lam
+        name = method if arm_lam is None else f"{method}, λ = {arm_lam:g}"
+        fig.add_trace(_line([r["epochs"] for r in pts], pts, name, _method_color(method, k),
+                            _dash(method), 1.0 if main else 0.3, i == 1), i, 1)  # fmt: skip
+    for r in rows:
+        if r["epochs"] == 0:
+            fig.add_hline(y=100 * r["mean"], line=dict(color=_method_color(r["method"], 0),
+                          dash="dash"), annotation_text=f"{r['method']} (no training)",
+                          row=i, col=1)  # fmt: skip
+
+
+def _lam_traces(fig: go.Figure, rows: list[dict], i: int) -> None:
+    """Right panel of row i: per regularized method with several λ, one line per budget."""
+    for method in dict.fromkeys(r["method"] for r in rows if r["lam"] is not None):
+        pts_all = [r for r in rows if r["method"] == method]
+        if len({r["lam"] for r in pts_all}) < 2:
+            continue
+        for k, epochs in enumerate(sorted({r["epochs"] for r in pts_all})):
+            pts = sorted((r for r in pts_all if r["epochs"] == epochs), key=lambda r: r["lam"])
+            fig.add_trace(_line([r["lam"] for r in pts], pts, f"{method}, {epochs} epoch(s)",
+                                _color(k + 6), _dash(method), 1.0, i == 1), i, 2)  # fmt: skip
+
+
+def _line(x, pts, name, color, dash, opacity, legend) -> go.Scatter:
+    """A line with ± one standard deviation over seeds."""
+    return go.Scatter(
+        x=list(x), y=[100 * r["mean"] for r in pts], name=name, legendgroup=name,
+        showlegend=legend, mode="lines+markers", opacity=opacity,
+        line=dict(color=color, dash=dash), marker=dict(color=color, size=7),
+        error_y=dict(type="data", array=[100 * r["std"] for r in pts]),
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------- 05: energy
 def energy_validation_figure(
     nets: dict, title: str = "Energy metric vs the ZigZag reference, per layer"

@@ -40,6 +40,11 @@ FIGURES = {
     ),
     "fig04_filters": ("03", "conv filters before/after sharing, pre-trained vs re-trained"),
     "fig05_cr_accuracy": ("04", "accuracy vs CR: Deep k-Means vs every baseline"),
+    "fig08_study": (
+        "04",
+        "the budget × λ study: top-1 vs training epochs per method and vs λ per budget, "
+        "at equal training for every method",
+    ),
     "fig06_energy_validation": (
         "05",
         "our energy metric vs the ZigZag reference per layer, AlexNet and GoogLeNet, "

@@ -135,6 +135,21 @@ def _share_layer(name, i, conv, rows, k, p, init, seed, max_iter, tol) -> Shared
     return layer
 
 
+def layer_errors(net: nn.Module, plan: Plan, seed: int = 1000) -> dict:
+    """{conv name: {"error", "weight_sq"}}: the k-means error of its kernel rows at the plan's K
+    (k-means++, conv i with seed `seed + i`, no dominant cluster) and ‖W‖²; dense convs left out.
+
+    The relative error error / weight_sq does not change when a conv's weight is scaled; the
+    absolute one, which the regularizer's penalty is, does."""
+    out = {}
+    for i, ((name, conv), k) in enumerate(zip(conv_layers(net), plan.K)):
+        rows = to_rows(conv.weight.detach())
+        if not stays_dense(k, rows.shape[0]):
+            error = kmeans(rows, k, seed=seed + i).inertia
+            out[name] = {"error": float(error), "weight_sq": float(rows.double().square().sum())}
+    return out
+
+
 def shared_copy(net: nn.Module, plan: Plan, seed: int = 0, init: str = "kmeans++"):
     """(a shared deep copy of `net`, its ShareResult) with the pipeline's seeds (`sharing_seed`)."""
     net = copy.deepcopy(net)

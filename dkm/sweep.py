@@ -184,8 +184,11 @@ def headline_plan(profile: Profile, net) -> Plan:
     return plan_clusters(net, max(_target(net, t) for t in profile.cr_targets), p=profile.p)
 
 
-def sweep(profile: Profile, methods=None, progress=None, write=True) -> list[dict]:
-    """Run (or read from the cache) every method × plan × seed; merge the rows into the table."""
+def sweep(profile: Profile, methods=None, progress=None, write=True, report=None) -> list[dict]:
+    """Run (or read from the cache) every method × plan × seed; merge the rows into the table.
+
+    report(done, total, what): called before each point (what: method, plan and seed), and at the
+    end with done == total."""
     methods = methods_of(profile) if methods is None else list(methods)
     for m in methods:
         check_choice("method", m, all_methods(profile) + finetuned_methods(profile))
@@ -194,10 +197,14 @@ def sweep(profile: Profile, methods=None, progress=None, write=True) -> list[dic
     grid = [(m, plan, seed) for plan in plans for seed in profile.seeds for m in methods]
     rows = []
     show = show_progress(progress)
-    for method, plan, seed in tqdm(
-        grid, desc=f"sweep {profile.name}", unit="run", disable=not show
+    for k, (method, plan, seed) in enumerate(
+        tqdm(grid, desc=f"sweep {profile.name}", unit="run", disable=not show)
     ):
+        if report:
+            report(k, len(grid), f"{method} at {plan.label()}, seed {seed}")
         rows += run_point(profile, method, plan, seed, progress)[1]
+    if report:
+        report(len(grid), len(grid), "done")
     if write:
         write_results(results_path(profile), rows)
     return rows

@@ -28,6 +28,7 @@ DESIGN_FIGURES = {
     "fig03_assignments": "03",
     "fig04_filters": "03",
     "fig05_cr_accuracy": "04",
+    "fig08_study": "04",
     "fig06_energy_validation": "05",
     "fig07_energy_breakdown": "05",
 }
@@ -232,3 +233,23 @@ def test_a_failing_notebook_names_itself_and_the_cell(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "09_broken.ipynb").exists() and not (
         tmp_path / "fig" / "README.md"
     ).exists()
+
+
+def test_heartbeat_says_what_runs_at_least_every_interval():
+    import time
+
+    lines = []
+    with notebooks.Heartbeat(lines.append, every=0.05) as beat:
+        beat.status[0] = "sweep smoke: 3/9 runs done"
+        time.sleep(0.3)
+    n = len(lines)
+    time.sleep(0.15)
+    assert len(lines) == n >= 3  # stopped with the block
+    assert all(line.startswith("  … sweep smoke: 3/9 runs done (") for line in lines)
+
+
+def test_figures_prepares_the_sweep_only_for_the_notebooks_that_read_it():
+    from dkm.cli import _needs_sweep
+
+    assert _needs_sweep(None) and _needs_sweep("04") and _needs_sweep("01,03")
+    assert not _needs_sweep("01") and not _needs_sweep("05")

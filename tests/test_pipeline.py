@@ -198,7 +198,10 @@ def test_sweep_runs_the_official_settings_as_points(dirs):
         n_train=128,
         n_test=64,
     )
-    rows = sw.sweep(p, methods=["kmeans"], progress=False)
+    calls = []
+    rows = sw.sweep(p, methods=["kmeans"], progress=False, report=lambda *a: calls.append(a))
+    assert [c[:2] for c in calls] == [(0, 1), (1, 1)]
+    assert calls[0][2] == "kmeans at the authors' 50x setting, seed 0" and calls[1][2] == "done"
     target = authors_plan(wide_resnet(**wrn), "50x").target_cr  # 1 input channel: conv1 differs
     assert {(r["setting"], r["target_cr"]) for r in rows} == {("50x", target)}
     cr = [float(r["value"]) for r in rows if r["metric"] == "cr_official"][0]
