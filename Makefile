@@ -8,7 +8,7 @@ APT_PACKAGES := dataset-fashion-mnist chromium
 PYTEST_ARGS ?=
 PROFILE ?= cpu
 
-.PHONY: help setup system-deps figures study test lint bench lab clean distclean
+.PHONY: help setup system-deps figures book study test lint bench lab clean distclean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -18,7 +18,10 @@ setup: $(STAMP) system-deps  ## venv + pip install -e .[dev,energy]; Debian pack
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,energy]'
+	@# the distribution was called `dkm` before 0.1.1 (a name PyPI gives to another project)
+	@$(BIN)/python -m pip uninstall --quiet --yes dkm >/dev/null 2>&1 || true; rm -rf dkm.egg-info
+	@echo "Installing deep-kmeans (editable) and its dependencies into $(VENV) …"
+	$(BIN)/python -m pip install -qq -e '.[dev,energy]'
 	@touch $(STAMP)
 
 system-deps:  ## Debian's dataset-fashion-mnist (offline data) and chromium (PNG export, browser tests)
@@ -35,6 +38,9 @@ system-deps:  ## Debian's dataset-fashion-mnist (offline data) and chromium (PNG
 
 figures: setup  ## run every notebook with papermill (PROFILE=cpu|smoke|paper) and write figures/
 	$(BIN)/python -m dkm figures --profile $(PROFILE)
+
+book: figures  ## the executed notebooks as an offline HTML book -> build/book/index.html
+	$(BIN)/python -m dkm book --profile $(PROFILE)
 
 study: setup  ## the budget × λ study of PROFILE (cpu: about 2 h) -> data/results/study_<profile>.csv
 	$(BIN)/python -m dkm study --profile $(PROFILE)

@@ -8,4 +8,4 @@ The method in four steps, one module each (see README, "How the code is layered"
 The authors' settings: dkm.authors. Experiments: dkm.pipeline, dkm.sweep; command line: dkm.cli.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, authors, notebooks, study, zigzag_ref
+from . import __version__, authors, book, notebooks, study, zigzag_ref
 from . import pipeline as pl
 from ._checks import check_choice, check_int
 from .accounting import CONVENTIONS, compression_ratio, compression_table
@@ -308,6 +308,29 @@ def run_figures(args) -> int:
     return 0
 
 
+def add_book(parser):
+    """Options of `dkm book`."""
+    parser.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        choices=PROFILE_NAMES,
+        help="whose executed notebooks (build/notebooks/<profile>/, from "
+        "`dkm figures`) become the book (default cpu)",
+    )
+    parser.add_argument("--out-dir", default=None,
+                        help="where the site is written (default build/book/)")  # fmt: skip
+
+
+def run_book(args) -> int:
+    """Build the offline HTML book; print its contents page."""
+    try:
+        index = book.build_book(args.profile, out_dir=args.out_dir)
+    except book.BookError as err:
+        raise ValueError(str(err)) from None
+    print(f"book: {index} (open it in a browser; it works offline)")
+    return 0
+
+
 def add_energy(parser):
     """Options of `dkm energy`."""
     parser.add_argument(
@@ -461,6 +484,7 @@ COMMANDS = {
     "sweep": (add_sweep, run_sweep, "every method at every plan and seed (the CR-accuracy grid)"),
     "study": (add_study, run_study, "the budget × λ study: equal training for every method"),
     "figures": (add_figures, run_figures, "run every notebook headlessly, regenerate every figure"),
+    "book": (add_book, run_book, "the executed notebooks as an offline HTML book (build/book/)"),
     "energy": (add_energy, run_energy, "per-layer energy estimate of a model, dense or shared"),
     "zigzag": (add_zigzag, run_zigzag, "the ZigZag energy reference and its R² validation"),
     "lab": (add_lab, run_lab, "JupyterLab on the notebooks (127.0.0.1, a token; also as root)"),

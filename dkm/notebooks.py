@@ -94,7 +94,7 @@ class Heartbeat:
     """While in the with-block, log `status` (a one-item list, set by the caller) every `every` s
     from a daemon thread, with the time since the block started."""
 
-    def __init__(self, log=print, every: float = 30.0):
+    def __init__(self, log=print, every: float = 20.0):
         self.log, self.every, self.status = log, every, [""]
         self._stop, self._thread = threading.Event(), None
 
@@ -117,7 +117,7 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def prepare(profile: str, log=print, every: float = 30.0) -> None:
+def prepare(profile: str, log=print, every: float = 20.0) -> None:
     """Pre-train the profile's net and run its sweep (cached stages are read): a progress bar in an
     interactive terminal, else a line at least every `every` seconds (runs done / total, the run
     in progress, the time left if the rest is not cached)."""
@@ -157,7 +157,7 @@ def run_all(
     """Run the chosen notebooks in order, then write the gallery; return {notebook: seconds}.
 
     prepare_first: run `prepare` before the notebooks. Stops at the first failure; while a
-    notebook runs, a line every 30 s says so.
+    notebook runs, a line every 20 s says so.
     """
     check_choice("profile", profile, PROFILE_NAMES)
     out_dir = Path(out_dir) if out_dir else ROOT / "build" / "notebooks" / profile

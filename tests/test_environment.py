@@ -65,3 +65,17 @@ def test_installed_packages_satisfy_pyproject():
         if not req.specifier.contains(version, prereleases=True):
             bad.append(f"{req.name} {version} is outside {req.specifier}")
     assert not bad, "; ".join(bad)
+
+
+def test_the_distribution_has_a_name_of_its_own():
+    """`pip install -e .` installs `deep-kmeans` (PyPI's `dkm` is another project); the import name
+    and the `dkm` command stay, at the package's version."""
+    from importlib import metadata
+
+    import dkm
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "deep-kmeans" and project["version"] == dkm.__version__
+    dist = metadata.distribution("deep-kmeans")
+    assert dist.version == dkm.__version__
+    assert [e.value for e in dist.entry_points if e.name == "dkm"] == ["dkm.cli:main"]

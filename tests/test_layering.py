@@ -14,7 +14,7 @@ LAYERS = {
         "inventory", "plan", "planner", "authors", "models", "data", "evaluation", "checkpoint",
         "_checks", "_io", "_threads", "_allocator"},
     2: {"profiles", "runs", "pipeline", "sweep", "study", "zigzag_ref"},
-    3: {"cli", "figdata", "plots", "sliders", "saving", "tables", "notebooks", "__main__"},
+    3: {"cli", "figdata", "plots", "sliders", "saving", "tables", "notebooks", "book", "__main__"},
 }  # fmt: skip
 LAYER = {name: n for n, names in LAYERS.items() for name in names}
 

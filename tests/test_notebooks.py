@@ -253,3 +253,12 @@ def test_figures_prepares_the_sweep_only_for_the_notebooks_that_read_it():
 
     assert _needs_sweep(None) and _needs_sweep("04") and _needs_sweep("01,03")
     assert not _needs_sweep("01") and not _needs_sweep("05")
+
+
+def test_book_without_executed_notebooks_is_one_clear_error(tmp_path, capsys):
+    from dkm.cli import main
+
+    assert main(["book", "--profile", "paper", "--out-dir", str(tmp_path / "book")]) == 2
+    err = capsys.readouterr().err
+    assert "no executed notebook" in err and "make figures" in err
+    assert not (tmp_path / "book").exists()

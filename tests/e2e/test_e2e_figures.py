@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from dkm import saving
+
 pytestmark = pytest.mark.e2e
 
 FIGURES = Path(__file__).resolve().parents[2] / "figures"
@@ -22,7 +24,8 @@ def _traces_in_file(path: Path) -> int:
 
 
 def test_every_committed_figure_is_offline():
-    assert len(HTML) == 7 and (FIGURES / "plotly.min.js").is_file()
+    assert [p.stem for p in HTML] == sorted(saving.FIGURES)
+    assert (FIGURES / "plotly.min.js").is_file()
     for path in HTML:
         text = path.read_text()
         assert re.findall(r"<script[^>]*src=\"([^\"]+)\"", text) == ["plotly.min.js"], path.name
