@@ -23,7 +23,7 @@ from ._checks import check_choice, check_int
 from .accounting import CONVENTIONS, compression_ratio, compression_table
 from .data import INPUT_SHAPES
 from .energy import COMPONENTS, UNIT, compare_energy, make_shares
-from .export import save_shared, size_report
+from .export import CODINGS, save_shared, size_report
 from .inventory import layer_inventory
 from .models import load_model_file
 from .plan import Plan, describe, plan_clusters
@@ -151,10 +151,16 @@ def add_share(parser):
                         help="sharing method")  # fmt: skip
     _add_plan(parser)
     parser.add_argument("--export", metavar="PATH", help="also write the shared model to a file")
+    parser.add_argument("--coding", choices=CODINGS, default="fixed",
+                        help="index coding of --export: fixed (⌈log2 K⌉ bits, the fixed CR; "
+                             "default), huffman (the huffman CR) or rans (the entropy: the "
+                             "official CR)")  # fmt: skip
 
 
 def run_share(args) -> int:
     """Share one net row-wise; print the per-layer table, the CRs and the export's size."""
+    if args.coding != "fixed" and not args.export:
+        raise ValueError(f"--coding {args.coding} codes the --export file: give --export PATH")
     profile = _profile(args)
     plan = _plan(args, profile)
     net = copy.deepcopy(pl.source_net(profile, args.source, plan, args.seed, args.progress)[0])
@@ -167,7 +173,14 @@ def run_share(args) -> int:
     crs = ", ".join(f"{c} {compression_ratio(net, shared, c):.2f}" for c in CONVENTIONS)
     print(f"CR: {crs}")
     if args.export:
-        print(size_report(save_shared(net, shared, args.export)))
+        info = save_shared(net, shared, args.export, coding=args.coding)
+        print(size_report(info))
+        cr = compression_ratio(net, shared, info["convention"])
+        print(
+            f"{info['coding']} coding: the file stores what the {info['convention']} CR "
+            f"{cr:.2f} counts (+ {info['bytes'] - info['convention_bytes']:,.0f} bytes)"
+        )
+
     return 0
 
 

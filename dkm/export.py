@@ -1,17 +1,22 @@
 """Step 4 of the method: a shared net as a compact file, and back (paper §3.3: codebook + indexes).
 
-File layout (little-endian), format version 1:
+File layout (little-endian), format version 2:
 
     prefix   "DKMSHARE" | version u16 | meta_len u32 | payload_len u64 | crc32(meta + payload) u32
-    meta     JSON: per shared layer (name, index, shape, K, p, bias_numel, index bits, offsets),
-             per remaining state tensor (key, dtype, shape, offset), the skipped layers
-    payload  per shared layer: fp32 codebook (K·s·4 bytes), then the N indexes bit-packed at
-             ⌈log2 K⌉ bits each, most significant bit first (K = 1: no bytes);
+    meta     zlib-compressed JSON (version 1: plain JSON): per shared layer (name, index, shape, K, p, bias_numel, the index coding and its
+             parameters, offset, index_bytes), per remaining state tensor (key, dtype, shape,
+             offset), the skipped layers
+    payload  per shared layer: fp32 codebook (K·s·4 bytes), then the N indexes in the layer's
+             coding (`dkm.coding`): `fixed` bit-packs ⌈log2 K⌉ bits each, MSB first (K = 1: no
+             bytes); `huffman` a canonical Huffman code (its K code lengths in the meta);
+             `rans` a static rANS coder (its 2^16-scaled frequencies in the meta);
              then every other state_dict entry of the net as raw bytes (conv biases, linear
              layers, non-shared convs, batch-norm parameters and running statistics, ...)
 
-So the file holds exactly what the `fixed` convention counts, plus the state that convention leaves
-out (batch norm, buffers), plus the prefix and the JSON metadata.
+So the file holds what the coding's convention counts — `fixed` → `fixed`, `huffman` → `huffman`,
+`rans` → `official` (the entropy N·H, within a few bytes per layer) — plus the state the
+conventions leave out (batch norm, buffers), plus the prefix and the JSON metadata. Version 1
+(fixed coding only, no `coding`/`index_bytes` fields) still loads.
 """
 
 from __future__ import annotations
@@ -23,15 +28,18 @@ import sys
 import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from ._io import write_atomic
-from .accounting import _shared_layers, compression_table, fixed_index_width
+from .accounting import _shared_layers, compression_table
+from .coding import CODINGS, CodingError, decode, encode, pack_fixed, unpack_fixed
 
 MAGIC = b"DKMSHARE"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# the CR convention whose count of index bits each coding's file reaches
+CONVENTION_OF = {"fixed": "fixed", "huffman": "huffman", "rans": "official"}
 _PREFIX = struct.Struct("<8sHIQI")  # magic, version, meta_len, payload_len, crc32
 HEADER_ALLOWANCE_BYTES = 4096  # the fixed part of the header allowance (prefix + JSON skeleton)
 ENTRY_ALLOWANCE_BYTES = 256  # JSON metadata per shared layer and per stored state tensor
@@ -64,23 +72,12 @@ def header_allowance(num_entries: int) -> int:
 # ---------------------------------------------------------------- bit packing of the indexes
 def pack_indexes(assignments: torch.Tensor, bits: int) -> bytes:
     """N indexes at `bits` bits each, MSB first, padded to whole bytes: ⌈N·bits/8⌉ bytes."""
-    if bits == 0:
-        return b""
-    a = assignments.detach().cpu().numpy().astype(np.uint64)
-    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint64)
-    # bit j of row i (from the top) is (a_i >> (bits−1−j)) & 1
-    bitmat = ((a[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
-    return np.packbits(bitmat.reshape(-1)).tobytes()
+    return pack_fixed(assignments.detach().cpu().numpy(), bits)
 
 
 def unpack_indexes(data: bytes, num_rows: int, bits: int) -> torch.Tensor:
     """Inverse of `pack_indexes`: the N indexes as int64."""
-    if bits == 0:
-        return torch.zeros(num_rows, dtype=torch.int64)
-    flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=num_rows * bits)
-    # a_i = Σ_j bit_ij · 2^(bits−1−j)
-    powers = np.int64(1) << np.arange(bits - 1, -1, -1, dtype=np.int64)
-    return torch.from_numpy(flat.reshape(num_rows, bits).astype(np.int64) @ powers)
+    return torch.from_numpy(unpack_fixed(data, num_rows, bits))
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -121,12 +118,12 @@ def _check_for_save(net: nn.Module, layers: dict) -> None:
             )
 
 
-def _encode(net: nn.Module, layers: dict, skipped: dict) -> tuple[dict, bytearray]:
+def _encode(net: nn.Module, layers: dict, skipped: dict, coding: str) -> tuple[dict, bytearray]:
     """The JSON metadata and the payload of the shared `layers` on `net`."""
     payload = bytearray()
     meta = {"byteorder": sys.byteorder, "layers": [], "state": [], "skipped": dict(skipped)}
     for name, layer in layers.items():
-        bits = fixed_index_width(layer.num_clusters)
+        indexes, params = encode(layer.assignments.cpu().numpy(), layer.num_clusters, coding)
         meta["layers"].append(
             {
                 "name": name,
@@ -135,12 +132,14 @@ def _encode(net: nn.Module, layers: dict, skipped: dict) -> tuple[dict, bytearra
                 "K": layer.num_clusters,
                 "p": float(layer.p),
                 "bias_numel": int(layer.bias_numel),
-                "bits": bits,
+                "coding": coding,
+                **params,
                 "offset": len(payload),
+                "index_bytes": len(indexes),
             }
         )
         payload += _tensor_bytes(layer.codebook.to(torch.float32))
-        payload += pack_indexes(layer.assignments, bits)
+        payload += indexes
     skip = _shared_weight_keys(layers)
     for key, t in net.state_dict().items():
         if key in skip:
@@ -171,39 +170,61 @@ def _uncounted_state_bytes(net: nn.Module) -> int:
     )
 
 
-def save_shared(net: nn.Module, shared, path, verbose: bool = False) -> dict:
-    """Save `net` with the layers of `shared` (a ShareResult) as codebooks + packed indexes."""
+def save_shared(net: nn.Module, shared, path, verbose: bool = False, coding: str = "fixed") -> dict:
+    """Save `net` with the layers of `shared` (a ShareResult) as codebooks + coded indexes.
+
+    Returns the sizes: the file's, and what the coding's convention (`CONVENTION_OF`) counts."""
+    if coding not in CODINGS:
+        raise ValueError(f"coding={coding!r} is not allowed: allowed {', '.join(CODINGS)}")
     path = Path(path)
     layers = _shared_layers(shared)
     _check_for_save(net, layers)
-    meta, payload = _encode(net, layers, getattr(shared, "skipped", {}))
-    meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
+    meta, payload = _encode(net, layers, getattr(shared, "skipped", {}), coding)
+    meta_bytes = zlib.compress(json.dumps(meta, separators=(",", ":")).encode(), 9)
     crc = zlib.crc32(payload, zlib.crc32(meta_bytes))
     prefix = _PREFIX.pack(MAGIC, VERSION, len(meta_bytes), len(payload), crc)
     write_atomic(path, prefix + meta_bytes + bytes(payload))
+    convention = CONVENTION_OF[coding]
     info = {
         "path": str(path),
         "bytes": path.stat().st_size,
-        "fixed_convention_bytes": sum(
-            r["compressed_bits"] for r in compression_table(net, layers, "fixed")
+        "coding": coding,
+        "convention": convention,
+        "convention_bytes": sum(
+            r["compressed_bits"] for r in compression_table(net, layers, convention)
         )
         / 8,
         "uncounted_state_bytes": _uncounted_state_bytes(net),
         "header_bytes": len(prefix) + len(meta_bytes),
         "header_allowance_bytes": header_allowance(len(meta["layers"]) + len(meta["state"])),
+        "num_layers": len(meta["layers"]),
     }
     if verbose:
         print(size_report(info))
     return info
 
 
-def size_report(info: dict) -> str:
-    """One line: the real file size next to the `fixed`-convention size."""
+def size_allowance(info: dict) -> float:
+    """Bytes a file may hold beyond its convention's count: the uncounted state, the header
+    allowance, and per layer one byte of padding (+ 4 bytes of final state for rans, and as much
+    again for its quantized frequencies)."""
+    per_layer = {"fixed": 1, "huffman": 1, "rans": 9}[info["coding"]]
     return (
-        f"{info['path']}: {info['bytes']:,} bytes on disk | "
-        f"fixed convention {info['fixed_convention_bytes']:,.0f} bytes"
-        f" + {info['uncounted_state_bytes']:,} bytes of batch-norm/buffer state"
-        f" + {info['header_bytes']:,} bytes of header"
+        info["uncounted_state_bytes"]
+        + info["header_allowance_bytes"]
+        + per_layer * info["num_layers"]
+    )
+
+
+def size_report(info: dict) -> str:
+    """One line: the real file size next to the size the coding's convention counts."""
+    extra = info["bytes"] - info["convention_bytes"]
+    return (
+        f"{info['path']}: {info['bytes']:,} bytes on disk ({info['coding']} index coding) | "
+        f"the {info['convention']} convention counts {info['convention_bytes']:,.0f} bytes; "
+        f"the file holds {extra:+,.0f} more: {info['uncounted_state_bytes']:,} bytes of "
+        f"batch-norm/buffer state, {info['header_bytes']:,} bytes of header, the rest padding "
+        f"and coder state"
     )
 
 
@@ -221,9 +242,10 @@ def _read(path: Path) -> tuple[dict, memoryview]:
         raise ExportFormatError(
             f"{path}: not a dkm shared-model file: magic {magic!r}, expected {MAGIC!r}"
         )
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise ExportFormatError(
-            f"{path}: format version {version} is not supported: this dkm reads version {VERSION}"
+            f"{path}: format version {version} is not supported: this dkm reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     end = _PREFIX.size + meta_len + payload_len
     if len(data) != end:
@@ -233,8 +255,9 @@ def _read(path: Path) -> tuple[dict, memoryview]:
     if zlib.crc32(body) != crc:
         raise ExportFormatError(f"{path}: checksum mismatch (CRC32): the file is corrupted")
     try:
-        meta = json.loads(bytes(body[:meta_len]))
-    except ValueError as e:
+        raw = bytes(body[:meta_len])
+        meta = json.loads(raw if version == 1 else zlib.decompress(raw))
+    except (ValueError, zlib.error) as e:
         raise ExportFormatError(f"{path}: unreadable metadata: {e}") from None
     if meta.get("byteorder") != sys.byteorder:
         raise ExportFormatError(
@@ -256,7 +279,7 @@ def _decode_layer(path: Path, entry: dict, payload: memoryview, convs: dict):
     """One SharedLayer from its metadata; its shape must match the net's conv of the same name."""
     from .sharing import SharedLayer
 
-    name, shape, k, bits = entry["name"], tuple(entry["shape"]), int(entry["K"]), int(entry["bits"])
+    name, shape, k = entry["name"], tuple(entry["shape"]), int(entry["K"])
     if name not in convs:
         raise ExportFormatError(
             f"{path}: architecture mismatch: shared layer {name!r} is not a Conv2d of the net"
@@ -268,15 +291,14 @@ def _decode_layer(path: Path, entry: dict, payload: memoryview, convs: dict):
         )
     num_rows, s = math.prod(shape[:3]), shape[3]
     cb = _slice(path, payload, entry["offset"], 4 * k * s, f"codebook of {name!r}")
-    idx = _slice(
-        path,
-        payload,
-        entry["offset"] + len(cb),
-        math.ceil(num_rows * bits / 8),
-        f"indexes of {name!r}",
-    )
+    coding = entry.get("coding", "fixed")  # version 1: fixed, its length from the bits
+    nbytes = entry.get("index_bytes", math.ceil(num_rows * int(entry.get("bits", 0)) / 8))
+    idx = _slice(path, payload, entry["offset"] + len(cb), int(nbytes), f"indexes of {name!r}")
     codebook = torch.frombuffer(bytearray(cb), dtype=torch.float32).reshape(k, s)
-    assignments = unpack_indexes(idx, num_rows, bits)
+    try:
+        assignments = torch.from_numpy(decode(idx, num_rows, coding, entry))
+    except CodingError as e:
+        raise ExportFormatError(f"{path}: layer {name!r}: {e}") from None
     if num_rows and int(assignments.max()) >= k:
         raise ExportFormatError(f"{path}: layer {name!r} has an index ≥ K={k}")
     return SharedLayer(

@@ -3,6 +3,7 @@
 import math
 import os
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -78,10 +79,11 @@ def _x():
     return torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(123))
 
 
-def test_round_trip_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("coding", export.CODINGS)
+def test_round_trip_is_bit_exact(tmp_path, coding):
     net, shared = _shared_net(seed=0)
     path = tmp_path / "net.dkm"
-    save_shared(net, shared, path)
+    save_shared(net, shared, path, coding=coding)
     fresh = _Net().eval()  # a different random init
     assert not torch.equal(fresh(_x()), net(_x()))
     loaded = load_shared(path, fresh)
@@ -132,7 +134,7 @@ def test_file_size_against_the_fixed_convention(tmp_path):
     assert info["bytes"] == info["header_bytes"] + payload + state
     # the fixed convention: same bits, indexes not padded to whole bytes; BN state is not in it
     fixed = sum(r["compressed_bits"] for r in compression_table(net, shared, "fixed")) / 8
-    assert info["fixed_convention_bytes"] == fixed
+    assert info["convention_bytes"] == fixed and info["convention"] == "fixed"
     bn = sum(
         t.numel() * t.element_size() for k, t in net.state_dict().items() if k.startswith("bn")
     )
@@ -147,7 +149,80 @@ def test_file_size_against_the_fixed_convention(tmp_path):
     # the brief's criterion: within 5% of the fixed-convention size (+ BN state)
     # plus the header allowance
     assert expected <= info["bytes"] <= 1.05 * expected + allowance
-    assert "fixed convention" in export.size_report(info)
+    assert "the fixed convention counts" in export.size_report(info)
+
+
+def _dominant(seed=0, width=32, p=0.9):
+    """A shared net whose layers have one dominant cluster (p of the rows), as the authors'."""
+    net, shared = _shared_net(seed=seed, width=width)
+    g = torch.Generator().manual_seed(seed + 7)
+    for layer in shared.layers.values():
+        k, n = layer.num_clusters, layer.num_rows
+        others = torch.randint(1, max(k, 2), (n,), generator=g) if k > 1 else torch.zeros(n)
+        layer.assignments = torch.where(torch.rand(n, generator=g) < p, 0, others).long()
+        with torch.no_grad():
+            dict(net.named_modules())[layer.name].weight.copy_(layer.weight())
+    return net, shared
+
+
+@pytest.mark.parametrize("coding", export.CODINGS)
+def test_file_size_matches_the_codings_convention(tmp_path, coding):
+    """The file spends what its coding's convention counts (fixed → fixed, huffman → huffman,
+    rans → official, the entropy), plus the uncounted state and header, within the allowance."""
+    net, shared = _dominant()
+    info = save_shared(net, shared, tmp_path / "net.dkm", coding=coding)
+    convention = export.CONVENTION_OF[coding]
+    counted = sum(r["compressed_bits"] for r in compression_table(net, shared, convention)) / 8
+    assert info["convention"] == convention and info["convention_bytes"] == pytest.approx(counted)
+    extra = info["bytes"] - info["convention_bytes"] - info["uncounted_state_bytes"]
+    assert info["header_bytes"] <= extra <= export.size_allowance(info) - info[
+        "uncounted_state_bytes"]  # fmt: skip
+    fresh = _Net(32).eval()
+    load_shared(tmp_path / "net.dkm", fresh)
+    assert all(torch.equal(fresh.state_dict()[k], t) for k, t in net.state_dict().items())
+
+
+def test_entropy_coding_makes_the_file_smaller_with_a_dominant_cluster(tmp_path):
+    net, shared = _dominant()
+    sizes = {c: save_shared(net, shared, tmp_path / f"{c}.dkm", coding=c)["bytes"]
+             for c in export.CODINGS}  # fmt: skip
+    assert sizes["rans"] < sizes["huffman"] < sizes["fixed"]
+
+
+def test_version_1_files_still_load():
+    """tests/data/export_v1.dkm was written by format version 1 (fixed coding only) from
+    `_shared_net(seed=0, width=8)`."""
+    path = Path(__file__).parent / "data" / "export_v1.dkm"
+    assert struct.unpack_from("<H", path.read_bytes(), 8) == (1,)
+    net, shared = _shared_net(seed=0, width=8)
+    fresh = _Net(8).eval()
+    loaded = load_shared(path, fresh)
+    assert all(torch.equal(loaded.layers[n].assignments, layer.assignments)
+               and torch.equal(loaded.layers[n].codebook, layer.codebook)
+               for n, layer in shared.layers.items())  # fmt: skip
+    for k, t in net.state_dict().items():
+        if "running_" in k:  # batch-norm statistics of a forward pass: float sums of this CPU
+            assert torch.allclose(fresh.state_dict()[k], t, rtol=1e-5, atol=1e-7), k
+        else:  # weights: W = codebook[a] and the seeded initialization, bit for bit
+            assert torch.equal(fresh.state_dict()[k], t), k
+
+
+@pytest.mark.parametrize("coding", ["huffman", "rans"])
+def test_corrupt_entropy_coded_indexes_are_caught(tmp_path, coding):
+    net, shared = _dominant(width=16)
+    path = tmp_path / "net.dkm"
+    save_shared(net, shared, path, coding=coding)
+    data = bytearray(path.read_bytes())
+    data[-300] ^= 0x10  # inside the payload: the CRC catches it
+    path.write_bytes(bytes(data))
+    _expect_error(path, _Net(16), ["checksum"])
+
+
+def test_save_rejects_an_unknown_coding(tmp_path):
+    net, shared = _shared_net()
+    with pytest.raises(ValueError, match="coding='zip' is not allowed: allowed fixed, huffman"):
+        save_shared(net, shared, tmp_path / "x.dkm", coding="zip")
+    assert not (tmp_path / "x.dkm").exists()
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dkm"
 LAYERS = {
     1: {"rows", "spectral", "train", "kmeans", "sharing", "accounting", "export", "energy",
         "inventory", "plan", "planner", "authors", "models", "data", "evaluation", "checkpoint",
-        "_checks", "_io", "_threads", "_allocator"},
+        "coding", "_checks", "_io", "_threads", "_allocator"},
     2: {"profiles", "runs", "pipeline", "sweep", "study", "zigzag_ref"},
     3: {"cli", "figdata", "plots", "sliders", "saving", "tables", "notebooks", "book", "__main__"},
 }  # fmt: skip

@@ -107,7 +107,19 @@ def test_unreachable_target_and_bad_values():
 
 @pytest.mark.parametrize(
     "command",
-    ["pretrain", "retrain", "share", "evaluate", "sweep", "energy", "figures", "zigzag", "lab"],
+    [
+        "pretrain",
+        "retrain",
+        "share",
+        "evaluate",
+        "sweep",
+        "study",
+        "energy",
+        "figures",
+        "book",
+        "zigzag",
+        "lab",
+    ],  # fmt: skip
 )
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -279,3 +291,27 @@ def test_cli_share_with_the_planner(dirs, capsys):
     assert [int(cols[2]) for cols in conv_lines] == list(plan.K)  # the K column is the plan's
     assert main(["share", "--profile", "smoke", "--official", "45x", "--planner", "rd"]) == 2
     assert "--planner rd plans a --target-cr: not with --official" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("coding", ["fixed", "huffman", "rans"])
+def test_cli_share_exports_each_coding_at_its_conventions_size(dirs, capsys, coding):
+    from dkm.export import load_shared
+
+    path = dirs / f"net-{coding}.dkm"
+    argv = ["share", "--profile", "smoke", "--target-cr", "8", "--export", str(path)]
+    assert main(argv + ["--coding", coding]) == 0
+    out = capsys.readouterr().out
+    assert f"({coding} index coding)" in out and f"{coding} coding: the file stores what the" in out
+    net, _ = pl.pretrain(get_profile("smoke"), progress=False)
+    plan = plan_clusters(net, 8.0)
+    shared = share(net, plan, seed=1000)  # what the command shared (seed 0's sharing seed)
+    fresh = small_cnn(in_channels=1, num_classes=10, width=8)
+    loaded = load_shared(path, fresh)
+    assert all(torch.equal(loaded.layers[n].assignments, layer.assignments)
+               for n, layer in shared.layers.items())  # fmt: skip
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in net.state_dict().items())
+
+
+def test_cli_coding_needs_an_export(dirs, capsys):
+    assert main(["share", "--profile", "smoke", "--target-cr", "8", "--coding", "rans"]) == 2
+    assert "--coding rans codes the --export file: give --export PATH" in capsys.readouterr().err

@@ -1,0 +1,70 @@
+"""Index codings of the export: bit-exact round trips, sizes against the accounting's counts
+(fixed width, Huffman code lengths, the entropy), and corrupt data refused."""
+
+import math
+
+import numpy as np
+import pytest
+
+from dkm import coding
+from dkm.accounting import entropy, huffman_lengths, index_bits
+
+CASES = [  # (K, probability of cluster 0, N)
+    (7, 0.9, 50_000), (7, 0.75, 20_000), (2, 0.5, 1000), (144, 0.3, 768), (5, 0.0, 3),
+    (1, 1.0, 50), (3, 1.0, 40), (16, 0.0, 4096), (4, 0.999, 10_000),
+]  # fmt: skip
+
+
+def _rows(k, p, n, seed=0):
+    rng = np.random.default_rng(seed)
+    probs = np.full(k, 1 / k) if p == 0 else np.r_[p, np.full(k - 1, (1 - p) / max(k - 1, 1))]
+    return rng.choice(k, size=n, p=probs[:k] / probs[:k].sum())
+
+
+@pytest.mark.parametrize("k,p,n", CASES)
+@pytest.mark.parametrize("name", coding.CODINGS)
+def test_round_trip_and_size(name, k, p, n):
+    a = _rows(k, p, n)
+    counts = np.bincount(a, minlength=k).tolist()
+    data, params = coding.encode(a, k, name)
+    assert np.array_equal(coding.decode(data, n, name, params), a)
+    if name == "fixed":
+        assert len(data) == math.ceil(index_bits(counts, "fixed") / 8)
+    elif name == "huffman":  # exactly Σ n_k·len_k bits, padded to a byte
+        assert len(data) == math.ceil(index_bits(counts, "huffman") / 8)
+    else:  # the entropy, within the 4-byte state and the frequency quantization
+        assert n * entropy(counts) / 8 <= len(data) <= n * entropy(counts) / 8 + 4 + 0.001 * n
+
+
+def test_canonical_codes_are_prefix_free_with_the_huffman_lengths():
+    counts = [500, 30, 30, 20, 10, 5, 5]
+    lengths = huffman_lengths(counts)
+    codes = coding.canonical_codes(lengths)
+    words = [format(c, f"0{n}b") for c, n in codes.values()]
+    assert sorted(len(w) for w in words) == sorted(n for n in lengths if n)
+    assert not any(a != b and b.startswith(a) for a in words for b in words)
+    assert sum(2.0**-n for n in lengths if n) <= 1  # Kraft
+
+
+def test_quantized_frequencies():
+    f = coding.quantize([10**6, 1, 0, 3])
+    assert sum(f) == 2**16 and f[2] == 0 and min(f[1], f[3]) >= 1
+    with pytest.raises(ValueError, match="cannot quantize"):
+        coding.quantize([0, 0])
+
+
+@pytest.mark.parametrize("name", ["huffman", "rans"])
+def test_corrupt_or_truncated_data_is_refused(name):
+    a = _rows(7, 0.9, 5000)
+    data, params = coding.encode(a, 7, name)
+    with pytest.raises(coding.CodingError):
+        coding.decode(data[: len(data) // 2], 5000, name, params)
+    with pytest.raises(coding.CodingError):
+        coding.decode(data + b"\x00\x00", 5000, name, params)
+
+
+def test_unknown_coding():
+    with pytest.raises(ValueError, match="allowed fixed, huffman, rans"):
+        coding.encode(np.zeros(3, dtype=np.int64), 2, "zip")
+    with pytest.raises(coding.CodingError, match="unknown index coding"):
+        coding.decode(b"", 3, "zip", {})
