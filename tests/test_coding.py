@@ -68,3 +68,41 @@ def test_unknown_coding():
         coding.encode(np.zeros(3, dtype=np.int64), 2, "zip")
     with pytest.raises(coding.CodingError, match="unknown index coding"):
         coding.decode(b"", 3, "zip", {})
+
+
+@pytest.fixture(scope="module")
+def default_net_shared():
+    """The default profile's net (WRN-16-1, the authors' 16 convs) from a seeded init, shared at
+    the authors' 45x: decoding depends on the rows and the cluster usage, not on training."""
+    import torch
+
+    from dkm.authors import authors_plan
+    from dkm.models import build_model
+    from dkm.profiles import get_profile
+    from dkm.sharing import share
+
+    profile = get_profile("cpu")
+    torch.manual_seed(0)
+    net = build_model(profile.model, **profile.model_kwargs).eval()
+    return net, share(net, authors_plan(net, "45x"), seed=1000), profile
+
+
+@pytest.mark.parametrize("name", coding.CODINGS)
+def test_default_profile_net_round_trip_at_its_conventions_size(tmp_path, default_net_shared, name):
+    import torch
+
+    from dkm.accounting import compression_table
+    from dkm.export import CONVENTION_OF, load_shared, save_shared, size_allowance
+    from dkm.models import build_model
+
+    net, shared, profile = default_net_shared
+    info = save_shared(net, shared, tmp_path / "net.dkm", coding=name)
+    counted = compression_table(net, shared, CONVENTION_OF[name])
+    assert info["convention_bytes"] == pytest.approx(sum(r["compressed_bits"] for r in counted) / 8)
+    assert 0 < info["bytes"] - info["convention_bytes"] <= size_allowance(info)
+    torch.manual_seed(1)  # another init: everything must come from the file
+    fresh = build_model(profile.model, **profile.model_kwargs).eval()
+    loaded = load_shared(tmp_path / "net.dkm", fresh)
+    assert all(torch.equal(fresh.state_dict()[k], t) for k, t in net.state_dict().items())
+    assert all(torch.equal(loaded.layers[n].assignments, layer.assignments)
+               for n, layer in shared.layers.items())  # fmt: skip
