@@ -13,7 +13,9 @@ import threading
 import time
 from pathlib import Path
 
-from ._checks import check_choice
+from ._checks import check_choice, check_float, check_int
+from .authors import SETTINGS
+from .profiles import PROFILES
 from .saving import DEFAULT_PROFILE, PROFILE_NAMES, ROOT, fig_dir_for, write_gallery
 
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -28,6 +30,49 @@ NOTEBOOKS = (
 
 class NotebookError(RuntimeError):
     """A notebook that failed under papermill (names the notebook and the failing cell)."""
+
+
+# ---------------------------------------------------------------- the notebooks' parameters
+def _ints(name, values, lo=1):
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(f"{name}={values!r} is not allowed: a non-empty list of integers ≥ {lo}")
+    return [check_int(f"{name}[{i}]", v, lo) for i, v in enumerate(values)]
+
+
+def _lams(name, values):
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(f"{name}={values!r} is not allowed: a non-empty list of numbers ≥ 0")
+    return [check_float(f"{name}[{i}]", v, 0.0) for i, v in enumerate(values)]
+
+
+def _fig_dir(name, value):
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"{name}={value!r} is not allowed: None or a directory path")
+
+
+_RULES = {  # parameter → check; each error names the parameter and what is allowed
+    "PROFILE": lambda n, v: check_choice(n, v, PROFILES),
+    "LIVE_PROFILE": lambda n, v: check_choice(n, v, PROFILES),
+    "SEED": lambda n, v: check_int(n, v, 0),
+    "FIG_DIR": _fig_dir,
+    "TARGET_CR": lambda n, v: v is None or check_float(n, v, 1.0, lo_open=True),
+    "LAMBDAS": _lams,
+    "K_OPTIONS": _ints,
+    "BITS": lambda n, v: check_int(n, v, 1, 32),
+    "SETTING": lambda n, v: check_choice(n, v, SETTINGS),
+    **{k: lambda n, v: check_int(n, v, 1) for k in (
+        "K_MAX", "TOY_N", "TOY_S", "TOY_CLUSTERS", "MAX_POINTS", "N_FILTERS", "SLIDER_TEST_IMAGES"
+    )},
+}  # fmt: skip
+
+
+def check_parameters(**values) -> None:
+    """Check a notebook's parameters (its first code cell calls this): one error naming the bad
+    parameter, before any work is done."""
+    for name, value in values.items():
+        if name not in _RULES:
+            raise ValueError(f"unknown notebook parameter {name}: known {', '.join(_RULES)}")
+        _RULES[name](name, value)
 
 
 def _matches(notebook: str, key: str) -> bool:

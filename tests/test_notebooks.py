@@ -9,6 +9,7 @@ values: CR, bounds, counts, accuracies read from the cache) with the first run.
 """
 
 import ast
+import re
 import os
 import subprocess
 import sys
@@ -262,3 +263,48 @@ def test_book_without_executed_notebooks_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no executed notebook" in err and "make figures" in err
     assert not (tmp_path / "book").exists()
+
+
+# ---------------------------------------------------------------- parameters checked first
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_first_code_cell_checks_every_parameter(path):
+    """The cell after `parameters` calls check_parameters with each parameter, before any work."""
+    nb = nbformat.read(path, as_version=4)
+    i = nb.cells.index(_parameters(nb)[0])
+    names = [s.targets[0].id for s in ast.parse(nb.cells[i].source).body]
+    tree = ast.parse(nb.cells[i + 1].source)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and getattr(n.func, "id", None) == "check_parameters"]  # fmt: skip
+    assert len(calls) == 1, f"{path.name}: the cell after the parameters must check them"
+    assert [(k.arg, k.value.id) for k in calls[0].keywords] == [(n, n) for n in names]
+    first_work = next(s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom)))
+    assert calls[0] in ast.walk(first_work), f"{path.name}: check the parameters before any work"
+
+
+@pytest.mark.parametrize(
+    "name,value,message",
+    [("SEED", -1, "SEED=-1 is out of range: allowed 0 ≤ SEED"),
+     ("PROFILE", "big", "PROFILE='big' is not allowed: choose one of 'smoke', 'cpu'"),
+     ("LAMBDAS", [], "LAMBDAS=[] is not allowed"), ("K_OPTIONS", [4, 0], "K_OPTIONS[1]=0"),
+     ("TARGET_CR", 0.5, "TARGET_CR=0.5 is out of range"), ("BITS", 0, "BITS=0 is out of range"),
+     ("SETTING", "44x", "SETTING='44x' is not allowed"), ("FIG_DIR", "", "FIG_DIR='' is not"),
+     ("NOPE", 1, "unknown notebook parameter NOPE")],
+)  # fmt: skip
+def test_check_parameters_names_the_bad_one(name, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        notebooks.check_parameters(**{name: value})
+
+
+def test_papermill_with_a_bad_parameter_fails_in_the_checking_cell(tmp_path):
+    import papermill as pm
+
+    path = ROOT / "notebooks" / "04_compression.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(path), str(tmp_path / "out.ipynb"), progress_bar=False,
+                            parameters={"PROFILE": "smoke", "SEED": -1},
+                            cwd=str(path.parent))  # fmt: skip
+    assert err.value.ename == "ValueError" and "SEED=-1 is out of range" in err.value.evalue
+    nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    failed = [c for c in nb.cells if c.cell_type == "code"
+              and any(o.output_type == "error" for o in c.outputs)]  # fmt: skip
+    assert len(failed) == 1 and "check_parameters(" in failed[0].source
