@@ -8,12 +8,12 @@ APT_PACKAGES := dataset-fashion-mnist chromium
 PYTEST_ARGS ?=
 PROFILE ?= cpu
 
-.PHONY: help setup system-deps figures book study test lint bench lab clean distclean
+.PHONY: help setup system-deps figures book study references test lint bench lab clean distclean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
-setup: $(STAMP) system-deps  ## venv + pip install -e .[dev,energy]; Debian packages when root (idempotent)
+setup: $(STAMP) system-deps  ## venv + pip install -e .[dev,energy,distributed]; Debian packages when root (idempotent)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@# the distribution was called `dkm` before 0.1.1 (a name PyPI gives to another project)
 	@$(BIN)/python -m pip uninstall --quiet --yes dkm >/dev/null 2>&1 || true; rm -rf dkm.egg-info
 	@echo "Installing deep-kmeans (editable) and its dependencies into $(VENV) …"
-	$(BIN)/python -m pip install -qq -e '.[dev,energy]'
+	$(BIN)/python -m pip install -qq -e '.[dev,energy,distributed]'
 	@touch $(STAMP)
 
 system-deps:  ## Debian's dataset-fashion-mnist (offline data) and chromium (PNG export, browser tests)
@@ -44,6 +44,15 @@ book: figures  ## the executed notebooks as an offline HTML book -> build/book/i
 
 study: setup  ## the budget × λ study of PROFILE (cpu: about 2 h) -> data/results/study_<profile>.csv
 	$(BIN)/python -m dkm study --profile $(PROFILE)
+
+NDF_VENV := build/nn-dataflow-venv
+NDF_PINS := nn-dataflow==2.1 sympy==1.5.1
+
+references: setup  ## nn-dataflow's own venv (sympy 1.5.1) -> its AlexNet/GoogLeNet CSVs in data/reference, R² table
+	@test -x $(NDF_VENV)/bin/python || $(PYTHON) -m venv $(NDF_VENV)
+	$(NDF_VENV)/bin/python -m pip install --quiet $(NDF_PINS)
+	$(BIN)/python -m dkm.nn_dataflow_ref --venv $(NDF_VENV)
+	$(BIN)/python -m dkm zigzag validate
 
 test: setup lint  ## ruff, then the whole test suite (pytest)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

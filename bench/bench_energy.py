@@ -1,8 +1,8 @@
-"""Benchmark: our energy metric for every layer of GoogLeNet vs ZigZag's time for the same layers.
+"""Benchmark: our energy metric for every layer of GoogLeNet vs ZigZag's and nn-dataflow's times.
 
-ZigZag is not re-run here (tens of minutes): its time is the sum of the per-layer wall times
-recorded in data/reference/zigzag_googlenet_<bits>.csv when the reference was generated on this
-machine.
+Neither reference is re-run here (ZigZag takes tens of minutes): their times are the sums of the
+per-layer wall times recorded in data/reference/zigzag_googlenet_<bits>.csv and
+nn_dataflow_googlenet_<bits>.csv when the references were generated on this machine.
 Our time is the median over `repeats` of `net_energy` on the 58 layers, the layer inventory (one
 forward pass of a meta-device GoogLeNet, done once) excluded; it is timed and reported beside.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dkm.energy import net_energy  # noqa: E402
+from dkm import nn_dataflow_ref  # noqa: E402
 from dkm.zigzag_ref import load_reference, reference_layers  # noqa: E402
 
 BITS = 8
@@ -36,17 +37,21 @@ def run(repeats=5) -> dict:
     ours_s = statistics.median(times)
     ref = load_reference("googlenet", BITS)
     reference_s = sum(r["wall_s"] for r in ref)
+    nn_dataflow_s = sum(r["wall_s"] for r in nn_dataflow_ref.load_reference("googlenet", BITS))
     return {
         "name": f"energy_googlenet_{BITS}bit_vs_zigzag",
         "ours_s": ours_s,
         "inventory_s": inventory_s,
         "reference_s": reference_s,
         "ratio": reference_s / ours_s,
+        "nn_dataflow_s": nn_dataflow_s,
+        "ratio_nn_dataflow": nn_dataflow_s / ours_s,
         "layers": len(layers),
         "reference_layers": len(ref),
         "reference_source": (
             f"wall_s column of data/reference/zigzag_googlenet_{BITS}.csv, recorded when "
-            "the reference was generated (ZigZag is not re-run by this benchmark)"
+            "the reference was generated (ZigZag is not re-run by this benchmark); nn_dataflow_s "
+            f"likewise from data/reference/nn_dataflow_googlenet_{BITS}.csv"
         ),
         "ours_excludes": "the layer inventory's forward pass (reported as inventory_s)",
         "goal": "ours < 1 s for all of GoogLeNet (ratio = ZigZag time / ours)",

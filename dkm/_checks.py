@@ -71,3 +71,12 @@ def check_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
             f"{name} has {bad} non-finite value(s) (NaN or inf): allowed finite values only"
         )
     return tensor
+
+
+def check_not_meta(net: torch.nn.Module, what: str) -> None:
+    """A net whose tensors have no data (the meta device) is one clear error naming `what`."""
+    if any(t.is_meta for t in list(net.parameters()) + list(net.buffers())):
+        raise ValueError(
+            f"{what}: the net is on the meta device (no weights): allowed a net with real tensors "
+            f"(materialize it with net.to_empty(device='cpu') and load its weights first)"
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import secrets
 import subprocess
@@ -20,9 +21,11 @@ from pathlib import Path
 from . import __version__, authors, book, notebooks, study, zigzag_ref
 from . import pipeline as pl
 from ._checks import check_choice, check_int
+from .accelerators import ACCELERATORS
 from .accounting import CONVENTIONS, compression_ratio, compression_table
 from .data import INPUT_SHAPES
 from .energy import COMPONENTS, UNIT, compare_energy, make_shares
+from ._io import UnsafePathError, WriteError, check_writable_path
 from .export import CODINGS, save_shared, size_report
 from .inventory import layer_inventory
 from .models import load_model_file
@@ -46,7 +49,8 @@ def _add_profile(parser: argparse.ArgumentParser) -> None:
         "--profile",
         default="cpu",
         choices=list(PROFILES),
-        help="experiment size: smoke (seconds), cpu (default, minutes), paper (GPU)",
+        help="experiment size: smoke (seconds), cpu (default, minutes), paper (GPU, CIFAR-10), "
+        "paper-fmnist (GPU, offline)",
     )
     parser.add_argument(
         "--lam",
@@ -141,8 +145,8 @@ def run_retrain(args) -> int:
     return 0
 
 
-def add_share(parser):
-    """Options of `dkm share` (and `dkm evaluate`)."""
+def _add_point(parser):
+    """Options of one point: the profile, the net to share, the sharing method and the plan."""
     _add_profile(parser)
     parser.add_argument(
         "--source", choices=pl.SOURCES, default="pretrained", help="which net to share"
@@ -150,6 +154,11 @@ def add_share(parser):
     parser.add_argument("--method", choices=list(pl.SHARE_INITS), default="kmeans",
                         help="sharing method")  # fmt: skip
     _add_plan(parser)
+
+
+def add_share(parser):
+    """Options of `dkm share`."""
+    _add_point(parser)
     parser.add_argument("--export", metavar="PATH", help="also write the shared model to a file")
     parser.add_argument("--coding", choices=CODINGS, default="fixed",
                         help="index coding of --export: fixed (⌈log2 K⌉ bits, the fixed CR; "
@@ -157,10 +166,31 @@ def add_share(parser):
                              "official CR)")  # fmt: skip
 
 
+def _check_output(option: str, path) -> None:
+    """`option` names a file that may be written (checked before any computation)."""
+    if path is None:
+        return
+    if not path.strip():
+        raise ValueError(f"{option} {path!r} is not allowed: give a file path")
+    try:
+        check_writable_path(path)
+    except (UnsafePathError, WriteError) as err:
+        raise ValueError(f"{option}: {err}") from None
+
+
+def _export(net, shared, args) -> dict:
+    """save_shared to --export; a file system error is one line naming the option."""
+    try:
+        return save_shared(net, shared, args.export, coding=args.coding)
+    except (UnsafePathError, WriteError) as err:
+        raise ValueError(f"--export: {err}") from None
+
+
 def run_share(args) -> int:
     """Share one net row-wise; print the per-layer table, the CRs and the export's size."""
-    if args.coding != "fixed" and not args.export:
+    if args.coding != "fixed" and args.export is None:
         raise ValueError(f"--coding {args.coding} codes the --export file: give --export PATH")
+    _check_output("--export", args.export)
     profile = _profile(args)
     plan = _plan(args, profile)
     net = copy.deepcopy(pl.source_net(profile, args.source, plan, args.seed, args.progress)[0])
@@ -172,8 +202,8 @@ def run_share(args) -> int:
         print(f"skipped {name}: {reason}")
     crs = ", ".join(f"{c} {compression_ratio(net, shared, c):.2f}" for c in CONVENTIONS)
     print(f"CR: {crs}")
-    if args.export:
-        info = save_shared(net, shared, args.export, coding=args.coding)
+    if args.export is not None:
+        info = _export(net, shared, args)
         print(size_report(info))
         cr = compression_ratio(net, shared, info["convention"])
         print(
@@ -185,8 +215,8 @@ def run_share(args) -> int:
 
 
 def add_evaluate(parser):
-    """Options of `dkm evaluate` (those of `dkm share`)."""
-    add_share(parser)
+    """Options of `dkm evaluate` (those of `dkm share` but --export: it adds table rows)."""
+    _add_point(parser)
 
 
 def run_evaluate(args) -> int:
@@ -219,6 +249,31 @@ def add_sweep(parser):
                              f"(the default: the profile's methods) and the opt-in "
                              f"{', '.join(finetuned_methods(smoke))} "
                              f"(re-training, then center fine-tuning)")  # fmt: skip
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: one stage after another in this process (default); "
+                             "ray: every stage a Ray task "
+                             "(pip install 'deep-kmeans[distributed]')")  # fmt: skip
+    parser.add_argument("--address", default=None, metavar="ADDR",
+                        help="with --engine ray: a running Ray cluster ('auto', "
+                             "'ray://HOST:10001'); default: a local Ray on this "
+                             "machine")  # fmt: skip
+    parser.add_argument("--num-cpus", type=int, default=None, metavar="N",
+                        help="with --engine ray and no --address: CPUs of the local Ray "
+                             "(default: all)")  # fmt: skip
+
+
+def _run_grid(args, profile, methods) -> list[dict]:
+    """The grid's rows, computed by the chosen engine (the same rows, the same table)."""
+    if args.engine == "local":
+        if args.address is not None or args.num_cpus is not None:
+            raise ValueError("--address and --num-cpus need --engine ray")
+        return sweep(profile, methods=methods, progress=args.progress)
+    if args.num_cpus is not None:
+        check_int("num_cpus", args.num_cpus, 1)
+    from .ray_sweep import sweep_ray  # Ray, an optional extra, is imported only here
+
+    return sweep_ray(profile, methods=methods, address=args.address, num_cpus=args.num_cpus,
+                     progress=args.progress)  # fmt: skip
 
 
 def _sweep_line(top1: dict, bn: dict) -> dict:
@@ -238,8 +293,9 @@ def run_sweep(args) -> int:
     """Run (or read) the whole grid; print the mean ± spread table."""
     profile = _profile(args)
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",")]
-    rows = sweep(profile, methods=[m for m in methods if m] if methods else None,
-                 progress=args.progress)  # fmt: skip
+    if methods is not None and not any(methods):
+        raise ValueError(f"--methods {args.methods!r} names no method: give at least one")
+    rows = _run_grid(args, profile, [m for m in methods if m] if methods else None)
     bn = {(s["method"], s["setting"], s["target_cr"]): s for s in summary(rows, "top1_bn")}
     table = [_sweep_line(s, bn[(s["method"], s["setting"], s["target_cr"])])
              for s in summary(rows, "top1")]  # fmt: skip
@@ -284,7 +340,7 @@ def add_figures(parser):
         "--profile",
         default=DEFAULT_PROFILE,
         choices=PROFILE_NAMES,
-        help="experiment size: smoke, cpu (default, writes figures/), paper",
+        help="experiment size: smoke, cpu (default, writes figures/), paper, paper-fmnist",
     )
     parser.add_argument(
         "--only", default=None, metavar="NN,NN", help="run only these notebooks, e.g. 04,05"
@@ -354,7 +410,19 @@ def add_energy(parser):
         "{'name', 'kwargs'}, 'state_dict', ['input_shape']}",
     )
     parser.add_argument(
-        "--bits", default="16", help="operand bit widths, comma-separated (1–32), e.g. 8,16"
+        "--bits", default="16", help="weight bit widths, comma-separated (1–32), e.g. 8,16"
+    )
+    parser.add_argument(
+        "--act-bits",
+        default=None,
+        help="activation bit widths (1–32): one for every --bits value, or one per --bits value, "
+        "comma-separated (default: the same as --bits)",
+    )
+    parser.add_argument(
+        "--accelerator",
+        default="eyeriss",
+        help="the accelerator description (dkm.accelerators): eyeriss (row stationary, Eyeriss v1; "
+        "default) or systolic_ws (weight-stationary systolic array, TPU-like)",
     )
     parser.add_argument(
         "--shared",
@@ -368,6 +436,51 @@ def add_energy(parser):
         help="C,H,W (default: 3,224,224; 3,32,32 for wrn16-4; a run's image shape)",
     )
     parser.add_argument("--csv", default=None, help="also write the per-layer rows to this CSV")
+
+
+def _act_bits(text, bits: list) -> list:
+    """--act-bits: one width for all weight widths, or one per weight width (default: the same)."""
+    if text is None:
+        return list(bits)
+    act = _ints("act_bits", text, 1, 32)
+    if len(act) not in (1, len(bits)):
+        raise ValueError(f"act_bits={text!r} is not allowed: give one width, or {len(bits)} "
+                         f"(one per --bits value)")  # fmt: skip
+    return act * len(bits) if len(act) == 1 else act
+
+
+# the largest input C·H·W `dkm energy` traces (a 3×4096×4096 image): beyond it the tracing
+# allocation alone would take tens of GB
+MAX_INPUT_ELEMENTS = 3 * 4096 * 4096
+
+
+def _input_shape(text):
+    """--input-shape C,H,W, each ≥ 1 and C·H·W ≤ MAX_INPUT_ELEMENTS (None: the model's)."""
+    if not text:
+        return None
+    shape = _ints("input_shape", text, 1, 1 << 20)
+    if len(shape) != 3 or shape[0] * shape[1] * shape[2] > MAX_INPUT_ELEMENTS:
+        raise ValueError(f"--input-shape {text} is not allowed: C,H,W with C·H·W ≤ "
+                         f"{MAX_INPUT_ELEMENTS:,} (a 3×4096×4096 image)")  # fmt: skip
+    return shape
+
+
+def _energy_shares(layers: list, shared, net) -> dict:
+    """make_shares for --shared; a file that is not a JSON dict is one line naming the option."""
+    try:
+        return make_shares(layers, shared, net)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--shared {shared}: not a JSON file {{layer: K or [K, p]}} ({err})")
+    except UnicodeDecodeError:
+        raise ValueError(f"--shared {shared}: not a JSON file {{layer: K or [K, p]}} (binary)")
+
+
+def _write_energy_csv(rows: list, path: str) -> None:
+    """--csv: the per-layer rows, atomically; a path that cannot be written names the option."""
+    try:
+        zigzag_ref.write_csv(rows, Path(path))
+    except (UnsafePathError, WriteError, OSError) as err:
+        raise ValueError(f"--csv: {err}") from None
 
 
 def energy_model(model: str, input_shape=None) -> tuple:
@@ -401,18 +514,31 @@ def _ints(name: str, text: str, lo: int, hi: int) -> list:
 def run_energy(args) -> int:
     """Print the per-layer energy table and totals for each bit width (and write --csv)."""
     bits = _ints("bits", args.bits, 1, 32)
-    shape = _ints("input_shape", args.input_shape, 1, 1 << 20) if args.input_shape else None
-    net, shape = energy_model(args.model, shape)
+    act = _act_bits(args.act_bits, bits)
+    accelerator = check_choice("accelerator", args.accelerator, tuple(ACCELERATORS))
+    if args.csv:
+        _check_output("--csv", args.csv)
+    net, shape = energy_model(args.model, _input_shape(args.input_shape))
     inv = layer_inventory(net, shape)
-    shares = make_shares(inv.layers, args.shared, net)
-    rows = [r for b in bits for r in compare_energy(inv.layers, shares, b)]
+    shares = _energy_shares(inv.layers, args.shared, net)
+    dense = [f"{x.name} (K {shares[x.name].num_clusters} ≥ N {x.kernel_rows})" for x in inv.layers
+             if x.name in shares and shares[x.name].num_clusters >= x.kernel_rows]  # fmt: skip
+    if dense:
+        print(f"kept dense, K ≥ its number of kernel rows: {', '.join(dense)}")
+    rows = [
+        r for b, a in zip(bits, act) for r in compare_energy(inv.layers, shares, b, a, accelerator)
+    ]
     pre = "shared_" if shares else "dense_"
     columns = ["name", "K", "macs", f"{pre}mults"] + [pre + c for c in COMPONENTS + ("total",)]
     columns += ["dense_total", "ratio"] if shares else []
     headers = ["layer"] + [c.replace(pre, "") for c in columns[1:]]
-    for b in bits:
-        print(f"\n{args.model} at {b} bits, input {shape}, energy in {UNIT} (a 16-bit MAC):")
-        print(text_table([r for r in rows if r["bits"] == b], columns, headers))
+    for b, a in zip(bits, act):
+        acts = "" if a == b else f" (activations {a} bits)"
+        print(f"\n{args.model} at {b} bits{acts} on {accelerator}, input {shape}, energy in {UNIT} "
+              f"(a 16-bit MAC):")  # fmt: skip
+        print(
+            text_table([r for r in rows if (r["bits"], r["act_bits"]) == (b, a)], columns, headers)
+        )
     skipped: dict = {}
     for name, reason in inv.skipped.items():
         skipped.setdefault(reason, []).append(name)
@@ -420,7 +546,7 @@ def run_energy(args) -> int:
         more = ", …" if len(names) > 4 else ""
         print(f"skipped {len(names)} module(s), {reason}: {', '.join(names[:4])}{more}")
     if args.csv:
-        zigzag_ref.write_csv(rows, Path(args.csv))
+        _write_energy_csv(rows, args.csv)
         print(f"wrote {args.csv}")
     return 0
 
@@ -523,7 +649,7 @@ def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError) as err:  # bad input, or a path that cannot be used
         print(f"dkm {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 
 Fashion-MNIST is searched, in this order, for the four idx files (each gzipped or not):
   1. `root=` when given (it replaces 2–4);
-  2. `$DKM_DATA_DIR`;
+  2. `$DKM_DATA_DIR` (a path that exists but does not hold the files is an error, not skipped);
   3. `<repo>/data/fashion-mnist/`;
   4. `/usr/share/datasets/fashion-mnist/` (Debian's package `dataset-fashion-mnist`).
 In each directory the files may also sit under `FashionMNIST/raw/` (torchvision's layout).
@@ -169,7 +169,7 @@ def _idx_file(directory: Path, stem: str) -> Path | None:
 def _check_dir(directory: Path) -> tuple[Path | None, str]:
     """(the folder holding all four idx files, "") or (None, why not) for `directory`."""
     if not directory.is_dir():
-        return None, "directory does not exist"
+        return None, "not a directory" if directory.exists() else "directory does not exist"
     stems = FASHION_MNIST_FILES[True] + FASHION_MNIST_FILES[False]
     for folder in (directory, directory / "FashionMNIST" / "raw"):
         if all(_idx_file(folder, s) for s in stems):
@@ -209,6 +209,11 @@ def find_fashion_mnist(root=None, download: bool = False) -> Path:
         found, why = _check_dir(directory)
         if found is not None:
             return found
+        if label == f"${ENV_VAR}" and directory.exists():  # set and there: meant, so no fallback
+            raise DatasetNotFoundError(
+                f"${ENV_VAR}={directory} holds no Fashion-MNIST: {why}. Point it at a directory "
+                f"of the four idx files (gzipped or not), or unset it"
+            )
         tried.append(f"{label} {directory}: {why}")
     target = Path(root) if root is not None else REPO_DATA_DIR
     if download:

@@ -7,7 +7,9 @@ of the Eyeriss figures below). Every constant is a published figure, none is fit
   m×n array multiplier is about m·n FAs, an n-bit ripple adder n FAs). A MAC with w-bit weights
   and a-bit activations summing R products needs an accumulator of w + a + ⌈log2 R⌉ bits (no
   overflow). The unit E_MAC16 is a 16×16 multiply plus a 32-bit add: 288 FAs.
-- Data movement: per-access energy of a 16-bit word relative to a 16-bit MAC in 65 nm, from
+- Data movement: an accelerator description (`dkm.accelerators`: memory levels with their cost per
+  access and size, PE array, dataflow reuse rules); the default, `eyeriss`, is the following.
+  Per-access energy of a 16-bit word relative to a 16-bit MAC in 65 nm, from
   Chen, Emer, Sze, "Eyeriss: a spatial architecture for energy-efficient dataflow for CNNs", ISCA
   2016, and Sze et al., "Efficient processing of deep neural networks", Proc. IEEE 2017:
   RF 1×, inter-PE array 2×, global buffer 6×, DRAM 200×. A word of b bits costs b/16 of that
@@ -16,54 +18,40 @@ of the Eyeriss figures below). Every constant is a published figure, none is fit
   a·E_DRAM + ab·E_buf + abc·E_array + abcd·E_RF, a·b·c·d being its total reuse, and of a psum
   accumulation as (2a−1)·E_DRAM + 2a(b−1)·E_buf + ab(c−1)·E_array + 2abc(d−1)·E_RF. The factors here
   come from the row-stationary (RS) dataflow on the Eyeriss v1 chip (Chen et al., JSSC 2017:
-  12×14 PEs; scratchpads of 224 filter, 12 ifmap and 24 psum words), see `rs_accesses`.
+  12×14 PEs; scratchpads of 224 filter, 12 ifmap and 24 psum words), see `rs_accesses`. The
+  other description, `systolic_ws`, is a weight-stationary systolic array (TPU-like).
   DRAM traffic is taken at its compulsory minimum (each weight, input and output once), an
   optimistic assumption for layers whose working set exceeds the 108 KB buffer.
 - Row-wise weight sharing (paper §3.3–4): weights are stored as ⌈log2 K⌉-bit indexes (one per
   kernel row) plus a K×kw codebook; the product of an ifmap row with a shared center row is
-  computed once and reused by every filter row with that center and input channel: fewer
-  multiplications, the same additions (see `shared_mults`). Ifmap and psum traffic are unchanged.
+  computed once (whatever the dataflow) and reused by every filter row with that center and input
+  channel: fewer multiplications, the same additions (see `shared_mults`). Ifmap and psum traffic
+  are unchanged.
 - Not counted: biases (one add per output), batch norm, pooling, activation functions.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from . import authors
 from ._checks import check_float, check_int
-from .inventory import LayerInfo, layer_inventory
-from .plan import Plan
-from .rows import to_rows
+from .accelerators import EYERISS, LEVELS, Accelerator, accesses, get_accelerator
+from .accelerators import rs_accesses, rs_mapping  # noqa: F401  (the row-stationary rules)
 
-# Sze et al. Proc. IEEE 2017 / Chen et al. ISCA 2016: energy per 16-bit access, relative to a 16-bit
-# MAC
-ACCESS_COST = {"rf": 1.0, "array": 2.0, "buffer": 6.0, "dram": 200.0}
-LEVELS = tuple(ACCESS_COST)
-WORD_BITS = 16
-# Eyeriss v1 (Chen et al., JSSC 2017): PE array and per-PE scratchpad sizes in 16-bit words
-ARRAY_ROWS, ARRAY_COLS = 12, 14
-SPAD_FILTER, SPAD_IFMAP, SPAD_PSUM = 224, 12, 24
+# how a net is shared: K and cluster usage per conv
+from .energy_shares import Share, auto_shares, authors_shares, make_shares, plan_shares  # noqa: F401
+from .inventory import LayerInfo, layer_inventory
+
 # the unit: a 16×16-bit multiplier (16·16 FAs) plus a 32-bit adder (32 FAs)
 FA_PER_MAC16 = 16 * 16 + 32
+# Eyeriss's figures, kept under their old names (the default accelerator's)
+ACCESS_COST, WORD_BITS = EYERISS.cost, EYERISS.word_bits
 COMPONENTS = ("arith",) + LEVELS
 UNIT = "E_MAC16"
-
-
-@dataclass(frozen=True)
-class Share:
-    """How one conv layer is shared: K centers; exact `assignments` (N,), or else the expected usage
-    with a dominant cluster holding a fraction p of the rows and the others used uniformly."""
-
-    num_clusters: int
-    p: float = 0.0
-    assignments: torch.Tensor | None = None
 
 
 def accumulator_bits(weight_bits: int, act_bits: int, reduction: int) -> int:
@@ -71,81 +59,22 @@ def accumulator_bits(weight_bits: int, act_bits: int, reduction: int) -> int:
     return weight_bits + act_bits + math.ceil(math.log2(max(reduction, 1)))
 
 
-def rs_mapping(layer: LayerInfo) -> dict:
-    """Row-stationary parameters (Chen et al. ISCA 2016 §IV; names as in JSSC 2017)."""
-    S, C, M = layer.kernel[1], layer.c_in // layer.groups, layer.c_out // layer.groups
-    # q channels per PE: their S-wide ifmap windows fill the 12-word ifmap spad
-    q = min(C, max(1, SPAD_IFMAP // S))
-    # p filters per PE: p psums in the 24-word psum spad, p·q·S weights in the 224-word filter spad
-    p = min(M, SPAD_PSUM, max(1, SPAD_FILTER // (q * S)))
-    # a PE set is R×E (filter rows × output rows), cut into strips of e ≤ 14 columns;
-    # t = ⌊12/R⌋ sets are stacked vertically and (assumption) process different filters
-    e = min(layer.out_size[0], ARRAY_COLS)
-    t = max(1, ARRAY_ROWS // layer.kernel[0])
-    return {"q": q, "p": p, "e": e, "t": t}
-
-
-def rs_accesses(layer: LayerInfo, mults: float | None = None) -> dict:
-    """Accesses (words) per (data type, level) of one layer under RS; `mults` < MACs for a shared
-    layer."""
-    m = rs_mapping(layer)
-    R, S = layer.kernel
-    U_y, U_x = layer.stride
-    E, F = layer.out_size
-    macs = layer.macs
-    mults = macs if mults is None else mults
-    # weights: a filter row stays in the RF for the F positions of an output row (abcd = B·E·F),
-    # multicast along a strip of e PEs, fetched from the buffer once per strip and image
-    w = {
-        "rf": mults,
-        "array": macs / F,
-        "buffer": layer.weights * layer.batch * math.ceil(E / m["e"]),
-        "dram": layer.weights,
-    }
-    # ifmaps: a value in the RF serves p filters × S/U window positions; a buffer read is
-    # multicast diagonally to the R/U PEs of a set and to the t sets
-    arr_i = macs / (m["p"] * max(1.0, S / U_x))
-    i = {
-        "rf": mults,
-        "array": arr_i,
-        "buffer": max(layer.inputs, arr_i / (max(1.0, min(R, ARRAY_ROWS) / U_y) * m["t"])),
-        "dram": layer.inputs,
-    }
-    # psums, per output value: (2a−1)·DRAM + 2a(b−1)·buffer + ab(c−1)·array + 2abc(d−1)·RF (Chen et
-    # al. 2016 §V) with a = 1, d = q·S taps summed in a PE, c = R rows summed down a PE column, b =
-    # the rest
-    d_o, c_o = m["q"] * S, R
-    b_o = max(1.0, layer.reduction / (d_o * c_o))
-    n = layer.outputs
-    o = {
-        "rf": 2 * b_o * c_o * (d_o - 1) * n,
-        "array": b_o * (c_o - 1) * n,
-        "buffer": 2 * (b_o - 1) * n,
-        "dram": n,
-    }
-    # shared layers also read each reused row product (one psum-wide value per output) from the RF
-    o["rf"] += (macs - mults) / S
-    return {"weights": w, "inputs": i, "psums": o}
-
-
 def layer_energy(
-    layer: LayerInfo, bits: int = 16, act_bits: int | None = None, share: Share | None = None
+    layer: LayerInfo,
+    bits: int = 16,
+    act_bits: int | None = None,
+    share: Share | None = None,
+    accelerator: Accelerator | str = "eyeriss",
 ) -> dict:
-    """Energy (E_MAC16) of one layer by component (arith, rf, array, buffer, dram) and data type."""
+    """Energy (E_MAC16) of one layer by component and data type; `bits` of weights, `act_bits` of
+    activations (default: `bits`), on `accelerator` (a name or an Accelerator; paper §4)."""
     w_bits = check_int("bits", bits, 1, 32)
     a_bits = w_bits if act_bits is None else check_int("act_bits", act_bits, 1, 32)
+    hw = get_accelerator(accelerator)
     acc = accumulator_bits(w_bits, a_bits, layer.reduction)
     share = _effective_share(layer, share)
     mults = layer.macs if share is None else shared_mults(layer, share)
     store_bits = weight_storage_bits(layer, w_bits, share)
-    counts = rs_accesses(layer, mults)
-    # bits per access: weights at their storage density (indexes + codebook when shared), RF reads
-    # at w
-    width = {
-        "weights": {lv: store_bits / layer.weights for lv in LEVELS} | {"rf": w_bits},
-        "inputs": dict.fromkeys(LEVELS, a_bits),
-        "psums": dict.fromkeys(LEVELS, acc) | {"dram": a_bits},
-    }
     out = {
         "name": layer.name,
         "kind": layer.kind,
@@ -158,11 +87,24 @@ def layer_energy(
     }
     # multiply ≈ w·a FAs, add ≈ acc FAs (paper §4), in units of a 16-bit MAC
     out["arith"] = (mults * w_bits * a_bits + layer.macs * acc) / FA_PER_MAC16
-    for lv in LEVELS:
-        out[lv] = sum(counts[d][lv] * width[d][lv] / WORD_BITS * ACCESS_COST[lv] for d in counts)
-    for d in counts:
-        out[d] = sum(counts[d][lv] * width[d][lv] / WORD_BITS * ACCESS_COST[lv] for lv in LEVELS)
+    # bits per access: weights at their storage density (indexes + codebook when shared), RF reads
+    # at w; inputs at a; psums at the accumulator width, written to DRAM at a
+    width = {
+        "weights": {lv: store_bits / layer.weights for lv in LEVELS} | {"rf": w_bits},
+        "inputs": dict.fromkeys(LEVELS, a_bits),
+        "psums": dict.fromkeys(LEVELS, acc) | {"dram": a_bits},
+    }
+    out |= _movement(accesses(layer, mults, hw), width, hw)
     out["total"] = sum(out[c] for c in COMPONENTS)
+    return out
+
+
+def _movement(counts: dict, width: dict, hw: Accelerator) -> dict:
+    """Σ accesses · (bits / word) · cost per word, by level and by data type."""
+    cost, word = hw.cost, hw.word_bits
+    out = {lv: sum(counts[d][lv] * width[d][lv] / word * cost[lv] for d in counts) for lv in LEVELS}
+    for d in counts:
+        out[d] = sum(counts[d][lv] * width[d][lv] / word * cost[lv] for lv in LEVELS)
     return out
 
 
@@ -237,14 +179,19 @@ def shared_mults(layer: LayerInfo, share: Share) -> float:
 
 
 def net_energy(
-    layers, bits: int = 16, act_bits: int | None = None, shares: dict | None = None
+    layers,
+    bits: int = 16,
+    act_bits: int | None = None,
+    shares: dict | None = None,
+    accelerator: Accelerator | str = "eyeriss",
 ) -> list:
     """Per-layer energy rows of LayerInfos (an Inventory's `.layers`); `shares`: name → Share."""
     shares = shares or {}
     unknown = set(shares) - {layer.name for layer in layers}
     if unknown:
         raise ValueError(f"shares name layers not in the net: {sorted(unknown)}")
-    return [layer_energy(layer, bits, act_bits, shares.get(layer.name)) for layer in layers]
+    hw = get_accelerator(accelerator)
+    return [layer_energy(layer, bits, act_bits, shares.get(layer.name), hw) for layer in layers]
 
 
 def totals(rows: list) -> dict:
@@ -255,102 +202,26 @@ def totals(rows: list) -> dict:
     return {"name": "TOTAL"} | {k: sum(r[k] for r in rows) for k in keys}
 
 
-# ---- shared-model descriptions -------------------------------------------------------------
-
-
-def plan_shares(layers: list, plan) -> dict:
-    """name → Share of a `dkm.plan.Plan` (K, p in conv order) for the convs of `layers`."""
-    convs = [layer for layer in layers if layer.kind == "conv"]
-    if len(convs) != len(plan.K):
-        raise ValueError(f"the plan has {len(plan.K)} K for the {len(convs)} convs of the net")
-    return {c.name: Share(int(k), float(q)) for c, k, q in zip(convs, plan.K, plan.p)}
-
-
-def authors_shares(layers: list, setting: str) -> dict:
-    """name → Share of the authors' `setting` ("45x", "47x", "50x"), by layer role (dkm.authors)."""
-    if setting not in authors.SETTINGS:
-        raise ValueError(
-            f"shared={setting!r} is not allowed: choose one of {', '.join(authors.SETTINGS)}"
-        )
-    convs = [layer.name for layer in layers if layer.kind == "conv"]
-    return {
-        name: Share(k, q) for name, (k, q) in zip(convs, authors.per_role(convs, setting, "shared"))
-    }
-
-
-def auto_shares(net: torch.nn.Module, layers: list) -> dict:
-    """name → Share read from the weights: a conv's distinct kernel rows are its centers (K < N)."""
-    mods, shares = dict(net.named_modules()), {}
-    for layer in layers:
-        if layer.kind != "conv" or layer.name not in mods:
-            continue
-        _, assignments = torch.unique(
-            to_rows(mods[layer.name].weight.detach()), dim=0, return_inverse=True
-        )
-        K = int(assignments.max()) + 1
-        if K < layer.kernel_rows:
-            shares[layer.name] = Share(K, 0.0, assignments)
-    return shares
-
-
-def _as_share(name: str, v) -> Share:
-    if isinstance(v, Share):
-        return v
-    if hasattr(v, "assignments") and hasattr(v, "codebook"):  # a dkm.sharing.SharedLayer
-        return Share(v.num_clusters, float(v.p), v.assignments)
-    if isinstance(v, dict):
-        return Share(int(v["K"]), float(v.get("p", 0.0)))
-    if isinstance(v, (tuple, list)):
-        return Share(int(v[0]), float(v[1]) if len(v) > 1 else 0.0)
-    return Share(check_int(f"K of {name}", v, 1))
-
-
-def make_shares(layers: list, shared=None, net=None) -> dict:
-    """name → Share from: None; a Plan; a dict name → K | (K, p) | {"K","p"} | SharedLayer; a
-    ShareResult; "45x"/"47x"/"50x" (the authors' settings, by role); "auto" (distinct rows of
-    `net`);
-    or a JSON file of a dict."""
-    if shared is None:
-        return {}
-    if isinstance(shared, Plan):
-        return plan_shares(layers, shared)
-    if hasattr(shared, "layers") and hasattr(shared, "skipped"):  # a dkm.sharing.ShareResult
-        shared = shared.layers
-    if isinstance(shared, str):
-        return _shares_from_str(layers, shared, net)
-    if not isinstance(shared, dict):
-        raise TypeError(
-            f"shared must be a dict, a ShareResult or a string, got {type(shared).__name__}"
-        )
-    return {name: _as_share(name, v) for name, v in shared.items()}
-
-
-def _shares_from_str(layers: list, shared: str, net) -> dict:
-    """Shares named by a string: an authors' setting, "auto" or a JSON file."""
-    if shared in authors.SETTINGS:
-        return authors_shares(layers, shared)
-    if shared == "auto":
-        if net is None:
-            raise ValueError("shared='auto' reads the shared rows from the weights: pass the net")
-        return auto_shares(net, layers)
-    if not Path(shared).exists():
-        raise ValueError(
-            f"shared={shared!r} is not allowed: choose 45x, 47x, 50x, auto or an existing JSON file"
-        )
-    return make_shares(layers, json.loads(Path(shared).read_text()))
-
-
 # ---- dense vs shared -------------------------------------------------------------------------
 
 
-def compare_energy(layers: list, shares: dict, bits: int = 16, act_bits: int | None = None) -> list:
+def compare_energy(
+    layers: list,
+    shares: dict,
+    bits: int = 16,
+    act_bits: int | None = None,
+    accelerator: Accelerator | str = "eyeriss",
+) -> list:
     """Per layer: dense and shared energy by component, multiplications, the ratio dense/shared."""
-    dense, shared = net_energy(layers, bits, act_bits), net_energy(layers, bits, act_bits, shares)
+    dense = net_energy(layers, bits, act_bits, None, accelerator)
+    shared = net_energy(layers, bits, act_bits, shares, accelerator)
     rows = []
     for d, s in zip(dense + [totals(dense)], shared + [totals(shared)]):
         row = {
             "name": d["name"],
             "bits": bits,
+            "act_bits": act_bits or bits,
+            "accelerator": get_accelerator(accelerator).name,
             "K": s.get("K", ""),
             "macs": d["macs"],
             "dense_mults": d["mults"],

@@ -3,12 +3,14 @@
 File layout (little-endian), format version 2:
 
     prefix   "DKMSHARE" | version u16 | meta_len u32 | payload_len u64 | crc32(meta + payload) u32
-    meta     zlib-compressed JSON (version 1: plain JSON): per shared layer (name, index, shape, K, p, bias_numel, the index coding and its
+    meta     zlib-compressed JSON (version 1: plain JSON): per shared layer (name, index, shape, K,
+             p, bias_numel, codebook_dtype unless float32, the index coding and its
              parameters, offset, index_bytes), per remaining state tensor (key, dtype, shape,
              offset), the skipped layers
-    payload  per shared layer: fp32 codebook (K·s·4 bytes), then the N indexes in the layer's
-             coding (`dkm.coding`): `fixed` bit-packs ⌈log2 K⌉ bits each, MSB first (K = 1: no
-             bytes); `huffman` a canonical Huffman code (its K code lengths in the meta);
+    payload  per shared layer: codebook (K·s values in the conv weight's dtype: fp32 when the meta
+             has no `codebook_dtype`), then the N indexes in the layer's coding (`dkm.coding`):
+             `fixed` bit-packs ⌈log2 K⌉ bits each, MSB first (K = 1: no bytes); `huffman` a
+             canonical Huffman code (its K code lengths in the meta);
              `rans` a static rANS coder (its 2^16-scaled frequencies in the meta);
              then every other state_dict entry of the net as raw bytes (conv biases, linear
              layers, non-shared convs, batch-norm parameters and running statistics, ...)
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._checks import check_not_meta
 from ._io import write_atomic
 from .accounting import _shared_layers, compression_table
 from .coding import CODINGS, CodingError, decode, encode, pack_fixed, unpack_fixed
@@ -85,6 +88,12 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
 
 
 # ---------------------------------------------------------------- save
+def _codebook_dtype(net: nn.Module, name: str) -> dict:
+    """{"codebook_dtype": the conv weight's dtype} unless float32 (then {}: as before)."""
+    dtype = net.get_submodule(name).weight.dtype
+    return {} if dtype == torch.float32 else {"codebook_dtype": str(dtype).removeprefix("torch.")}
+
+
 def _shared_weight_keys(layers: dict) -> set:
     return {f"{name}.weight" for name in layers}
 
@@ -133,12 +142,14 @@ def _encode(net: nn.Module, layers: dict, skipped: dict, coding: str) -> tuple[d
                 "p": float(layer.p),
                 "bias_numel": int(layer.bias_numel),
                 "coding": coding,
+                **_codebook_dtype(net, name),
                 **params,
                 "offset": len(payload),
                 "index_bytes": len(indexes),
             }
         )
-        payload += _tensor_bytes(layer.codebook.to(torch.float32))
+        dtype = meta["layers"][-1].get("codebook_dtype", "float32")
+        payload += _tensor_bytes(layer.codebook.to(_DTYPES[dtype]))
         payload += indexes
     skip = _shared_weight_keys(layers)
     for key, t in net.state_dict().items():
@@ -177,6 +188,7 @@ def save_shared(net: nn.Module, shared, path, verbose: bool = False, coding: str
     if coding not in CODINGS:
         raise ValueError(f"coding={coding!r} is not allowed: allowed {', '.join(CODINGS)}")
     path = Path(path)
+    check_not_meta(net, "save_shared")
     layers = _shared_layers(shared)
     _check_for_save(net, layers)
     meta, payload = _encode(net, layers, getattr(shared, "skipped", {}), coding)
@@ -231,7 +243,10 @@ def size_report(info: dict) -> str:
 # ---------------------------------------------------------------- load
 def _read(path: Path) -> tuple[dict, memoryview]:
     """Check magic, version, length and checksum; return the metadata and the payload."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ExportFormatError(f"{path}: cannot read it: {_reason(err)}") from None
     if len(data) < _PREFIX.size:
         raise ExportFormatError(
             f"{path}: truncated file: {len(data)} bytes, "
@@ -259,12 +274,20 @@ def _read(path: Path) -> tuple[dict, memoryview]:
         meta = json.loads(raw if version == 1 else zlib.decompress(raw))
     except (ValueError, zlib.error) as e:
         raise ExportFormatError(f"{path}: unreadable metadata: {e}") from None
+    if not isinstance(meta, dict):
+        raise ExportFormatError(f"{path}: malformed metadata: a JSON {type(meta).__name__}, "
+                                f"allowed a JSON object")  # fmt: skip
     if meta.get("byteorder") != sys.byteorder:
         raise ExportFormatError(
             f"{path}: written on a {meta.get('byteorder')}-endian machine, "
             f"this one is {sys.byteorder}"
         )
     return meta, body[meta_len:]
+
+
+def _reason(err: OSError) -> str:
+    """'is a directory', 'no such file', ... from an OSError."""
+    return (err.strerror or str(err)).lower().replace("no such file or directory", "no such file")
 
 
 def _slice(path: Path, payload: memoryview, offset: int, nbytes: int, what: str) -> bytes:
@@ -289,12 +312,21 @@ def _decode_layer(path: Path, entry: dict, payload: memoryview, convs: dict):
             f"{path}: architecture mismatch: layer {name!r} has shape {shape} in the file, "
             f"{tuple(convs[name].weight.shape)} in the net"
         )
+    if k < 1:
+        raise ExportFormatError(f"{path}: layer {name!r} has K={k}: allowed K ≥ 1")
     num_rows, s = math.prod(shape[:3]), shape[3]
-    cb = _slice(path, payload, entry["offset"], 4 * k * s, f"codebook of {name!r}")
+    dtype = _DTYPES.get(entry.get("codebook_dtype", "float32"))
+    if dtype is None or not dtype.is_floating_point:
+        raise ExportFormatError(
+            f"{path}: layer {name!r} has codebook dtype {entry.get('codebook_dtype')!r}: "
+            f"allowed a float dtype"
+        )
+    size = torch.empty((), dtype=dtype).element_size()
+    cb = _slice(path, payload, entry["offset"], size * k * s, f"codebook of {name!r}")
     coding = entry.get("coding", "fixed")  # version 1: fixed, its length from the bits
     nbytes = entry.get("index_bytes", math.ceil(num_rows * int(entry.get("bits", 0)) / 8))
     idx = _slice(path, payload, entry["offset"] + len(cb), int(nbytes), f"indexes of {name!r}")
-    codebook = torch.frombuffer(bytearray(cb), dtype=torch.float32).reshape(k, s)
+    codebook = torch.frombuffer(bytearray(cb), dtype=dtype).reshape(k, s)
     try:
         assignments = torch.from_numpy(decode(idx, num_rows, coding, entry))
     except CodingError as e:
@@ -353,6 +385,7 @@ def load_shared(path, net: nn.Module):
     from .sharing import ShareResult
 
     path = Path(path)
+    check_not_meta(net, "load_shared")
     meta, payload = _read(path)
     convs = {n: m for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
     try:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ._checks import check_choice, check_float, check_int
+from .accelerators import ACCELERATORS
 from .authors import SETTINGS
 from .profiles import PROFILES
 from .saving import DEFAULT_PROFILE, PROFILE_NAMES, ROOT, fig_dir_for, write_gallery
@@ -59,6 +60,8 @@ _RULES = {  # parameter → check; each error names the parameter and what is al
     "LAMBDAS": _lams,
     "K_OPTIONS": _ints,
     "BITS": lambda n, v: check_int(n, v, 1, 32),
+    "ACT_BITS": lambda n, v: v is None or check_int(n, v, 1, 32),
+    "ACCELERATOR": lambda n, v: check_choice(n, v, ACCELERATORS),
     "SETTING": lambda n, v: check_choice(n, v, SETTINGS),
     **{k: lambda n, v: check_int(n, v, 1) for k in (
         "K_MAX", "TOY_N", "TOY_S", "TOY_CLUSTERS", "MAX_POINTS", "N_FILTERS", "SLIDER_TEST_IMAGES"

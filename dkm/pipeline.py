@@ -6,6 +6,11 @@ cached in the run directory of its full configuration (dkm.runs), so re-running 
 experiment only reads files. The training calls are written out here: `pretrain` and `retrain`
 call `dkm.train.train` (with `KMeansRegularizer.from_plan` for Deep k-Means), `share_and_evaluate`
 calls `dkm.sharing.share` and, for Deep Compression, trains the tied centers.
+
+Every stage computes under its run directory's lock (`dkm._io.locked`): of two identical commands,
+one computes and the other waits, then reads. A stage writes its outputs, then its commit marker
+(`dkm.runs.commit`); a directory without it resumes (see dkm.runs). Configurations are checked
+before any directory is made.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import dataclasses
 import functools
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,13 +31,15 @@ from ._checks import check_choice, check_float, check_int
 from ._io import write_atomic
 from ._threads import torch_threads
 from .accounting import CONVENTIONS, compression_ratio, compression_table
-from .checkpoint import save_atomic
+from .checkpoint import save_atomic, unreadable_reason
 from .evaluation import evaluate, recalibrate_batchnorm
-from .models import build_model
+from .models import build_model, conv_layers
 from .plan import Plan
 from .planner import K_GRID, P_GRID, layer_options
 from .profiles import Profile
-from .runs import RunError, config_key, load_json, root_config, run_dir
+from .rows import num_rows
+from .runs import RESULT_KEYS, RunError, config_key, finished, load_json, root_config, run_dir
+from .runs import run_stage, side_file, verified
 from .sharing import layer_errors, share, sharing_seed, tie_centers, untie_centers
 from .spectral import DegenerateRelaxationWarning, KMeansRegularizer
 from .train import History, train
@@ -70,16 +78,38 @@ def _build(model_config: dict) -> torch.nn.Module:
     return net
 
 
-def _load_model(path: Path, model_config: dict) -> torch.nn.Module:
+def _read_model(path: Path, model_config: dict) -> torch.nn.Module:
+    """The net of a model.pt; unreadable, foreign or non-finite: RunError naming the directory."""
     net = _build(model_config)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     except Exception as err:  # a truncated or foreign file: say which and how to recover
         raise RunError(
-            f"{path} is not a loadable {model_config['model']} state ({err}): delete {path.parent}"
+            f"{path} is not a loadable {model_config['model']} state "
+            f"({unreadable_reason(path, err)}): delete {path.parent} to recompute it"
         ) from None
+    bad = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise RunError(f"{path} holds non-finite values in {bad[:3]}: delete {path.parent}")
     return net
+
+
+def _load_model(d: Path, config: dict) -> torch.nn.Module:
+    """The net of a finished pretrain/retrain run in `d`, its model.pt checked against done.json."""
+    return _read_model(verified(d, "model.pt"), root_config(config))
+
+
+def _check_outputs(config: dict) -> Callable:
+    """The check of a run written before commit markers: its outputs load (dkm.runs.finished)."""
+    if config["stage"] == "evaluate":
+        return lambda d: load_json(d / "result.json", RESULT_KEYS)
+    if config["stage"] == "plan":
+        return lambda d: load_json(d / "options.json", ("options",))
+    return lambda d: (
+        _read_model(d / "model.pt", root_config(config)),
+        load_json(d / "history.json", ("format_version", "steps", "epochs")),
+    )
 
 
 def load_run(path) -> tuple[torch.nn.Module, dict]:
@@ -93,9 +123,9 @@ def load_run(path) -> tuple[torch.nn.Module, dict]:
             f"{path} is a {config.get('stage')!r} run, which keeps no model: pass a pretrain-* or "
             f"retrain-* directory (or write a shared model with `python -m dkm share --export`)"
         )
-    if not (path / "model.pt").is_file():
-        raise RunError(f"{path} holds no model.pt: the run did not finish (re-run its stage)")
-    return _load_model(path / "model.pt", root_config(config)), config
+    if not finished(path, config):
+        raise RunError(f"{path} holds no finished run: re-run its stage (it resumes)")
+    return _load_model(path, config), config
 
 
 def _compute(profile: Profile):
@@ -128,15 +158,20 @@ def pretrain(profile: Profile, progress=None) -> tuple[torch.nn.Module, dict]:
     """The pre-trained net of the profile (trained once, then read from its run directory)."""
     config = pretrain_config(profile)
     d = run_dir("pretrain", config)
-    if (d / "model.pt").exists():
-        return _load_model(d / "model.pt", config), config
+    net = run_stage(
+        d, config, _check_outputs(config), lambda: _pretrain(profile, config, d, progress)
+    )
+    return (_load_model(d, config) if net is None else net), config
+
+
+def _pretrain(profile: Profile, config: dict, d: Path, progress) -> torch.nn.Module:
     with _compute(profile):
         torch.manual_seed(profile.pretrain.seed)  # a fresh net, initialized from the training seed
         net = _build(config)
         train_set = datasets(profile)[0]
         history = train(net, train_set, profile.pretrain, checkpoint_dir=d, progress=progress)
     _save_run(d, net, history)
-    return net, config
+    return net
 
 
 # ---------------------------------------------------------------- re-training
@@ -150,13 +185,13 @@ def retrain_config(
     applies at sharing only), and is in the key only when some p > 0."""
     check_choice("method", method, RETRAIN_METHODS)
     check_int("seed", seed, 0)
+    if method == "dkm":
+        _check_plan(profile, plan, regularized=True)
     train_cfg = dataclasses.asdict(dataclasses.replace(profile.retrain, seed=seed))
     config = {"stage": "retrain", "parent": pretrain_config(profile), "method": method,
               "train": train_cfg, "n_retrain": profile.n_retrain}  # fmt: skip
     if method == "plain":
         return config
-    if not isinstance(plan, Plan):
-        raise ValueError("method='dkm' needs plan=: a dkm.plan.Plan (one K per conv)")
     config.update(
         mode=check_choice("mode", mode or "indicator", ("indicator", "spectral")),
         view=profile.view,
@@ -167,6 +202,31 @@ def retrain_config(
     if config["mode"] == "indicator" and any(plan.p):
         config["p"] = list(plan.p)
     return config
+
+
+@functools.lru_cache(maxsize=8)
+def _conv_rows(model_json: str, view: str) -> tuple:
+    """((conv name, N under `view`), ...) of the net of a root configuration (as JSON)."""
+    net = _build(json.loads(model_json))
+    return tuple((name, num_rows(conv.weight.shape, view)) for name, conv in conv_layers(net))
+
+
+def _check_plan(profile: Profile, plan, regularized: bool = False) -> None:
+    """A Plan with one K per conv of the profile's net (re-training: some conv with K < N)."""
+    if not isinstance(plan, Plan):
+        raise ValueError(f"plan={plan!r} is not allowed: a dkm.plan.Plan (one K and p per conv)")
+    model = json.dumps(pretrain_config(profile), sort_keys=True)
+    convs = _conv_rows(model, profile.view if regularized else "rows")
+    if len(plan.K) != len(convs):
+        raise ValueError(
+            f"num_clusters has {len(plan.K)} entries but {profile.model} of profile "
+            f"{profile.name!r} has {len(convs)} conv layers: allowed one K per conv"
+        )
+    if regularized and all(k >= n for k, (_, n) in zip(plan.K, convs)):
+        raise ValueError(
+            f"num_clusters={list(plan.K)} regularizes no conv: every K ≥ its conv's number of "
+            f"rows N {[n for _, n in convs]}; allowed some K < N"
+        )
 
 
 def _regularizer(net, config: dict) -> KMeansRegularizer:
@@ -185,20 +245,25 @@ def retrain(
     lam: float | None = None, progress=None,
 ) -> tuple[torch.nn.Module, dict]:  # fmt: skip
     """Re-train the pre-trained net: `plain` (the control) or `dkm` (the k-means regularizer)."""
+    config = retrain_config(profile, method, seed, plan, mode, lam)  # checked before any file
     pretrain(profile, progress)
-    config = retrain_config(profile, method, seed, plan, mode, lam)
     d = run_dir("retrain", config)
-    if (d / "model.pt").exists():
-        return _load_model(d / "model.pt", config["parent"]), config
+    net = run_stage(
+        d, config, _check_outputs(config), lambda: _retrain(profile, config, d, progress)
+    )
+    return (_load_model(d, config) if net is None else net), config
+
+
+def _retrain(profile: Profile, config: dict, d: Path, progress) -> torch.nn.Module:
     with _compute(profile):
         parent = config["parent"]
-        net = _load_model(run_dir("pretrain", parent) / "model.pt", parent)
-        reg = None if method == "plain" else _regularizer(net, config)
+        net = _load_model(run_dir("pretrain", parent), parent)
+        reg = None if config["method"] == "plain" else _regularizer(net, config)
         train_set = _subset(datasets(profile)[0], profile.n_retrain)
-        tc = dataclasses.replace(profile.retrain, seed=seed)
+        tc = dataclasses.replace(profile.retrain, seed=config["train"]["seed"])
         history = train(net, train_set, tc, regularizer=reg, checkpoint_dir=d, progress=progress)
     _save_run(d, net, history)
-    return net, config
+    return net
 
 
 def source_net(profile: Profile, source: str, plan: Plan, seed: int, progress=None):
@@ -218,12 +283,12 @@ def source_errors(profile: Profile, source: str, plan: Plan, seed: int, progress
     net, config = source_net(profile, source, plan, seed, progress)
     key = config_key({"K": list(plan.K), "seed": sharing_seed(seed), "init": "kmeans++"})
     path = run_dir(config["stage"], config) / f"kmeans_errors_{key}.json"
-    if path.exists():
-        return load_json(path)["layers"]
-    with _compute(profile):
-        errors = layer_errors(net, plan, sharing_seed(seed))
-    write_atomic(path, json.dumps({"K": list(plan.K), "layers": errors}, indent=1))
-    return errors
+
+    def compute() -> dict:
+        with _compute(profile):
+            return {"K": list(plan.K), "layers": layer_errors(net, plan, sharing_seed(seed))}
+
+    return side_file(path, ("layers",), compute)["layers"]
 
 
 # ---------------------------------------------------------------- the planner's k-means runs
@@ -234,19 +299,27 @@ def planner_options(profile: Profile, net: torch.nn.Module) -> list:
     config = {"stage": "plan", "parent": pretrain_config(profile), "planner": "rd",
               "K_grid": list(K_GRID), "p_grid": list(P_GRID), "seed": sharing_seed(0),
               "convention": "official"}  # fmt: skip
-    path = run_dir("plan", config) / "options.json"
-    if path.exists():
-        return load_json(path)["options"]
-    with _compute(profile):
-        options = layer_options(net, config["seed"], config["convention"])
-    write_atomic(path, json.dumps({"options": options}, indent=1))
-    return options
+    d = run_dir("plan", config)
+
+    def compute() -> list:
+        with _compute(profile):
+            options = layer_options(net, config["seed"], config["convention"])
+        write_atomic(d / "options.json", json.dumps({"options": options}, indent=1))
+        return options
+
+    options = run_stage(d, config, _check_outputs(config), compute)
+    return (
+        load_json(verified(d, "options.json"), ("options",))["options"]
+        if options is None
+        else options
+    )
 
 
 # ---------------------------------------------------------------- share + evaluate
 def evaluation_config(profile: Profile, source: dict, method: str, plan: Plan, seed: int) -> dict:
     """Configuration of sharing a source net (a pretrain or retrain config) with `method`."""
     check_choice("share method", method, SHARE_INITS)
+    _check_plan(profile, plan)
     config = {
         "stage": "evaluate",
         "parent": source,
@@ -272,8 +345,17 @@ def share_and_evaluate(
     """Share a copy of `net` row-wise (§3.3); evaluate it with and without BN re-estimation."""
     config = evaluation_config(profile, source, method, plan, seed)
     d = run_dir("evaluate", config)
-    if (d / "result.json").exists():
-        return load_json(d / "result.json")
+    result = run_stage(
+        d,
+        config,
+        _check_outputs(config),
+        lambda: _share_and_evaluate(profile, net, config, d, progress),
+    )
+    return load_json(verified(d, "result.json"), RESULT_KEYS) if result is None else result
+
+
+def _share_and_evaluate(profile: Profile, net, config: dict, d: Path, progress) -> dict:
+    source, method, plan, seed = config["parent"], config["share"], _plan_of(config), config["seed"]
     train_set, test_set = datasets(profile)
     net = copy.deepcopy(net)
     with _compute(profile):
@@ -295,11 +377,12 @@ def share_and_evaluate(
 def _source_accuracy(source: dict, net, test_set) -> float:
     """Test accuracy of a pre-/re-trained net, cached beside its model (one file per test size)."""
     path = run_dir(source["stage"], source) / f"test_accuracy_{len(test_set)}.json"
-    if path.exists():
-        return load_json(path)["accuracy"]
-    accuracy = evaluate(net, test_set)["accuracy"]
-    write_atomic(path, json.dumps({"accuracy": accuracy}))
-    return accuracy
+    return side_file(path, ("accuracy",), lambda: evaluate(net, test_set))["accuracy"]
+
+
+def _plan_of(config: dict) -> Plan:
+    """The Plan of an evaluate configuration (its K and p)."""
+    return Plan(tuple(config["num_clusters"]), tuple(config["p"]))
 
 
 def _finetune_centers(net, shared, train_set, profile: Profile, config: dict, progress) -> None:

@@ -1,8 +1,9 @@
 """Profiles: one place that sizes every experiment (`smoke` seconds, `cpu` minutes, `paper` hours).
 
-`paper` takes GPU hours. The `cpu` profile is sized by measurement (README, "Evidence"): the whole
-experiment behind the CR–accuracy figure — pre-training once, every method at every CR target, both
-seeds — on a 2-core CPU.
+`paper` (CIFAR-10, which needs torchvision's download) and `paper-fmnist` (the same WRN-16-4 and
+schedules on Fashion-MNIST, fully offline) take GPU hours. The `cpu` profile is sized by
+measurement (README, "Evidence"): the whole experiment behind the CR–accuracy figure —
+pre-training once, every method at every CR target, both seeds — on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ def _cpu() -> Profile:
     )
 
 
-def _paper() -> Profile:
+def _paper_schedules() -> tuple[TrainConfig, TrainConfig]:
+    """The paper's pre-training (200 epochs, step lr) and re-training (30 epochs, cosine) (§5)."""
     pre = TrainConfig(
         epochs=200,
         lr=0.1,
@@ -171,23 +173,46 @@ def _paper() -> Profile:
         log_every=100,
     )
     re = TrainConfig(epochs=30, lr=0.01, batch_size=128, schedule="cosine", log_every=100)
+    return pre, re
+
+
+def _paper_fields(in_channels: int) -> dict:
+    """The paper's WRN-16-4 (the authors' 16 convs, dropout 0.3, conv bias), λ, T and grid."""
+    return {
+        "n_retrain": None,
+        "model_kwargs": _wrn(depth=16, widen=4, dropout=0.3, in_channels=in_channels, bias=True),
+        "lam": 0.5,
+        "refresh_every": 200,
+        "cr_targets": (20.0, 30.0, 45.0, 50.0),
+        "official_settings": OFFICIAL_SETTINGS,
+        "seeds": (0, 1),
+    }
+
+
+def _paper() -> Profile:
     return _wrn_profile(
-        pre,
-        re,
+        *_paper_schedules(),
         name="paper",
         dataset="cifar10",
-        n_retrain=None,
-        model_kwargs=_wrn(depth=16, widen=4, dropout=0.3, in_channels=3, bias=True),
-        lam=0.5,
-        refresh_every=200,
-        cr_targets=(20.0, 30.0, 45.0, 50.0),
-        official_settings=OFFICIAL_SETTINGS,
-        seeds=(0, 1),
+        **_paper_fields(in_channels=3),
         description="WRN-16-4 on CIFAR-10 with the authors' settings: GPU hours",
     )
 
 
-PROFILES = {"smoke": _smoke, "cpu": _cpu, "paper": _paper}
+def _paper_fmnist() -> Profile:
+    return _wrn_profile(
+        *_paper_schedules(),
+        name="paper-fmnist",
+        dataset="fashion_mnist",
+        **_paper_fields(in_channels=1),
+        description=(
+            "WRN-16-4 on Fashion-MNIST with the paper's schedules and the authors' settings: "
+            "GPU hours, offline ($DKM_DATA_DIR)"
+        ),
+    )
+
+
+PROFILES = {"smoke": _smoke, "cpu": _cpu, "paper": _paper, "paper-fmnist": _paper_fmnist}
 
 
 def get_profile(name: str, **overrides) -> Profile:

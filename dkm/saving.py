@@ -18,10 +18,11 @@ from pathlib import Path
 
 from ._checks import check_choice
 from ._io import write_atomic
+from .profiles import PROFILES
 from .tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE_NAMES = ("smoke", "cpu", "paper")
+PROFILE_NAMES = tuple(PROFILES)
 DEFAULT_PROFILE = "cpu"
 # stem -> (notebook, what it shows): the contract of DESIGN.md, "Figures the package regenerates"
 FIGURES = {

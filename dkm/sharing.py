@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._checks import check_choice, check_float, check_int
+from ._checks import check_choice, check_float, check_int, check_not_meta
 from .kmeans import dominant_p, kmeans
 from .models import conv_layers
 from .plan import Plan, conv_index, per_conv
@@ -64,13 +65,13 @@ def sharing_seed(seed: int = 0) -> int:
     return 1000 + 100 * check_int("seed", seed, 0)
 
 
-def _skip_reason(conv: nn.Conv2d, k, n_rows: int, explicit: bool) -> str | None:
+def _skip_reason(name: str, conv: nn.Conv2d, k, n_rows: int, explicit: bool) -> str | None:
     """Why this conv is not shared (None: share it); an explicit K > N is left to the K check."""
     if k is None:
         return "no K given for this layer"
     if not torch.isfinite(conv.weight).all():
         raise ValueError(
-            f"the weight of conv {conv} has non-finite values: allowed finite weights only"
+            f"the weight of conv {name!r} has non-finite values: allowed finite weights only"
         )
     if stays_dense(k, n_rows) and not (explicit and k > n_rows):
         return f"K={k} ≥ the number of rows N={n_rows}: left dense (the authors' rule)"
@@ -97,27 +98,43 @@ def share(
         num_clusters, p = list(num_clusters.K), list(num_clusters.p)
     if num_clusters is None:
         raise ValueError("num_clusters is required: a Plan, an int, a list per conv or a dict")
+    check_not_meta(net, "share")
     convs = conv_layers(net)
     names = [n for n, _ in convs]
     explicit = not isinstance(num_clusters, int)
     ks = per_conv("num_clusters", num_clusters, names)
     ps = per_conv("p", p, names, default=0.0)
     excluded = {conv_index("exclude", e, names) for e in exclude}
-    result = ShareResult()
+    result, owners = ShareResult(), {}
     for i, ((name, conv), k, p_i) in enumerate(zip(convs, ks, ps)):
         rows = to_rows(conv.weight.detach())
-        reason = (
-            "excluded by the caller"
-            if i in excluded
-            else _skip_reason(conv, k, rows.shape[0], explicit)
-        )
+        owner = owners.setdefault(id(conv.weight), name)
+        if owner != name:
+            reason = f"ties its weight to {owner!r}: shared once, there"
+        elif i in excluded:
+            reason = "excluded by the caller"
+        else:
+            reason = _skip_reason(name, conv, k, rows.shape[0], explicit)
         if reason:
             result.skipped[name] = reason
             continue
         result.layers[name] = _share_layer(
             name, i, conv, rows, k, p_i, init, seed + i, max_iter, tol
         )
+    _warn_if_nothing_shared(result, num_clusters)
     return result
+
+
+def _warn_if_nothing_shared(result: ShareResult, num_clusters) -> None:
+    """A UserWarning naming the layers when `share` shares no conv at all."""
+    if not result.layers and result.skipped:
+        names = ", ".join(result.skipped)
+        warnings.warn(
+            f"share(num_clusters={num_clusters!r}) shares no conv: {names} left dense "
+            f"(K ≥ the number of rows N, or excluded)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _share_layer(name, i, conv, rows, k, p, init, seed, max_iter, tol) -> SharedLayer:

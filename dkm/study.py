@@ -36,12 +36,13 @@ import dataclasses
 import io
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from . import pipeline as pl
 from ._checks import check_choice, check_float, check_int
-from ._io import write_atomic
+from ._io import locked, write_atomic
 from .profiles import Profile, get_profile
 from .sweep import (
     FINETUNED,
@@ -226,7 +227,12 @@ def read_study(path) -> list[dict]:
 
 def write_study(path, new_rows: list[dict]) -> None:
     """Merge `new_rows` into the study table at `path` (a re-run key replaces its rows),
-    atomically, sorted."""
+    atomically, sorted, under the lock of its directory (concurrent writers lose no row)."""
+    with locked(Path(path).parent):
+        _merge_study(Path(path), new_rows)
+
+
+def _merge_study(path: Path, new_rows: list[dict]) -> None:
     keys = {r["run_key"] for r in new_rows}
     rows = [r for r in read_study(path) if r["run_key"] not in keys] + new_rows
     rows.sort(key=lambda r: (r["method"], r["setting"], float(r["target_cr"]), int(r["epochs"]),

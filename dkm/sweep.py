@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from . import pipeline as pl
 from ._checks import check_choice
-from ._io import write_atomic
+from ._io import WriteError, locked, write_atomic
 from .authors import SETTINGS, authors_plan
 from .plan import Plan, plan_clusters
 from .planner import rd_plan
@@ -110,7 +110,19 @@ def read_results(path: Path) -> list[dict]:
 
 def write_results(path: Path, new_rows: list[dict]) -> None:
     """Merge `new_rows` into the table at `path` (rows of a re-run key replace the old ones),
-    atomically."""
+    atomically, under the lock of its directory (concurrent writers lose no row)."""
+    path = Path(path)
+    try:
+        with locked(path.parent):
+            _merge_results(path, new_rows)
+    except WriteError as err:
+        raise WriteError(
+            f"{err} (the results table: set $DKM_RESULTS_DIR to a writable directory; the "
+            f"results themselves are cached in the run directories, a re-run only reads them)"
+        ) from None
+
+
+def _merge_results(path: Path, new_rows: list[dict]) -> None:
     keys = {r["run_key"] for r in new_rows}
     rows = [r for r in read_results(path) if r["run_key"] not in keys] + new_rows
     rows.sort(

@@ -43,15 +43,20 @@ from .checkpoint import (
     CheckpointError,
     load_checkpoint,
     remove_stale_temps,
-    save_atomic,
+    save_checkpoint,
 )
 from .data import batches, check_dataset, epoch_order
 from .evaluation import DEVICES, evaluate, modes_kept, resolve_device
+from ._io import locked
 from ._threads import torch_threads
 from ._checks import check_choice, check_float, check_int
 
 SCHEDULES = ("cosine", "step", "constant")
 HISTORY_VERSION = 1
+
+
+class TrainingDivergedError(ValueError):
+    """A run whose loss or weights became NaN or ±inf (too large a learning rate or λ)."""
 
 
 def _check_bool(name: str, value) -> bool:
@@ -284,7 +289,11 @@ class _Run:
         self.optimizer.step()
         self.scheduler.step()
         if self.regularizer is not None:
-            self.regularizer.after_step()
+            try:
+                self.regularizer.after_step()  # its F refresh refuses non-finite weights
+            except ValueError:
+                self.check_finite_weights()
+                raise
         correct = (logits.detach().argmax(1) == y).sum()
         sums = torch.stack([t.detach().double() for t in (loss, task, penalty, correct)])
         row = torch.cat([sums, sums.new_tensor([len(y), 1.0])])
@@ -297,6 +306,8 @@ class _Run:
         loss, task, penalty, correct, images, count = (
             self.interval.tolist()
         )  # the only sync of a logging step
+        if not math.isfinite(loss):
+            self.diverged(f"the loss is {loss}")
         self.history.steps.append(
             {
                 "step": self.step,
@@ -311,6 +322,19 @@ class _Run:
         )
         self.interval.zero_()
         bar.set_postfix(epoch=self.epoch, loss=f"{loss / count:.4f}", refresh=False)
+
+    def check_finite_weights(self) -> None:
+        """TrainingDivergedError if some weight of the net is NaN or ±inf."""
+        bad = [n for n, t in self.net.named_parameters() if not torch.isfinite(t).all()]
+        if bad:
+            self.diverged(f"weights {bad[:3]} are not finite")
+
+    def diverged(self, what: str) -> None:
+        lam = getattr(self.regularizer, "lam", None)
+        raise TrainingDivergedError(
+            f"training diverged at step {self.step} (epoch {self.epoch}): {what}; lower lr "
+            f"(now {self.config.lr:g})" + ("" if lam is None else f" or λ (now {lam:g})")
+        )
 
     def layer_errors(self) -> dict | None:
         """{layer: ‖W(I − FFᵀ)‖²} of the regularizer now, or None.
@@ -357,10 +381,10 @@ class _Run:
             ):
                 self.seconds += time.perf_counter() - started
                 started = time.perf_counter()
-                save_atomic(self.state(), path)
+                save_checkpoint(self.state(), path)
         record = self.end_epoch(eval_set, started)
         if path is not None:
-            save_atomic(self.state(), path)
+            save_checkpoint(self.state(), path)
         if on_epoch_end is not None:
             on_epoch_end(copy.deepcopy(record))
 
@@ -423,14 +447,24 @@ def _train(
     net, train_set, config, regularizer, checkpoint_dir, resume, eval_set, on_epoch_end, show
 ) -> History:
     run = _Run(net, train_set, config, regularizer)
-    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
-    if path is not None and resume and path.exists():
-        run.restore(load_checkpoint(path, config, run.device), path)
-    else:
-        torch.manual_seed(config.seed)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if checkpoint_dir is None:
+        return _loop(run, None, eval_set, on_epoch_end, show)
+    # one run at a time in a checkpoint directory: a second waits, then resumes (or returns)
+    with locked(checkpoint_dir):
+        path = Path(checkpoint_dir) / CHECKPOINT_NAME
+        if resume and path.exists():
+            run.restore(load_checkpoint(path, config, run.device), path)
+        else:
+            torch.manual_seed(config.seed)
         remove_stale_temps(path)
+        return _loop(run, path, eval_set, on_epoch_end, show)
+
+
+def _loop(run: _Run, path, eval_set, on_epoch_end, show) -> History:
+    """The epochs left of `run` (all of them for a fresh run), checkpointed at `path`."""
+    net, config = run.net, run.config
+    if path is None:
+        torch.manual_seed(config.seed)
     total = config.epochs * run.steps_per_epoch
     with (
         modes_kept(net),

@@ -12,14 +12,14 @@ Operand precision: W = I = `bits`, partial sums O = 2·bits, final outputs `bits
     python -m dkm zigzag validate                                                # R² table
 
 writes data/reference/zigzag_<net>_<bits>.csv (resumable: rows already there are kept) and
-data/results/energy_validation.csv.
+data/results/energy_validation.csv (R² against ZigZag and nn-dataflow, `dkm.energy_validation`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
-import os
 import tempfile
 import time
 from importlib import metadata
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import check_choice, check_int
+from ._io import write_atomic
 from .inventory import LayerInfo, layer_inventory
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "data" / "reference"
@@ -222,12 +223,11 @@ def _num(v: str):
 def write_csv(rows: list, path: Path, fields=None) -> None:
     """Write dict rows atomically (a temp file renamed over `path`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields or list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields or list(rows[0]), lineterminator="\r\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_atomic(path, buf.getvalue())
 
 
 def generate(net: str, bits: int, directory=None, log=print) -> Path:
@@ -271,71 +271,8 @@ def r2_linear(x, y) -> float:
     return float(1.0 - ss_res / ss_tot)
 
 
-def validation_rows(net: str, bits: int, directory=None) -> list:
-    """Our metric, MACs and parameters beside the ZigZag energy, per layer.
+def validation_table(nets=NETS, bits=(8, 16), directory=None) -> list:
+    """The R² table against ZigZag and nn-dataflow (`dkm.energy_validation.validation_table`)."""
+    from .energy_validation import validation_table as table
 
-    Layers are matched by name and MACs.
-    """
-    from .energy import layer_energy
-
-    ref = {r["name"]: r for r in load_reference(net, bits, directory)}
-    rows = []
-    for layer in reference_layers(net):
-        r = ref.get(layer.name)
-        if r is None or r["macs"] != layer.macs:
-            raise ValueError(
-                f"reference {csv_path(net, bits, directory)} does not match layer {layer.name!r}: "
-                "regenerate it with `python -m dkm zigzag reference`"
-            )
-        ours = layer_energy(layer, bits)["total"]
-        rows.append(
-            {
-                "name": layer.name,
-                "kind": layer.kind,
-                "macs": layer.macs,
-                "params": layer.params,
-                "ours": ours,
-                "zigzag_pJ": r["energy_pJ"],
-            }
-        )
-    return rows
-
-
-def validation_table(nets=NETS, bits=(8, 16), directory=None, goal: float = 0.95) -> list:
-    """R² of a linear fit to ZigZag of our metric, of MACs alone and of parameters alone, per layer.
-
-    Targets: `energy`; `energy_per_mac` (reference and our metric divided by the layer's MACs, the
-    proxies unchanged); and, as a diagnostic without a goal, `energy_per_mac_convs` (conv layers
-    only: without the linear layers, whose far higher energy per MAC dominates the previous R²).
-    """
-    table = []
-    for net in nets:
-        for b in bits:
-            rows = validation_rows(net, b, directory)
-            for target in ("energy", "energy_per_mac", "energy_per_mac_convs"):
-                sel = [r for r in rows if r["kind"] == "conv" or target != "energy_per_mac_convs"]
-                col = {
-                    k: np.array([r[k] for r in sel], dtype=float)
-                    for k in ("macs", "params", "ours", "zigzag_pJ")
-                }
-                per = 1.0 if target == "energy" else col["macs"]
-                y, ours = col["zigzag_pJ"] / per, col["ours"] / per
-                r2 = {
-                    k: r2_linear(x, y)
-                    for k, x in (("ours", ours), ("macs", col["macs"]), ("params", col["params"]))
-                }
-                has_goal = target != "energy_per_mac_convs"
-                table.append(
-                    {
-                        "net": net,
-                        "bits": b,
-                        "target": target,
-                        "layers": len(sel),
-                        "r2_ours": round(r2["ours"], 4),
-                        "r2_macs": round(r2["macs"], 4),
-                        "r2_params": round(r2["params"], 4),
-                        "goal": goal if has_goal else "",
-                        "met": (r2["ours"] >= goal) if has_goal else "",
-                    }
-                )
-    return table
+    return table(nets, bits, directory)

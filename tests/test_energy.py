@@ -257,7 +257,11 @@ def test_cli_named_models_and_json_config(tmp_path, capsys):
         (["--model", "resnet"], "model='resnet'"),
         (["--model", "alexnet", "--shared", "45x"], "shared='45x'"),
         (["--model", "wrn16-4", "--shared", "60x"], "shared='60x'"),
-        (["--model", "wrn16-4", "--input-shape", "3,32"], "input_shape"),
+        (["--model", "wrn16-4", "--input-shape", "3,32"], "input-shape 3,32"),
+        (["--model", "alexnet", "--input-shape", "1,100000,100000"], "C·H·W ≤"),
+        (["--model", "alexnet", "--bits", "8", "--act-bits", "8,8"], "act_bits='8,8'"),
+        (["--model", "alexnet", "--act-bits", "0"], "act_bits=0"),
+        (["--model", "alexnet", "--accelerator", "tpu"], "accelerator='tpu'"),
     ],
 )
 def test_cli_bad_input_names_parameter(argv, match):
@@ -285,8 +289,8 @@ def test_bad_arguments_name_parameter(tmp_path):
 
 
 def _fake_run(tmp_path, monkeypatch, stage="pretrain"):
-    """A finished run directory as the pipeline writes it (config.json + model.pt), without
-    training."""
+    """A finished run directory as the pipeline writes it (config.json, model.pt, history.json,
+    then done.json), without training."""
     from dkm import pipeline as pl
     from dkm import runs
     from dkm.models import build_model
@@ -302,6 +306,8 @@ def _fake_run(tmp_path, monkeypatch, stage="pretrain"):
     net = build_model(profile.model, **profile.model_kwargs)
     if stage != "evaluate":
         torch.save(net.state_dict(), d / "model.pt")
+        (d / "history.json").write_text('{"format_version": 1, "steps": [], "epochs": []}')
+        runs.commit(d, config)  # finished: the commit marker is written last
     return d, net
 
 
@@ -326,3 +332,63 @@ def test_cli_run_directory_without_model(tmp_path, monkeypatch):
         cli.energy_model(str(d))
     with pytest.raises(RunError, match="no config.json"):
         cli.energy_model(str(tmp_path))
+
+
+def test_cli_help_lists_the_accelerator_and_activation_bits(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["energy", "--help"])
+    out = capsys.readouterr().out
+    assert "--accelerator" in out and "--act-bits" in out and "systolic_ws" in out
+
+
+def test_cli_act_bits_and_accelerator_reach_the_metric(tmp_path):
+    from dkm.zigzag_ref import reference_net
+
+    argv = ["--model", "alexnet", "--bits", "8,16", "--act-bits", "4"]
+    assert _cli(argv + ["--accelerator", "systolic_ws", "--csv", str(tmp_path / "e.csv")]) == 0
+    rows = [r for r in csv.DictReader(open(tmp_path / "e.csv")) if r["name"] == "TOTAL"]
+    layers = layer_inventory(reference_net("alexnet"), (3, 224, 224)).layers
+    for r, bits in zip(rows, (8, 16)):
+        expected = en.totals(en.net_energy(layers, bits, 4, accelerator="systolic_ws"))["total"]
+        assert (int(r["bits"]), int(r["act_bits"])) == (bits, 4)
+        assert math.isclose(float(r["dense_total"]), expected, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("what", ["directory", "symlink", "user_tmp"])
+def test_cli_csv_never_replaces_what_is_not_its_file(tmp_path, capsys, what):
+    target = tmp_path / "results.csv"
+    keep = tmp_path / "results.tmp"  # a user's file next to it: never a temp name of ours
+    keep.write_text("mine")
+    if what == "directory":
+        target.mkdir()
+    elif what == "symlink":
+        target.symlink_to(keep)
+    code = cli.main(["energy", "--model", "alexnet", "--bits", "8", "--csv", str(target)])
+    if what == "user_tmp":
+        assert code == 0 and target.is_file()
+    else:
+        assert code == 2 and "--csv" in capsys.readouterr().err
+        assert target.is_dir() if what == "directory" else target.is_symlink()
+    assert keep.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.tmp"]
+
+
+@pytest.mark.parametrize("content", [None, "not json", b"\x89PNG\x00\xff"])
+def test_cli_shared_that_is_not_a_json_file_is_one_line(tmp_path, capsys, content):
+    path = tmp_path / "k.json"
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    assert cli.main(["energy", "--model", "wrn16-4", "--shared", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--shared {path}: not a JSON file" in err
+
+
+def test_cli_says_which_layers_a_too_large_k_keeps_dense(tmp_path, capsys):
+    (tmp_path / "k.json").write_text('{"conv1": 100000, "stage3.1.conv2": 7}')
+    assert _cli(["--model", "wrn16-4", "--bits", "8", "--shared", str(tmp_path / "k.json")]) == 0
+    out = capsys.readouterr().out
+    assert "kept dense, K ≥ its number of kernel rows: conv1 (K 100000 ≥ N 144)" in out

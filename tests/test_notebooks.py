@@ -287,8 +287,9 @@ def test_first_code_cell_checks_every_parameter(path):
      ("PROFILE", "big", "PROFILE='big' is not allowed: choose one of 'smoke', 'cpu'"),
      ("LAMBDAS", [], "LAMBDAS=[] is not allowed"), ("K_OPTIONS", [4, 0], "K_OPTIONS[1]=0"),
      ("TARGET_CR", 0.5, "TARGET_CR=0.5 is out of range"), ("BITS", 0, "BITS=0 is out of range"),
-     ("SETTING", "44x", "SETTING='44x' is not allowed"), ("FIG_DIR", "", "FIG_DIR='' is not"),
-     ("NOPE", 1, "unknown notebook parameter NOPE")],
+     ("SETTING", "44x", "SETTING='44x' is not allowed"), ("ACT_BITS", 33, "ACT_BITS=33"),
+     ("ACCELERATOR", "tpu", "ACCELERATOR='tpu' is not allowed"),
+     ("FIG_DIR", "", "FIG_DIR='' is not"), ("NOPE", 1, "unknown notebook parameter NOPE")],
 )  # fmt: skip
 def test_check_parameters_names_the_bad_one(name, value, message):
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -409,9 +409,10 @@ def test_cached_runs_finds_finished_children_only(tmp_path, monkeypatch):
         ("retrain-c", {"parent": {"stage": "pretrain", "x": 2}, "lam": 1.0}, True),
     ):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+        (tmp_path / name / "config.json").write_text(json.dumps({"stage": "retrain", **cfg}))
+        (tmp_path / name / "model.pt").write_bytes(b"")  # the model alone: not finished
         if done:
-            (tmp_path / name / "model.pt").write_bytes(b"")
+            (tmp_path / name / "history.json").write_text("{}")
     found = runs.cached_runs(parent, "retrain")
     assert [(c["lam"], d.name) for c, d in found] == [(0.5, "retrain-a")]
 

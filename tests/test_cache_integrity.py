@@ -1,0 +1,242 @@
+"""Issue 14: the run cache never serves a damaged, unfinished or foreign run, and finishes every
+interrupted one (checksums, the commit marker, code versions, locks, checked configurations)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from dkm import pipeline as pl
+from dkm import runs
+from dkm import sweep as sw
+from dkm.checkpoint import CheckpointError, load_checkpoint
+from dkm.plan import Plan
+from dkm.profiles import get_profile
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("DKM_RESULTS_DIR", str(tmp_path / "results"))
+    return tmp_path
+
+
+def tiny(**overrides):
+    """The smoke profile cut down to a few hundred images (as in test_pipeline)."""
+    fields = dict(n_train=256, n_test=200, cr_targets=(8.0,), bn_batches=2)
+    return dataclasses.replace(get_profile("smoke"), **{**fields, **overrides})
+
+
+FOUR = Plan((4,) * 4, (0.0,) * 4)
+
+
+def _pretrained(profile):
+    net, config = pl.pretrain(profile)
+    return net, config, runs.run_dir("pretrain", config)
+
+
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# ---------------------------------------------------------------- item 2: checksums
+def test_a_flipped_byte_in_model_pt_is_refused_naming_the_directory(dirs):
+    _, _, d = _pretrained(tiny())
+    data = bytearray((d / "model.pt").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (d / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(runs.RunError, match=f"delete {d}"):
+        pl.pretrain(tiny())
+
+
+def test_a_nan_written_into_model_pt_is_refused(dirs):
+    _, _, d = _pretrained(tiny())
+    state = torch.load(d / "model.pt", weights_only=True)
+    next(v for v in state.values() if v.is_floating_point()).view(-1)[0] = float("nan")
+    torch.save(state, d / "model.pt")
+    with pytest.raises(runs.RunError, match="checksum"):
+        pl.pretrain(tiny())
+
+
+def test_a_damaged_checkpoint_fails_its_digest(dirs):
+    _, _, d = _pretrained(tiny())
+    ckpt = torch.load(d / "checkpoint.pt", weights_only=True)
+    assert "digest" in ckpt
+    ckpt["model"][next(iter(ckpt["model"]))].view(-1)[0] += 1.0
+    torch.save(ckpt, d / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="fails its checksum"):
+        load_checkpoint(d / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage, not a zip"])
+def test_an_empty_or_garbage_checkpoint_is_one_short_line(tmp_path, content):
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    message = str(err.value)
+    assert "\n" not in message and "weights_only" not in message and "()" not in message
+    assert (content == b"") == ("an empty file" in message)
+
+
+# ---------------------------------------------------------------- item 3: the commit marker
+@pytest.mark.parametrize("lost", [("history.json",), ("history.json", "model.pt"), ()])
+def test_a_run_killed_between_its_final_files_completes_bit_identically(dirs, lost):
+    net, config, d = _pretrained(tiny())
+    reference = {name: (d / name).read_bytes() for name in ("model.pt", "history.json")}
+    for name in (*lost, runs.DONE_NAME):
+        (d / name).unlink()
+    (d / runs.PENDING_NAME).write_text(json.dumps({"versions": runs.chain_versions(config)}))
+    again, _ = pl.pretrain(tiny())
+    assert _same_weights(net, again)
+    assert {n: (d / n).read_bytes() for n in reference} == reference
+    marker = json.loads((d / runs.DONE_NAME).read_text())
+    assert set(marker["files"]) == {"model.pt", "history.json"}
+    assert not (d / runs.PENDING_NAME).exists()
+    assert pl.load_run(d)[1] == runs.canonical(config)
+    assert runs.run_history("pretrain", config)["epochs"]
+
+
+def test_stale_temps_of_a_killed_stage_are_removed_when_it_resumes(dirs):
+    _, config, d = _pretrained(tiny())
+    (d / runs.DONE_NAME).unlink()
+    (d / "history.json").unlink()
+    for name in ("model.pt", "history.json", "config.json", "checkpoint.pt"):
+        (d / f".{name}.k1ll3d.tmp").write_bytes(b"half")
+    pl.pretrain(tiny())
+    assert not list(d.glob(".*.tmp"))
+
+
+def test_an_unfinished_run_is_not_listed_by_the_browser(dirs):
+    p = tiny()
+    _, config = pl.retrain(p, "dkm", 0, FOUR)
+    d = runs.run_dir("retrain", config)
+    assert len(runs.cached_retrains(pl.pretrain_config(p))) == 1
+    (d / runs.DONE_NAME).unlink()
+    (d / "history.json").unlink()
+    assert runs.cached_retrains(pl.pretrain_config(p)) == []
+    with pytest.raises(runs.RunError, match="not a finished run"):
+        runs.run_history("retrain", config)
+    pl.retrain(p, "dkm", 0, FOUR)
+    assert len(runs.cached_retrains(pl.pretrain_config(p))) == 1
+
+
+# ---------------------------------------------------------------- item 6: code versions
+def test_a_legacy_run_is_adopted_and_a_run_of_other_code_is_refused(dirs, monkeypatch):
+    net, config, d = _pretrained(tiny())
+    (d / runs.DONE_NAME).unlink()  # as written before markers existed
+    again, _ = pl.pretrain(tiny())
+    assert _same_weights(net, again)
+    assert json.loads((d / runs.DONE_NAME).read_text())["versions"] == {"pretrain": 1}
+    monkeypatch.setitem(runs.CODE_VERSIONS, "pretrain", 2)
+    with pytest.raises(runs.StaleRunError, match=f"{d} was computed by another version.*v1"):
+        pl.pretrain(tiny())
+    with pytest.raises(runs.StaleRunError):
+        pl.load_run(d)
+
+
+def test_the_keys_do_not_change():
+    """Hard constraint of issue 14: no new field in any key (the committed tables carry them)."""
+    p = get_profile("cpu")
+    config = pl.pretrain_config(p)
+    assert set(config) == {"stage", "dataset", "n_train", "model", "model_kwargs", "train",
+                           "threads", "memory_format"}  # fmt: skip
+    assert "code_version" not in json.dumps(config)
+
+
+# ---------------------------------------------------------------- items 4, 8: checked inputs
+@pytest.mark.parametrize(
+    "plan, match",
+    [
+        (Plan((4,) * 3, (0.0,) * 3), "has 3 entries but"),
+        (Plan((10**9,) * 4, (0.0,) * 4), "regularizes no conv"),
+        ([4, 4, 4, 4], "a dkm.plan.Plan"),
+    ],
+)
+def test_a_bad_plan_is_refused_before_any_directory_is_made(dirs, plan, match):
+    with pytest.raises(ValueError, match=match):
+        pl.retrain(tiny(), "dkm", 0, plan)
+    with pytest.raises(ValueError, match=match):
+        pl.retrain_config(tiny(), "dkm", 0, plan)
+    assert not (dirs / "runs").exists()
+
+
+def test_a_bad_plan_is_refused_by_evaluation_config():
+    source = pl.pretrain_config(tiny())
+    with pytest.raises(ValueError, match="has 2 entries but"):
+        pl.evaluation_config(tiny(), source, "kmeans", Plan((4, 4), (0.0, 0.0)), 0)
+
+
+@pytest.mark.parametrize("content", ["{}", "[]", '{"top1": 0.5}'])
+def test_a_damaged_result_json_is_an_error_naming_the_file(dirs, content):
+    p = tiny()
+    net, source = pl.pretrain(p)
+    pl.share_and_evaluate(p, net, source, "kmeans", FOUR, 0)
+    d = runs.run_dir("evaluate", pl.evaluation_config(p, source, "kmeans", FOUR, 0))
+    (d / "result.json").write_text(content)
+    (d / runs.DONE_NAME).unlink()  # no checksum to catch it: the keys are checked
+    with pytest.raises(runs.RunError, match=f"{d / 'result.json'}.*delete {d}"):
+        pl.share_and_evaluate(p, net, source, "kmeans", FOUR, 0)
+
+
+def test_side_files_of_other_code_are_recomputed(dirs, monkeypatch):
+    p = tiny()
+    net, source = pl.pretrain(p)
+    pl.share_and_evaluate(p, net, source, "kmeans", FOUR, 0)
+    path = runs.run_dir("pretrain", source) / "test_accuracy_200.json"
+    accuracy = json.loads(path.read_text())["accuracy"]
+    path.write_text(json.dumps({"accuracy": 0.0}))  # a legacy file: accepted as it is
+    assert pl._source_accuracy(source, net, pl.datasets(p)[1]) == 0.0
+    monkeypatch.setitem(runs.CODE_VERSIONS, "evaluate", 2)
+    assert pl._source_accuracy(source, net, pl.datasets(p)[1]) == accuracy
+
+
+# ---------------------------------------------------------------- item 13: locks
+_TRAIN_ONCE = """
+import dataclasses, sys
+from dkm import pipeline as pl
+from dkm.profiles import get_profile
+calls = []
+train = pl.train
+pl.train = lambda *a, **k: (calls.append(1), train(*a, **k))[1]
+p = dataclasses.replace(get_profile("smoke"), n_train=256, n_test=200, bn_batches=2)
+net, _ = pl.pretrain(p)
+print(len(calls), float(sum(t.double().sum() for t in net.state_dict().values())))
+"""
+
+
+def test_two_identical_commands_train_once(dirs):
+    env = {**os.environ, "DKM_RUNS_DIR": str(dirs / "runs"), "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _TRAIN_ONCE], env=env, stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0].decode().split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(int(o[0]) for o in outs) == [0, 1] and outs[0][1] == outs[1][1]
+
+
+_WRITE_ROWS = """
+import sys
+from pathlib import Path
+from dkm import sweep as sw
+tag = sys.argv[1]
+for i in range(15):
+    row = {c: "1" for c in sw.COLUMNS}
+    sw.write_results(Path(sys.argv[2]), [{**row, "run_key": f"{tag}{i}", "method": tag}])
+"""
+
+
+def test_concurrent_writers_of_one_results_table_lose_no_row(tmp_path):
+    path = tmp_path / "sweep_x.csv"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(_WRITE_ROWS), tag, str(path)])
+        for tag in ("a", "b")
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    keys = {r["run_key"] for r in sw.read_results(path)}
+    assert keys == {f"{t}{i}" for t in "ab" for i in range(15)}

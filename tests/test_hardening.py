@@ -1,0 +1,294 @@
+"""Issue 14: never clobber a path, one clear error for every bad input, nothing left behind."""
+
+import os
+import stat
+import warnings
+
+import pytest
+import torch
+
+from dkm import _io
+from dkm.checkpoint import save_atomic
+from dkm.cli import main
+from dkm.export import ExportFormatError, load_shared, save_shared
+from dkm.models import small_cnn
+from dkm.sharing import share
+
+
+def _make(kind: str, path):
+    """Put a `kind` of file system entry at `path`."""
+    if kind == "symlink":
+        target = path.parent / "target.txt"
+        target.write_text("keep me")
+        path.symlink_to(target)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        if os.geteuid() != 0:
+            pytest.skip("making a device node needs root")
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # another /dev/null
+
+
+def _snapshot(path):
+    st = os.lstat(path)
+    return st.st_mode, st.st_ino, st.st_rdev
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory", "fifo", "device"])
+@pytest.mark.parametrize("writer", ["write_atomic", "save_atomic"])
+def test_atomic_writers_refuse_what_is_not_a_regular_file(tmp_path, kind, writer):
+    path = tmp_path / "out"
+    _make(kind, path)
+    before = _snapshot(path)
+    with pytest.raises(_io.UnsafePathError, match=f"{path}.*{kind}"):
+        if writer == "write_atomic":
+            _io.write_atomic(path, b"data")
+        else:
+            save_atomic({"x": 1}, path)
+    assert _snapshot(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out"] + (["target.txt"] if kind == "symlink" else [])
+    )
+    if kind == "symlink":
+        assert (tmp_path / "target.txt").read_text() == "keep me"
+
+
+def test_atomic_writer_replaces_a_regular_file_and_creates_a_new_one(tmp_path):
+    _io.write_atomic(tmp_path / "a.txt", "one")
+    _io.write_atomic(tmp_path / "a.txt", "two")
+    assert (tmp_path / "a.txt").read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+@pytest.mark.parametrize("case", ["parent_is_a_file", "name_too_long"])
+def test_atomic_writer_os_errors_name_the_path_and_leave_nothing(tmp_path, case):
+    (tmp_path / "file").write_text("x")
+    path = tmp_path / "file" / "out" if case == "parent_is_a_file" else tmp_path / ("n" * 300)
+    with pytest.raises(_io.WriteError, match="cannot write") as err:
+        _io.write_atomic(path, "data")
+    assert isinstance(err.value, ValueError) and str(path) in str(err.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_atomic_writer_removes_its_temp_file_when_writing_fails(tmp_path):
+    with pytest.raises(RuntimeError):
+        with _io.atomic_open(tmp_path / "x.bin") as f:
+            f.write(b"half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temp_names_are_unique_and_never_a_users_file(tmp_path):
+    (tmp_path / "results.tmp").write_text("a user's file")
+    (tmp_path / ".results.csv.tmp").write_text("another user's file")
+    _io.write_atomic(tmp_path / "results.csv", "a,b\n")
+    assert (tmp_path / "results.tmp").read_text() == "a user's file"
+    assert (tmp_path / ".results.csv.tmp").read_text() == "another user's file"
+
+
+def test_stale_temps_of_a_killed_writer_are_found_and_removed(tmp_path):
+    stale = tmp_path / ".model.pt.abc123.tmp"
+    stale.write_bytes(b"half")
+    keep = tmp_path / "model.tmp"
+    keep.write_bytes(b"a user's file")
+    _io.remove_stale_temps(tmp_path)
+    assert not stale.exists() and keep.exists()
+
+
+# ---------------------------------------------------------------- export (items 1, 10, 14)
+def _shared_cnn(dtype=torch.float32):
+    torch.manual_seed(0)
+    net = small_cnn(width=4).to(dtype)
+    return net, share(net, 4, seed=0)
+
+
+def test_export_refuses_a_device_file(tmp_path):
+    net, shared = _shared_cnn()
+    path = tmp_path / "null"
+    _make("device", path)
+    with pytest.raises(_io.UnsafePathError, match="device"):
+        save_shared(net, shared, path)
+    assert stat.S_ISCHR(os.lstat(path).st_mode)
+
+
+def test_load_shared_on_a_directory_or_a_missing_file_is_one_clear_error(tmp_path):
+    net, shared = _shared_cnn()
+    with pytest.raises(ExportFormatError, match="is a directory"):
+        load_shared(tmp_path, small_cnn(width=4))
+    with pytest.raises(ExportFormatError, match="no such file"):
+        load_shared(tmp_path / "missing.dkm", small_cnn(width=4))
+
+
+def test_float64_net_exports_and_reloads_bit_identically(tmp_path):
+    net, shared = _shared_cnn(torch.float64)
+    save_shared(net, shared, tmp_path / "n.dkm")
+    back = small_cnn(width=4).to(torch.float64)
+    result = load_shared(tmp_path / "n.dkm", back)
+    for name, layer in result.layers.items():
+        assert layer.codebook.dtype == torch.float64
+        assert torch.equal(layer.codebook, shared.layers[name].codebook)
+    for (k, a), b in zip(net.state_dict().items(), back.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_meta_device_net_is_one_clear_error(tmp_path):
+    with torch.device("meta"):
+        net = small_cnn(width=4)
+    with pytest.raises(ValueError, match="meta device"):
+        share(net, 4)
+    real, shared = _shared_cnn()
+    save_shared(real, shared, tmp_path / "n.dkm")
+    with pytest.raises(ValueError, match="meta device"):
+        load_shared(tmp_path / "n.dkm", net)
+
+
+def test_share_says_when_it_shares_no_layer():
+    torch.manual_seed(0)
+    net = small_cnn(width=4)
+    with pytest.warns(UserWarning, match="shares no conv"):
+        result = share(net, 10**9)
+    assert not result.layers
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        share(net, 4)
+
+
+def test_non_finite_weight_is_named_by_its_layer_name():
+    torch.manual_seed(0)
+    net = small_cnn(width=4)
+    name, conv = next((n, m) for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=f"conv {name!r}"):
+        share(net, 4)
+
+
+def test_tied_convs_are_shared_once():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3))
+    net[2].weight = net[0].weight
+    result = share(net, [4, 2], seed=0)
+    assert list(result.layers) == ["0"] and "ties its weight to '0'" in result.skipped["2"]
+    assert result.layers["0"].num_clusters == 4
+    assert torch.equal(net[2].weight, result.layers["0"].weight())
+
+
+# ---------------------------------------------------------------- command line (items 5, 7)
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("DKM_RESULTS_DIR", str(tmp_path / "results"))
+    return tmp_path
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+SHARE = ["share", "--profile", "smoke", "--target-cr", "8"]
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink", "fifo", "device"])
+def test_cli_export_to_what_is_not_a_file_is_refused_before_any_work(dirs, capsys, kind):
+    path = dirs / "out.dkm"
+    _make(kind, path)
+    before = _snapshot(path)
+    assert main([*SHARE, "--export", str(path)]) == 2
+    _one_line_error(capsys, "--export", str(path), kind)
+    assert _snapshot(path) == before and not (dirs / "runs").exists()
+
+
+@pytest.mark.parametrize("export", ["", "   ", "n" * 300])
+def test_cli_export_empty_or_over_long_is_one_line(dirs, capsys, export):
+    assert main([*SHARE, "--export", export]) == 2
+    _one_line_error(capsys, "--export")
+    assert not (dirs / "runs").exists()
+
+
+def test_cli_evaluate_has_no_export_and_sweep_needs_a_method(dirs, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--profile", "smoke", "--target-cr", "8", "--export", "x.dkm"])
+    assert exit_.value.code == 2 and "--export" in capsys.readouterr().err
+    assert main(["sweep", "--profile", "smoke", "--methods", ","]) == 2
+    _one_line_error(capsys, "--methods", "names no method")
+    assert not (dirs / "runs").exists()
+
+
+def test_cli_unwritable_run_cache_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path / "file" / "runs"))
+    assert main(["pretrain", "--profile", "smoke"]) == 2
+    _one_line_error(capsys, "DKM_RUNS_DIR", "cannot")
+
+
+def test_unwritable_results_table_names_it_and_says_the_result_is_kept(tmp_path):
+    from dkm import sweep as sw
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(_io.WriteError, match="DKM_RESULTS_DIR.*cached in the run directories"):
+        sw.write_results(tmp_path / "file" / "sweep_x.csv", [])
+
+
+# ---------------------------------------------------------------- data and training (10, 11)
+@pytest.mark.parametrize("kind", ["empty directory", "file"])
+def test_a_set_but_unusable_data_dir_is_an_error(tmp_path, monkeypatch, kind):
+    from dkm import data
+
+    place = tmp_path / "place"
+    place.mkdir() if kind == "empty directory" else place.write_text("x")
+    monkeypatch.setenv(data.ENV_VAR, str(place))
+    with pytest.raises(data.DatasetNotFoundError, match=rf"\$DKM_DATA_DIR={place} holds no"):
+        data.find_fashion_mnist()
+
+
+def test_a_diverging_run_is_reported_as_diverged():
+    from dkm.spectral import KMeansRegularizer
+    from dkm.train import TrainConfig, TrainingDivergedError, train
+
+    torch.manual_seed(0)
+    net = small_cnn(width=4)
+    X, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    reg = KMeansRegularizer(net, lam=1e30, num_clusters=2, mode="indicator", refresh_every=1)
+    config = TrainConfig(batch_size=16, log_every=1, device="cpu")
+    with pytest.raises(TrainingDivergedError, match="diverged at step .*λ"):
+        train(net, torch.utils.data.TensorDataset(X, y), config, regularizer=reg)
+
+
+def _rewrite_meta(path, edit):
+    """Rewrite the metadata of an export file with `edit(meta)`, keeping a valid prefix and CRC."""
+    import json
+    import zlib
+
+    from dkm.export import _PREFIX, MAGIC, VERSION
+
+    data = path.read_bytes()
+    _, _, meta_len, payload_len, _ = _PREFIX.unpack_from(data)
+    body = data[_PREFIX.size :]
+    meta = edit(json.loads(zlib.decompress(body[:meta_len])))
+    meta_bytes = zlib.compress(json.dumps(meta).encode())
+    payload = body[meta_len:]
+    crc = zlib.crc32(payload, zlib.crc32(meta_bytes))
+    path.write_bytes(
+        _PREFIX.pack(MAGIC, VERSION, len(meta_bytes), payload_len, crc) + meta_bytes + payload
+    )
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m: [m], "a JSON list, allowed a JSON object"),
+        (lambda m: {**m, "layers": [{**m["layers"][0], "K": 0}]}, "has K=0: allowed K ≥ 1"),
+    ],
+)
+def test_load_shared_metadata_that_is_a_list_or_k0_is_one_clear_error(tmp_path, edit, match):
+    net, shared = _shared_cnn()
+    save_shared(net, shared, tmp_path / "n.dkm")
+    _rewrite_meta(tmp_path / "n.dkm", edit)
+    with pytest.raises(ExportFormatError, match=match):
+        load_shared(tmp_path / "n.dkm", small_cnn(width=4))

@@ -1,0 +1,86 @@
+"""The sweep on Ray (dkm.ray_sweep) against the serial sweep: a local Ray with 2 workers on the
+smoke profile writes the same table, and a second run trains nothing."""
+
+import importlib.util
+import sys
+
+import pytest
+
+from dkm import ray_sweep
+from dkm.plan import Plan
+from dkm.profiles import get_profile
+from dkm.sweep import results_path, sweep, write_results
+
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None,
+    reason=f"Ray is not installed (the optional extra): {ray_sweep.EXTRA}",
+)
+
+
+def _files(root) -> dict:
+    """{path: (size, mtime_ns)} of every file under `root`."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@needs_ray
+def test_ray_sweep_writes_the_serial_table_and_a_second_run_trains_nothing(tmp_path, monkeypatch):
+    profile = get_profile("smoke")
+    monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path / "serial" / "runs"))
+    monkeypatch.setenv("DKM_RESULTS_DIR", str(tmp_path / "serial" / "results"))
+    serial = sweep(profile, write=False, progress=False)
+    write_results(results_path(profile), serial)
+    serial_table = results_path(profile).read_bytes()
+
+    runs = tmp_path / "ray" / "runs"
+    monkeypatch.setenv("DKM_RUNS_DIR", str(runs))
+    monkeypatch.setenv("DKM_RESULTS_DIR", str(tmp_path / "ray" / "results"))
+    seen = []  # report(done, total, what) after each stage
+    rows = ray_sweep.sweep_ray(
+        profile, num_cpus=2, progress=False, report=lambda *args: seen.append(args)
+    )
+    assert rows == serial and results_path(profile).read_bytes() == serial_table
+    # stages done / total: pre-training, 5 distinct re-trainings, 12 points
+    assert [done for done, _, _ in seen] == list(range(1, 19)) and seen[-1][1] == 18
+    assert sum(what.startswith("re-training plain") for _, _, what in seen) == 1
+    stages = sorted(d.name.split("-")[0] for d in runs.iterdir())
+    assert stages == sorted(["pretrain"] + ["retrain"] * 5 + ["evaluate"] * 12)
+
+    before = _files(runs)
+    assert ray_sweep.sweep_ray(profile, num_cpus=2, progress=False) == serial
+    assert _files(runs) == before  # nothing trained, nothing written
+
+
+def test_without_ray_the_error_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where Ray is not installed
+    with pytest.raises(ImportError, match=r"pip install 'deep-kmeans\[distributed\]'") as err:
+        ray_sweep.sweep_ray(get_profile("smoke"))
+    assert isinstance(err.value, ValueError)  # the command line reports it in one line
+
+
+def test_retrainings_are_the_distinct_nets_the_grid_shares():
+    profile = get_profile("smoke")
+    plans = [Plan([4, 8, 8, 8], [0.0] * 4, "uniform", 8.0), Plan([2, 4, 4, 4], [0.0] * 4)]
+    methods = ["kmeans", "plain", "dkm-indicator", "dkm-spectral", "plain+ft", "dkm-spectral+ft"]
+    grid = [(m, plan, seed) for plan in plans for seed in (0, 1) for m in methods]
+    jobs = ray_sweep.retrainings(profile, grid)
+    # plain: one per seed; dkm-<mode> (and its +ft): one per plan, mode and seed
+    assert len(jobs) == 2 + 2 * 2 * 2
+    assert [(s, n) for s, _, n in jobs[:4]] == [
+        ("plain", 0), ("dkm-indicator", 0), ("dkm-spectral", 0), ("plain", 1),
+    ]  # fmt: skip
+
+
+def test_cli_engine_ray_without_ray_names_the_extra(monkeypatch, capsys):
+    from dkm.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert main(["sweep", "--profile", "smoke", "--engine", "ray"]) == 2
+    assert "deep-kmeans[distributed]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--address", "auto"], ["--num-cpus", "2"]])
+def test_cli_ray_options_need_the_ray_engine(capsys, extra):
+    from dkm.cli import main
+
+    assert main(["sweep", "--profile", "smoke", *extra]) == 2
+    assert "--address and --num-cpus need --engine ray" in capsys.readouterr().err
