@@ -2,7 +2,7 @@
 
 Fashion-MNIST is searched, in this order, for the four idx files (each gzipped or not):
   1. `root=` when given (it replaces 2–4);
-  2. `$DKM_DATA_DIR` (a path that exists but does not hold the files is an error, not skipped);
+  2. `$DKM_DATA_DIR` (when set, a path that does not hold the files is an error, not skipped);
   3. `<repo>/data/fashion-mnist/`;
   4. `/usr/share/datasets/fashion-mnist/` (Debian's package `dataset-fashion-mnist`).
 In each directory the files may also sit under `FashionMNIST/raw/` (torchvision's layout).
@@ -209,7 +209,7 @@ def find_fashion_mnist(root=None, download: bool = False) -> Path:
         found, why = _check_dir(directory)
         if found is not None:
             return found
-        if label == f"${ENV_VAR}" and directory.exists():  # set and there: meant, so no fallback
+        if label == f"${ENV_VAR}":  # set: meant, so an unusable one is an error, no fallback
             raise DatasetNotFoundError(
                 f"${ENV_VAR}={directory} holds no Fashion-MNIST: {why}. Point it at a directory "
                 f"of the four idx files (gzipped or not), or unset it"

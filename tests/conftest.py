@@ -3,6 +3,14 @@
 import pytest
 
 
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    """A run cache and a results directory of this test's own (nothing committed is touched)."""
+    monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("DKM_RESULTS_DIR", str(tmp_path / "results"))
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def smoke_cache(tmp_path_factory):
     """One run cache and results directory for every test that runs the notebooks on the smoke

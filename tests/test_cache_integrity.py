@@ -1,7 +1,6 @@
 """Issue 14: the run cache never serves a damaged, unfinished or foreign run, and finishes every
 interrupted one (checksums, the commit marker, code versions, locks, checked configurations)."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -17,22 +16,7 @@ from dkm import sweep as sw
 from dkm.checkpoint import CheckpointError, load_checkpoint
 from dkm.plan import Plan
 from dkm.profiles import get_profile
-
-
-@pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("DKM_RESULTS_DIR", str(tmp_path / "results"))
-    return tmp_path
-
-
-def tiny(**overrides):
-    """The smoke profile cut down to a few hundred images (as in test_pipeline)."""
-    fields = dict(n_train=256, n_test=200, cr_targets=(8.0,), bn_batches=2)
-    return dataclasses.replace(get_profile("smoke"), **{**fields, **overrides})
-
-
-FOUR = Plan((4,) * 4, (0.0,) * 4)
+from test_pipeline import FOUR, tiny
 
 
 def _pretrained(profile):

@@ -159,8 +159,10 @@ def test_search_order(places, monkeypatch):
     assert data.find_fashion_mnist(root=places / "root") == places / "root"
     monkeypatch.delenv(data.ENV_VAR)
     assert data.find_fashion_mnist() == places / "repo"
-    monkeypatch.setenv(data.ENV_VAR, str(places / "nowhere"))  # a bad env entry falls through
-    assert data.find_fashion_mnist() == places / "repo"
+    monkeypatch.setenv(data.ENV_VAR, str(places / "nowhere"))  # set but unusable: no fallback
+    with pytest.raises(data.DatasetNotFoundError, match="holds no Fashion-MNIST: directory does"):
+        data.find_fashion_mnist()
+    monkeypatch.delenv(data.ENV_VAR)
     for f in (places / "repo").iterdir():
         f.unlink()
     assert data.find_fashion_mnist() == places / "system"
@@ -169,12 +171,12 @@ def test_search_order(places, monkeypatch):
 def test_not_found_lists_every_place(places, monkeypatch):
     (places / "repo").mkdir()
     write_idx(places / "repo" / "train-images-idx3-ubyte", np.zeros((1, 28, 28), np.uint8))
-    monkeypatch.setenv(data.ENV_VAR, str(places / "nowhere"))
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
     with pytest.raises(data.DatasetNotFoundError) as e:
         data.fashion_mnist()
     msg = str(e.value)
     assert isinstance(e.value, FileNotFoundError)
-    assert f"${data.ENV_VAR} {places / 'nowhere'}: directory does not exist" in msg
+    assert f"${data.ENV_VAR}: not set" in msg
     assert f"{places / 'repo'}: missing train-labels-idx1-ubyte[.gz]" in msg
     assert "missing train-images" not in msg
     assert f"{places / 'system'}: directory does not exist" in msg
@@ -186,8 +188,8 @@ def test_not_found_lists_every_place(places, monkeypatch):
         "download=True",
     ):
         assert fix in msg
-    monkeypatch.delenv(data.ENV_VAR)
-    with pytest.raises(data.DatasetNotFoundError, match=rf"\${data.ENV_VAR}: not set"):
+    monkeypatch.setenv(data.ENV_VAR, str(places / "nowhere"))  # set but unusable: named alone
+    with pytest.raises(data.DatasetNotFoundError, match=rf"\${data.ENV_VAR}=.*nowhere holds no"):
         data.find_fashion_mnist()
 
 

@@ -176,13 +176,6 @@ def test_tied_convs_are_shared_once():
 
 
 # ---------------------------------------------------------------- command line (items 5, 7)
-@pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("DKM_RESULTS_DIR", str(tmp_path / "results"))
-    return tmp_path
-
-
 def _one_line_error(capsys, *needles):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err, err

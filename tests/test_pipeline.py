@@ -19,13 +19,6 @@ from dkm.sharing import share
 from dkm.accounting import compression_ratio
 
 
-@pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("DKM_RESULTS_DIR", str(tmp_path / "results"))
-    return tmp_path
-
-
 def tiny(**overrides):
     """The smoke profile cut down to a few hundred images: every stage runs in about a second."""
     fields = dict(n_train=256, n_test=200, cr_targets=(8.0,), bn_batches=2)

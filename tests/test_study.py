@@ -13,13 +13,6 @@ from dkm.profiles import get_profile
 from dkm.sharing import layer_errors, sharing_seed
 
 
-@pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("DKM_RESULTS_DIR", str(tmp_path / "results"))
-    return tmp_path
-
-
 def tiny():
     fields = dict(n_train=256, n_test=200, n_retrain=128, bn_batches=2)
     return dataclasses.replace(get_profile("smoke"), **fields)
