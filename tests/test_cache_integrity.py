@@ -123,6 +123,19 @@ def test_a_legacy_run_is_adopted_and_a_run_of_other_code_is_refused(dirs, monkey
         pl.load_run(d)
 
 
+def test_legacy_runs_are_browsed_as_they_are(dirs):
+    """The cached-run browser (notebook 02's λ slider) reads runs written before commit markers
+    without adopting them: their histories and k-means sharings, nothing written."""
+    profile = tiny()
+    net, config = pl.retrain(profile, "dkm", 0, FOUR)
+    pl.share_and_evaluate(profile, net, config, "kmeans", FOUR, 0)
+    for marker in (dirs / "runs").glob(f"*/{runs.DONE_NAME}"):
+        marker.unlink()  # as written by the code before markers
+    [run] = runs.cached_retrains(pl.pretrain_config(profile))
+    assert run["lam"] == profile.lam and len(run["results"]) == 1 and run["history"]["steps"]
+    assert not list((dirs / "runs").glob(f"*/{runs.DONE_NAME}"))
+
+
 def test_the_keys_do_not_change():
     """Hard constraint of issue 14: no new field in any key (the committed tables carry them)."""
     p = get_profile("cpu")
