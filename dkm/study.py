@@ -225,16 +225,16 @@ def read_study(path) -> list[dict]:
         return list(reader)
 
 
-def write_study(path, new_rows: list[dict]) -> None:
-    """Merge `new_rows` into the study table at `path` (a re-run key replaces its rows),
-    atomically, sorted, under the lock of its directory (concurrent writers lose no row)."""
+def write_study(path, rows: list[dict]) -> None:
+    """Write the study table at `path`: exactly `rows`, the whole grid of one study run (rows of
+    plans or arms that grid no longer has, e.g. the planner's plans of another machine, do not
+    linger), atomically, sorted, under the lock of its directory."""
     with locked(Path(path).parent):
-        _merge_study(Path(path), new_rows)
+        _write_study(Path(path), rows)
 
 
-def _merge_study(path: Path, new_rows: list[dict]) -> None:
-    keys = {r["run_key"] for r in new_rows}
-    rows = [r for r in read_study(path) if r["run_key"] not in keys] + new_rows
+def _write_study(path: Path, rows: list[dict]) -> None:
+    rows = list(rows)
     rows.sort(key=lambda r: (r["method"], r["setting"], float(r["target_cr"]), int(r["epochs"]),
                              float(r["lam"] or 0), int(r["seed"]), r["metric"]))  # fmt: skip
     buf = io.StringIO()

@@ -103,8 +103,10 @@ def test_study_table_summary_and_errors(dirs):
     got = [float(r["value"]) for r in table if r["method"] == "plain" and r["seed"] == "1"
            and r["epochs"] == "1" and r["metric"] == "kmeans_error_rel"]  # fmt: skip
     assert got == [pytest.approx(want, rel=1e-5)]
-    # a second run trains nothing and writes the same table
+    # a second run trains nothing and writes the same table, without rows its grid does not have
     before = st.study_path(profile).read_bytes()
+    stale = {**table[0], "run_key": "0" * 16, "setting": "rd", "target_cr": "99"}
+    st.write_study(st.study_path(profile), table + [stale])
     st.run_study(profile, grid)
     assert st.study_path(profile).read_bytes() == before
 
