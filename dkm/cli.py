@@ -9,6 +9,7 @@ there into `pipeline.retrain` and `KMeansRegularizer.from_plan`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -25,7 +26,7 @@ from .accelerators import ACCELERATORS
 from .accounting import CONVENTIONS, compression_ratio, compression_table
 from .data import INPUT_SHAPES
 from .energy import COMPONENTS, UNIT, compare_energy, make_shares
-from ._io import UnsafePathError, WriteError, check_writable_path
+from ._io import UnsafePathError, check_writable_path
 from .export import CODINGS, save_shared, size_report
 from .inventory import layer_inventory
 from .models import load_model_file
@@ -166,24 +167,24 @@ def add_share(parser):
                              "official CR)")  # fmt: skip
 
 
+@contextlib.contextmanager
+def _writing(option: str):
+    """A path that cannot be written (not a regular file, a file system error) in the block is one
+    line naming `option`."""
+    try:
+        yield
+    except (UnsafePathError, OSError) as err:
+        raise ValueError(f"{option}: {err}") from None
+
+
 def _check_output(option: str, path) -> None:
     """`option` names a file that may be written (checked before any computation)."""
     if path is None:
         return
     if not path.strip():
         raise ValueError(f"{option} {path!r} is not allowed: give a file path")
-    try:
+    with _writing(option):
         check_writable_path(path)
-    except (UnsafePathError, WriteError) as err:
-        raise ValueError(f"{option}: {err}") from None
-
-
-def _export(net, shared, args) -> dict:
-    """save_shared to --export; a file system error is one line naming the option."""
-    try:
-        return save_shared(net, shared, args.export, coding=args.coding)
-    except (UnsafePathError, WriteError) as err:
-        raise ValueError(f"--export: {err}") from None
 
 
 def run_share(args) -> int:
@@ -203,7 +204,8 @@ def run_share(args) -> int:
     crs = ", ".join(f"{c} {compression_ratio(net, shared, c):.2f}" for c in CONVENTIONS)
     print(f"CR: {crs}")
     if args.export is not None:
-        info = _export(net, shared, args)
+        with _writing("--export"):
+            info = save_shared(net, shared, args.export, coding=args.coding)
         print(size_report(info))
         cr = compression_ratio(net, shared, info["convention"])
         print(
@@ -475,14 +477,6 @@ def _energy_shares(layers: list, shared, net) -> dict:
         raise ValueError(f"--shared {shared}: not a JSON file {{layer: K or [K, p]}} (binary)")
 
 
-def _write_energy_csv(rows: list, path: str) -> None:
-    """--csv: the per-layer rows, atomically; a path that cannot be written names the option."""
-    try:
-        zigzag_ref.write_csv(rows, Path(path))
-    except (UnsafePathError, WriteError, OSError) as err:
-        raise ValueError(f"--csv: {err}") from None
-
-
 def energy_model(model: str, input_shape=None) -> tuple:
     """(net, input shape) for a model name, a pipeline run directory or a checkpoint file."""
     if model in ("alexnet", "googlenet"):
@@ -546,7 +540,8 @@ def run_energy(args) -> int:
         more = ", …" if len(names) > 4 else ""
         print(f"skipped {len(names)} module(s), {reason}: {', '.join(names[:4])}{more}")
     if args.csv:
-        _write_energy_csv(rows, args.csv)
+        with _writing("--csv"):
+            zigzag_ref.write_csv(rows, Path(args.csv))
         print(f"wrote {args.csv}")
     return 0
 
