@@ -7,7 +7,10 @@ seeds, each: pre-train, re-train with the k-means regularizer at the authors' 45
 - `pretrain_images_per_s`, `retrain_images_per_s`: training throughput over each stage's last epoch
   (the regularizer's penalty and F refreshes included in re-training);
 - `f_refresh_s`: the time of one F refresh of the regularizer on the pre-trained net, per mode
-  (the indicator F runs k-means on the CPU, by design of dkm.spectral);
+  (the indicator F runs k-means where the weights are: on the GPU);
+- `kmeans_device_vs_cpu`: k-means of the kernel rows of every conv the plan shares, on the device
+  and on the CPU from the same starting centers: whether all assignments are equal, the largest
+  center difference, the relative inertia difference, and each side's seconds;
 - `top1_before`, `top1_shared`, `top1_bn`: the re-trained net's test top-1, after sharing at 45x,
   and after BN re-estimation;
 - `identical_runs`: the two runs' weights (pre-trained, re-trained, shared) and accuracies are equal
@@ -43,8 +46,10 @@ from dkm._io import write_atomic
 from dkm.authors import authors_plan
 from dkm.data import fashion_mnist
 from dkm.evaluation import evaluate, recalibrate_batchnorm
-from dkm.models import build_model
+from dkm.kmeans import init_centers, kmeans
+from dkm.models import build_model, conv_layers
 from dkm.profiles import get_profile
+from dkm.rows import stays_dense, to_rows
 from dkm.sharing import share, sharing_seed
 from dkm.spectral import KMeansRegularizer
 from dkm.train import train
@@ -122,6 +127,29 @@ def refresh_seconds(net, profile, plan, mode: str, device) -> float:
     return time.perf_counter() - started
 
 
+def kmeans_device_vs_cpu(net, plan, device) -> dict:
+    """k-means of each shared conv's kernel rows on `device` and on the CPU, same start (§3.3)."""
+    equal, center_diff, inertia_diff, seconds = True, 0.0, 0.0, {"device": 0.0, "cpu": 0.0}
+    for (name, conv), k in zip(conv_layers(net), plan.K):
+        rows = to_rows(conv.weight.detach())
+        if stays_dense(k, rows.shape[0]):
+            continue
+        start = init_centers(rows.cpu(), k, seed=0)
+        fits = {}
+        for side, X in (("device", rows), ("cpu", rows.cpu())):
+            _sync(device)
+            started = time.perf_counter()
+            fits[side] = kmeans(X, k, init_centers=start)
+            _sync(device)
+            seconds[side] += time.perf_counter() - started
+        a, b = fits["device"], fits["cpu"]
+        equal = equal and torch.equal(a.assignments.cpu(), b.assignments)
+        center_diff = max(center_diff, float((a.codebook.cpu() - b.codebook).abs().max()))
+        inertia_diff = max(inertia_diff, abs(a.inertia - b.inertia) / max(b.inertia, 1e-300))
+    return {"equal_assignments": equal, "max_center_diff": center_diff,
+            "max_inertia_rel_diff": inertia_diff, "seconds": seconds}  # fmt: skip
+
+
 def pretrain(profile, train_set, device):
     """(net, history): a fresh net from the training seed, trained on `train_set`."""
     torch.manual_seed(profile.pretrain.seed)
@@ -158,6 +186,7 @@ def one_run(args, profile, data, device) -> dict:
     net, pre_history = pretrain(profile, train_set, device)
     plan = authors_plan(net, SETTING)
     refresh = {mode: refresh_seconds(net, profile, plan, mode, device) for mode in MODES}
+    kmeans_check = kmeans_device_vs_cpu(net, plan, device)
     weights = _weights(net)
     re_history = retrain(net, profile, plan, args.mode, train_set)
     weights += _weights(net)
@@ -166,6 +195,7 @@ def one_run(args, profile, data, device) -> dict:
         "pretrain_images_per_s": images_per_s(pre_history, len(train_set)),
         "retrain_images_per_s": images_per_s(re_history, len(train_set)),
         "f_refresh_s": refresh,
+        "kmeans_device_vs_cpu": kmeans_check,
         "target_cr": plan.target_cr,
         **result,
         "weights": weights + _weights(net),

@@ -4,6 +4,10 @@ Every command is two functions here, `add_<command>(parser)` for its options and
 `run_<command>(args)` that calls the package and prints; bad input is one line on stderr and
 exit status 2 (`main`). The λ of `--lam` goes into the profile (`get_profile(lam=…)`), from
 there into `pipeline.retrain` and `KMeansRegularizer.from_plan`.
+
+`torchrun --standalone --nproc-per-node=N -m dkm pretrain|retrain ...` trains data-parallel
+(dkm.distributed): the commands in `DATA_PARALLEL` open the launch's process group; rank 0 alone
+prints.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, authors, book, notebooks, study, zigzag_ref
+from . import __version__, authors, book, distributed, notebooks, study, zigzag_ref
 from . import pipeline as pl
 from ._checks import check_choice, check_int
 from .accelerators import ACCELERATORS
@@ -41,6 +45,7 @@ from .sweep import FINETUNED, all_methods, finetuned_methods, results_path, run_
 from .sweep import split_method, sweep, write_results
 from .tables import markdown_table, text_table
 
+DATA_PARALLEL = ("pretrain", "retrain")  # the commands torchrun may launch on several processes
 ENERGY_MODELS = {"alexnet": (3, 224, 224), "googlenet": (3, 224, 224), "wrn16-4": (3, 32, 32)}
 
 
@@ -112,7 +117,10 @@ def add_pretrain(parser):
 def run_pretrain(args) -> int:
     """Pre-train the profile's net (or read it) and print its accuracy."""
     profile = _profile(args)
-    net, config = pl.pretrain(profile, args.progress)
+    with distributed.process_group(profile.pretrain.device):
+        net, config = pl.pretrain(profile, args.progress)
+        if not distributed.is_main():
+            return 0
     acc = pl.evaluate(net, pl.datasets(profile)[1])["accuracy"]
     where = pl.run_dir("pretrain", config)
     print(f"pre-trained {profile.model} ({profile.name}): top-1 {100 * acc:.2f}%  [{where}]")
@@ -136,9 +144,12 @@ def add_retrain(parser):
 def run_retrain(args) -> int:
     """Re-train (or read) one configuration and print its accuracy before sharing."""
     profile = _profile(args)
-    plan = _plan(args, profile)
-    source = "plain" if args.method == "plain" else f"dkm-{args.mode}"
-    net, config = pl.source_net(profile, source, plan, args.seed, args.progress)
+    with distributed.process_group(profile.pretrain.device):
+        plan = _plan(args, profile)
+        source = "plain" if args.method == "plain" else f"dkm-{args.mode}"
+        net, config = pl.source_net(profile, source, plan, args.seed, args.progress)
+        if not distributed.is_main():
+            return 0
     acc = pl.evaluate(net, pl.datasets(profile)[1])["accuracy"]
     where = "" if source == "plain" else f", {plan.label()}: {describe(plan, net)}"
     print(f"re-trained ({source}{where}): top-1 before sharing {100 * acc:.2f}%  "
@@ -643,9 +654,15 @@ def main(argv=None) -> int:
     """Parse `argv`, run the command, return its exit status (bad input: 2, one-line message)."""
     args = make_parser().parse_args(argv)
     try:
+        if distributed.launched() and args.command not in DATA_PARALLEL:
+            raise ValueError(
+                f"torchrun runs {' and '.join(DATA_PARALLEL)} data-parallel, not {args.command}: "
+                f"run `python -m dkm {args.command}` as one process"
+            )
         return int(args._run(args) or 0)
     except (ValueError, TypeError, OSError) as err:  # bad input, or a path that cannot be used
-        print(f"dkm {args.command}: error: {err}", file=sys.stderr)
+        if distributed.launch_rank() == 0:  # under torchrun every rank fails alike: one line
+            print(f"dkm {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dkm {args.command}: interrupted", file=sys.stderr)

@@ -7,7 +7,8 @@ Initializations (`INITS`), all deterministic for a given `seed` (a torch.Generat
 global RNG):
 - `kmeans++`: D² seeding (Arthur & Vassilvitskii 2007), *greedy* as in scikit-learn: at each step
   2 + ⌊ln K⌋ candidate rows are drawn with probability ∝ D², the one lowering the potential most is
-  kept. Centers are data rows.
+  kept. Centers are data rows. D² is computed in float64 from the values (on the CPU, in compiled
+  code when numba is there, else numpy), so the seeding is the same whatever torch's thread count.
 - `linear`: Deep Compression (Han et al., ICLR 2016): K centers evenly spaced over the range of
   the weights. For s > 1 they are evenly spaced along the first principal direction of the rows,
   between the smallest and largest projection (for s = 1 this is exactly linspace(min, max, K)).
@@ -22,24 +23,37 @@ Lloyd iterations, with scikit-learn's conventions so that `tol` and `max_iter` m
 there: stop when no row changes cluster, or when the total squared center shift
 Σ_k ‖c_k^new − c_k‖² ≤ tol · mean_j Var(X[:, j]), or after `max_iter` iterations (`n_iter` counts
 them as scikit-learn does). The returned assignments are always the nearest centers of the returned
-codebook (a final assignment step is run when needed) and `inertia` is recomputed from them in
-float64. Each step is exact Lloyd, made cheap by Hamerly's bounds (SDM 2010) for s > 1: a row is
-re-assigned only when its bounds say another center may now be closer; the cluster sums (float64)
-are updated by the rows that move.
+codebook and `inertia` is recomputed from them in float64. Cluster sums are float64; centers are
+their means cast to X's dtype.
 
-Everything runs on the CPU (results go back to X's device). Torch threads: `kmeans` runs its Lloyd
-iterations on `threads` torch threads (1 by default); the seeding (`init_centers`, also when called
-by `kmeans`) and `assign` always run on one. Each restores the previous thread count on return.
+Nearest means exactly nearest: every path compares distances Σ_j (x_j − c_j)² computed in float64
+from the values themselves (never the ‖x‖² − 2x·c + ‖c‖² expansion, whose float32 rounding is of
+the order of ‖x‖² and can pick a farther center); ties go to the lowest center index.
+
+Three exact implementations of the same iterations, chosen by where X lives and its row length:
+- s = 1 on the CPU (rows of 1×1 convs): X is sorted once; an iteration sorts the K centers and finds
+  with `searchsorted` where each midpoint between neighbouring centers falls among the sorted rows
+  (O(K log N), not O(N K)); counts and sums of the clusters are differences of float64 prefix sums
+  (their error, ≤ N·eps64 relative, is far below float32's rounding of the centers). A midpoint is
+  computed in float64, then compared as the largest value of X's dtype not above it, so x ≤
+  midpoint is decided exactly for float32 data (a row on the midpoint goes to the lower index).
+- s > 1 on the CPU: compiled kernels (dkm._kmeans_numba: why numba, and the first call's cost),
+  with Hamerly's bounds (SDM 2010): a row is re-assigned only when its bounds say another center may
+  now be closer. `threads` > 1 splits the rows of each iteration among Python threads; the result
+  does not depend on it. Without numba installed, the device path below runs instead.
+- X on another device (a CUDA net's weights): plain Lloyd in torch on that device, the distances of
+  every row to every center in float64 each iteration, so a GPU run never waits on the CPU; only
+  the seeding runs on the CPU (it is sequential), so the starting centers are the CPU's. The same
+  code runs on CPU tensors in the tests, against the CPU paths.
+None of them changes torch's process-wide thread count, so k-means may run in several Python threads
+at once, beside training.
 
 Empty clusters are re-seeded with the rows farthest from their current center (one row per empty
-cluster, farthest first), as scikit-learn does; only rows at a positive distance are used, and a
-cluster left empty keeps its previous center (scikit-learn 1.9 puts it on the largest cluster's).
-Degenerate data: with fewer distinct rows than K, there are still K centers; the extra ones
-duplicate other centers (or rows) and stay empty; nothing loops forever (`max_iter` bounds it).
-
-Exact fast path for s = 1: the nearest center of a scalar is found by sorting the centers and
-`searchsorted` on the midpoints between neighbours (O(N log K) instead of O(N K)). Ties between
-equal centers go to the lowest center index, as in the general path.
+cluster, farthest first, ties by row index), as scikit-learn does; only rows at a positive distance
+are used, and a cluster left empty keeps its previous center (scikit-learn 1.9 puts it on the
+largest cluster's). Degenerate data: with fewer distinct rows than K, there are still K centers;
+the extra ones duplicate other centers (or rows) and stay empty; nothing loops forever (`max_iter`
+bounds it).
 
 Dominant cluster (the authors' deploy code, option `p`): with p > 0, the int(N·p) rows nearest to
 the mean row form cluster 0, whose center is their mean; the other rows are clustered into K − 1
@@ -49,17 +63,18 @@ clusters (indexes 1..K−1). See data/reference/wrn16_4_official_sharing.json.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from . import _kmeans_numba as _nb
 from ._checks import check_choice, check_finite, check_float, check_int
-from ._threads import torch_threads
 
 INITS = ("kmeans++", "linear", "density", "random")
-# distances per chunk (rows × K): 256 kB of float32, stays in L2 (fastest measured)
-_CHUNK_ELEMS = 1 << 16
+# the device path's distance blocks: rows × K × s float64 values per block (32 MB)
+_BLOCK_ELEMS = 1 << 22
 
 
 @dataclass
@@ -88,8 +103,7 @@ def _check_rows(name: str, X) -> torch.Tensor:
         )
     if X.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{name} has dtype {X.dtype}: allowed torch.float32 or torch.float64")
-    # k-means runs on the CPU (results go back to X's device)
-    return check_finite(name, X.detach().cpu())
+    return check_finite(name, X.detach())
 
 
 def _device(X) -> torch.device:
@@ -98,71 +112,107 @@ def _device(X) -> torch.device:
 
 
 def _check_centers(centers, K: int, X: torch.Tensor) -> torch.Tensor:
-    """Explicit starting centers: a finite (K, s) tensor, cast to X's dtype (a copy)."""
+    """Explicit starting centers: a finite (K, s) tensor, cast to X's dtype and device (a copy)."""
     centers = _check_rows("init_centers", centers)
     if tuple(centers.shape) != (K, X.shape[1]):
         raise ValueError(
             f"init_centers has shape {tuple(centers.shape)}: allowed ({K}, {X.shape[1]}) "
             f"(one center per cluster to fit, row length s)"
         )
-    return centers.to(X.dtype).clone()
+    return centers.to(X.device, X.dtype).clone()
+
+
+def _compiled(X: torch.Tensor) -> bool:
+    """True where the compiled CPU kernels run (s > 1, X on the CPU, numba installed)."""
+    return _nb.AVAILABLE and X.device.type == "cpu" and X.shape[1] > 1
 
 
 # ---- assignment ----------------------------------------------------------------------------------
 
 
-def _nearest_matmul(X: torch.Tensor, codebook: torch.Tensor, second: bool = False):
-    """Nearest center of every row (and the 2nd-nearest squared distance if `second`), in chunks."""
-    N, K = X.shape[0], codebook.shape[0]
-    c_sq, minus_2ct = (codebook * codebook).sum(1), (-2.0 * codebook).T.contiguous()
-    assignments = torch.empty(N, dtype=torch.int64)
-    sq_dists, sq_second = torch.empty(N, dtype=X.dtype), torch.full((N,), math.inf, dtype=X.dtype)
-    step = max(1, _CHUNK_ELEMS // K)
-    for i in range(0, N, step):
-        # ‖x − c‖² = ‖x‖² − 2x·c + ‖c‖²: the argmin over c needs only ‖c‖² − 2x·c
-        part = torch.addmm(c_sq, X[i : i + step], minus_2ct)
-        # numpy's argmin is SIMD over a row; torch's CPU argmin/min(dim) is 3-5× slower here
-        # (measured)
-        np.argmin(part.numpy(), 1, out=assignments[i : i + step].numpy())
-        torch.amin(part, 1, out=sq_dists[i : i + step])
-        if second and K > 1:
-            part.scatter_(1, assignments[i : i + step, None], math.inf)
-            torch.amin(part, 1, out=sq_second[i : i + step])
-    x_sq = (X * X).sum(1)
-    return assignments, sq_dists.add_(x_sq).clamp_(min=0.0), sq_second.add_(x_sq).clamp_(min=0.0)
+def _thresholds(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per pair of neighbouring sorted centers, the value t of their dtype such that, for data of
+    that dtype, x goes to the upper one iff x > t: t is the largest value ≤ the midpoint (computed
+    in float64), or the largest value below it when the midpoint itself is such a value and the
+    upper center has the lower index (a row on the midpoint is a tie: it goes to the lowest index,
+    as on every path)."""
+    mid = (values[1:].astype(np.float64) + values[:-1]) / 2
+    t = mid.astype(values.dtype)
+    below = np.nextafter(t, values.dtype.type(-np.inf))
+    t = np.where(t.astype(np.float64) > mid, below, t)
+    return np.where((t == mid) & (labels[1:] < labels[:-1]), below, t)
+
+
+def _sorted_centers(c: np.ndarray):
+    """(order, thresholds, labels): the centers sorted (stable), the K − 1 thresholds between
+    neighbours, and per sorted center the index its rows go to — equal centers send all their rows
+    to the first of the run, the lowest index."""
+    order = np.argsort(c, kind="stable")
+    values = c[order]
+    idx = np.arange(len(values))
+    new_run = np.ones(len(values), dtype=bool)
+    new_run[1:] = values[1:] != values[:-1]
+    labels = order[np.maximum.accumulate(np.where(new_run, idx, 0))]
+    return order, _thresholds(values, labels), labels
+
+
+def _label_sorted(x: np.ndarray, codebook: np.ndarray):
+    """s = 1 on the CPU: (cluster of every value of x, inertia in float64); x goes to sorted
+    center j = #{t_j < x} (exact: see the module docstring)."""
+    _, thresholds, labels = _sorted_centers(codebook)
+    if _nb.AVAILABLE:
+        return _nb.label_sorted(x, thresholds, labels, codebook.astype(np.float64))
+    out = labels[np.searchsorted(thresholds, x, side="left")]
+    return out, float(((x.astype(np.float64) - codebook.astype(np.float64)[out]) ** 2).sum())
 
 
 def _assign_sorted(X: torch.Tensor, codebook: torch.Tensor):
-    """s = 1: the nearest center of x is the sorted center whose midpoint interval holds x."""
-    x, (values, order) = X[:, 0], torch.sort(codebook[:, 0], stable=True)
-    # midpoint m_j = (c_j + c_{j+1}) / 2; x goes to sorted center j = #{m_j < x}
-    j = torch.searchsorted((values[1:] + values[:-1]) / 2, x)
-    # equal centers: send x to the first of the run, which has the lowest index (stable sort)
-    idx = torch.arange(len(values))
-    new_run = torch.ones_like(values, dtype=torch.bool)
-    new_run[1:] = values[1:] != values[:-1]
-    first = torch.cummax(torch.where(new_run, idx, 0), 0).values
-    return order[first[j]], (x - values[j]) ** 2
+    """s = 1 on the CPU: the nearest centers and the squared distances (float64)."""
+    assignments = torch.from_numpy(_label_sorted(X[:, 0].numpy(), codebook[:, 0].numpy())[0])
+    return assignments, (X[:, 0].double() - codebook[:, 0].double()[assignments]) ** 2
+
+
+def _nearest_blocks(X: torch.Tensor, codebook: torch.Tensor):
+    """Any device: nearest center of every row by float64 distances, in blocks of rows."""
+    N, K, s = X.shape[0], codebook.shape[0], X.shape[1]
+    assignments = torch.empty(N, dtype=torch.int64, device=X.device)
+    sq_dists = torch.empty(N, dtype=torch.float64, device=X.device)
+    c = codebook.double()
+    step = max(1, _BLOCK_ELEMS // (K * s))
+    for i in range(0, N, step):
+        d = ((X[i : i + step].double()[:, None, :] - c[None]) ** 2).sum(-1)
+        torch.min(d, 1, out=(sq_dists[i : i + step], assignments[i : i + step]))
+    return assignments, sq_dists
+
+
+def _nearest_compiled(X: torch.Tensor, codebook: torch.Tensor):
+    """s > 1 on the CPU: the compiled kernel (nearest center and its squared distance)."""
+    N = X.shape[0]
+    a, u, second = np.empty(N, np.int64), np.empty(N), np.empty(N)
+    _nb.assign_bounds(X.numpy(), codebook.numpy(), 0, N, a, u, second)
+    assignments = torch.from_numpy(a)
+    return assignments, (X.double() - codebook.double()[assignments]).pow_(2).sum(1)
 
 
 def _assign(X: torch.Tensor, codebook: torch.Tensor):
-    """Dispatch: exact sorted path for s = 1, chunked matmul otherwise."""
-    return _assign_sorted(X, codebook) if X.shape[1] == 1 else _nearest_matmul(X, codebook)[:2]
+    """Nearest center and squared distance (float64) of every row, by the path X takes."""
+    if X.device.type == "cpu" and X.shape[1] == 1:
+        return _assign_sorted(X, codebook)
+    return (_nearest_compiled if _compiled(X) else _nearest_blocks)(X, codebook)
 
 
-@torch_threads(1)
 def assign(X, codebook):
-    """Index of the nearest center of every row and the squared distance to it.
+    """Index of the exactly nearest center of every row and the squared distance to it.
 
-    Returns (assignments, sq_dists).
+    Returns (assignments, sq_dists); sq_dists in float64. Runs where X lives.
     """
-    device, X = _device(X), _check_rows("X", X)
+    X = _check_rows("X", X)
     codebook = _check_rows("codebook", codebook)
     if codebook.shape[1] != X.shape[1]:
         raise ValueError(
             f"codebook has rows of length {codebook.shape[1]}: allowed s={X.shape[1]} like X"
         )
-    return tuple(t.to(device) for t in _assign(X, codebook.to(X.dtype)))
+    return _assign(X, codebook.to(X.device, X.dtype).contiguous())
 
 
 def _inertia(X: torch.Tensor, codebook: torch.Tensor, assignments: torch.Tensor) -> float:
@@ -208,34 +258,42 @@ def _init_random(X: torch.Tensor, K: int, gen: torch.Generator) -> torch.Tensor:
     return X[torch.randperm(X.shape[0], generator=gen)[:K]].clone()
 
 
-def _sq_dist_to(X: torch.Tensor, x_sq: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """(len(centers), N) squared distances ‖c‖² − 2c·x + ‖x‖², clamped at 0."""
-    return ((centers * centers).sum(1)[:, None] - 2.0 * centers @ X.T + x_sq).clamp_(min=0.0)
+def _min_sq(x: np.ndarray, row: np.ndarray, closest: np.ndarray):
+    """k-means++: (min(closest_i, ‖x_i − row‖²) in float64, its sum)."""
+    if _nb.AVAILABLE:
+        return _nb.seed_min_sq(x, row, closest)
+    out = np.minimum(closest, ((x.astype(np.float64) - row.astype(np.float64)) ** 2).sum(1))
+    return out, float(out.sum())
 
 
 def _init_kmeanspp(X: torch.Tensor, K: int, gen: torch.Generator) -> torch.Tensor:
     """Greedy k-means++ (D² seeding, 2 + ⌊ln K⌋ candidates per step, best potential kept)."""
-    N, trials = X.shape[0], 2 + int(math.log(K))
-    x_sq = (X * X).sum(1)
+    N, trials, x = X.shape[0], 2 + int(math.log(K)), np.ascontiguousarray(X.numpy())
     chosen = [int(torch.randint(N, (1,), generator=gen))]
-    closest = _sq_dist_to(X, x_sq, X[chosen])[0]
+    closest = _min_sq(x, x[chosen[0]], np.full(N, math.inf))[0]
     for _ in range(1, K):
         # draw candidates with P(i) ∝ D(x_i)² by inverting the cumulative sum
-        cumulative = torch.cumsum(closest.double(), 0)
-        targets = torch.rand(trials, generator=gen, dtype=torch.float64) * cumulative[-1]
-        candidates = torch.searchsorted(cumulative, targets).clamp_(max=N - 1)
+        cumulative = np.cumsum(closest)
+        targets = torch.rand(trials, generator=gen, dtype=torch.float64).numpy() * cumulative[-1]
+        candidates = np.minimum(np.searchsorted(cumulative, targets), N - 1)
         # keep the candidate whose addition leaves the smallest potential Σ_i min(D_i², ‖x_i − c‖²)
-        new_closest = torch.minimum(closest, _sq_dist_to(X, x_sq, X[candidates]))
-        best = int(new_closest.double().sum(1).argmin())
-        chosen.append(int(candidates[best]))
-        closest = new_closest[best]
+        best, best_total = None, math.inf
+        for c in candidates:
+            new_closest, total = _min_sq(x, x[c], closest)
+            if total < best_total:
+                best, best_total, best_closest = int(c), total, new_closest
+        if best is None:  # every potential is 0 (all rows equal): any candidate
+            best, best_closest = int(candidates[0]), closest
+        chosen.append(best)
+        closest = best_closest
     return X[chosen].clone()
 
 
-@torch_threads(1)
 def init_centers(X, num_clusters, init="kmeans++", seed=0) -> torch.Tensor:
-    """K initial centers (K, s) of the rows of X by one of `INITS` (see the module docstring)."""
-    device, X = _device(X), _check_rows("X", X)
+    """K initial centers (K, s) of the rows of X by one of `INITS` (see the module docstring).
+
+    Computed on the CPU; returned on X's device."""
+    device, X = _device(X), _check_rows("X", X).cpu()
     K = check_int("num_clusters", num_clusters, 1, X.shape[0])
     check_choice("init", init, INITS)
     gen = torch.Generator().manual_seed(check_int("seed", seed, 0))
@@ -249,111 +307,250 @@ def init_centers(X, num_clusters, init="kmeans++", seed=0) -> torch.Tensor:
 # ---- Lloyd iterations ----------------------------------------------------------------------------
 
 
-def _bounds(X: torch.Tensor, centers: torch.Tensor):
-    """Nearest center a of every row, with Hamerly's bounds (float64).
+class _State:
+    """Lloyd's state over X: per-cluster float64 sums (K, s) and int64 counts (K,), as torch
+    tensors (on the CPU paths, views of the kernels' numpy arrays).
 
-    The bounds are u ≥ ‖x − c_a‖ and l ≤ min_{k≠a} ‖x − c_k‖.
-    """
-    assignments, d1, d2 = _nearest_matmul(X, centers, second=True)
-    # rounding of the expansion is below slack = 8·eps·(‖x‖² + max‖c‖²): widen the bounds by it
-    slack = (
-        8 * torch.finfo(X.dtype).eps * ((X * X).sum(1) + (centers * centers).sum(1).max()).double()
-    )
-    return assignments, (d1.double() + slack).sqrt(), (d2.double() - slack).clamp(min=0).sqrt()
+    Each path says how rows are assigned (`step`), moved to empty clusters (`reseed`) and how far
+    each row is from its own center (`sq_to_own`); the means are the same for all."""
 
-
-class _Lloyd:
-    """Lloyd's state: assignments, per-cluster sums and counts, and for s > 1 Hamerly's bounds.
-
-    The sums and counts (float64) are updated by the rows that move; the bounds (SDM 2010) let each
-    step recompute only the rows that may move.
-    """
-
-    def __init__(self, X: torch.Tensor, centers: torch.Tensor):
-        self.X, self.sorted, K = X, X.shape[1] == 1, centers.shape[0]
-        if self.sorted:
-            self.assignments = _assign_sorted(X, centers)[0]
-        else:
-            self.assignments, self.upper, self.lower = _bounds(X, centers)
-        self.sums = torch.zeros(K, X.shape[1], dtype=torch.float64).index_add_(
-            0, self.assignments, X.double()
-        )
-        self.counts = torch.bincount(self.assignments, minlength=K)
-
-    def _move(self, rows: torch.Tensor, new: torch.Tensor) -> None:
-        """Move `rows` to clusters `new`, updating the sums and counts of both clusters."""
-        old, x = self.assignments.index_select(0, rows), self.X.index_select(0, rows).double()
-        self.sums.index_add_(0, old, -x).index_add_(0, new, x)
-        ones = torch.ones(len(rows), dtype=torch.int64)
-        self.counts.index_add_(0, old, -ones).index_add_(0, new, ones)
-        self.assignments.index_copy_(0, rows, new)
+    sums: torch.Tensor
+    counts: torch.Tensor
 
     def means(self, centers: torch.Tensor) -> torch.Tensor:
-        """New centers c_k = (1/n_k) Σ_{a_i = k} x_i.
-
-        An empty cluster first takes the farthest row.
-        """
+        """New centers c_k = (1/n_k) Σ_{a_i = k} x_i; an empty cluster first takes the farthest."""
         empty = torch.nonzero(self.counts == 0)[:, 0]
         if len(empty):
-            sq_dists = ((self.X - centers.index_select(0, self.assignments)) ** 2).sum(1)
-            far = torch.argsort(sq_dists, descending=True, stable=True)[: len(empty)]
-            far = far[sq_dists[far] > 0]  # a row sitting on its center cannot help
-            self._move(far, empty[: len(far)])
-            if not self.sorted:  # force their exact re-assignment next step
-                self.upper[far], self.lower[far] = math.inf, 0.0
-        new = (self.sums / self.counts.clamp(min=1)[:, None]).to(self.X.dtype)
+            sq = self.sq_to_own(centers)
+            far = torch.argsort(sq, descending=True, stable=True)[: len(empty)]
+            far = far[sq[far] > 0]  # a row sitting on its center cannot help
+            self.reseed(far, empty[: len(far)])
+        new = (self.sums / self.counts.clamp(min=1)[:, None]).to(centers.dtype)
         return torch.where((self.counts > 0)[:, None], new, centers)  # still empty: keep the center
 
+
+class _Sorted(_State):
+    """s = 1 on the CPU: X sorted once; a cluster is a run of sorted rows between two thresholds."""
+
+    def __init__(self, X: torch.Tensor, centers: torch.Tensor):
+        self.x = X[:, 0].numpy()
+        self.xs = np.sort(self.x)
+        self.prefix = np.zeros(len(self.x) + 1)
+        np.cumsum(self.xs, dtype=np.float64, out=self.prefix[1:])
+        self.perm, self.exceptions = None, None
+        self.runs = self._nearest(centers)
+
+    def _nearest(self, centers: torch.Tensor):
+        """Clusters of the nearest centers: sets sums and counts; returns the runs of labels."""
+        K = centers.shape[0]
+        _, thresholds, labels = _sorted_centers(centers[:, 0].numpy())
+        edges = np.concatenate(
+            ([0], np.searchsorted(self.xs, thresholds, side="right"), [len(self.xs)])
+        )
+        n = np.diff(edges)
+        sums = self.prefix[edges[1:]] - self.prefix[edges[:-1]]
+        self.counts = torch.from_numpy(np.bincount(labels, weights=n, minlength=K).astype(np.int64))
+        self.sums = torch.from_numpy(np.bincount(labels, weights=sums, minlength=K)[:, None])
+        # canonical runs: empty runs dropped, neighbours with the same label merged
+        ends, labels = edges[1:][n > 0], labels[n > 0]
+        keep = np.append(labels[1:] != labels[:-1], True)
+        return ends[keep], labels[keep]
+
+    def _row_labels(self, runs) -> np.ndarray:
+        """The cluster of every row (original order) under `runs`."""
+        if self.perm is None:
+            self.perm = np.argsort(self.x, kind="stable")  # xs == x[perm]
+        ends, labels = runs
+        out = np.empty(len(self.x), np.int64)
+        out[self.perm] = np.repeat(labels, np.diff(ends, prepend=0))
+        if self.exceptions is not None:
+            rows, new = self.exceptions
+            out[rows] = new
+        return out
+
+    def sq_to_own(self, centers: torch.Tensor) -> torch.Tensor:
+        own = centers[:, 0].double().numpy()[self._row_labels(self.runs)]
+        return torch.from_numpy((self.x.astype(np.float64) - own) ** 2)
+
+    def reseed(self, rows: torch.Tensor, new: torch.Tensor) -> None:
+        rows, new = rows.numpy(), new.numpy()
+        old = self._row_labels(self.runs)[rows]
+        sums, counts = self.sums[:, 0].numpy(), self.counts.numpy()
+        for i, a, b in zip(rows, old, new):  # a few rows, in the order given
+            v = float(self.x[i])
+            sums[a] -= v
+            sums[b] += v
+            counts[a] -= 1
+            counts[b] += 1
+        if self.exceptions is not None:
+            rows, new = (
+                np.concatenate([self.exceptions[0], rows]),
+                np.concatenate([self.exceptions[1], new]),
+            )
+        self.exceptions = (rows, new)
+
     def step(self, centers: torch.Tensor, move: torch.Tensor) -> int:
-        """Assign every row to its nearest center; return how many rows moved.
+        """Nearest clusters of the moved centers; the number of rows that changed cluster."""
+        runs = self._nearest(centers)
+        if self.exceptions is None:
+            # a row keeps its cluster everywhere iff the runs are the same
+            same = all(np.array_equal(a, b) for a, b in zip(runs, self.runs))
+            moved = 0 if same else -1  # -1: some rows moved (how many is not needed)
+        else:
+            old = self._row_labels(self.runs)
+            self.exceptions = None
+            moved = int((old != self._row_labels(runs)).sum())
+        self.runs = runs
+        return moved
 
-        The centers have moved by δ = `move` (per center) since the last step.
-        """
-        if self.sorted:
-            new = _assign_sorted(self.X, centers)[0]
-            rows = torch.nonzero(new != self.assignments)[:, 0]
-            self._move(rows, new.index_select(0, rows))
-            return len(rows)
-        # u grows by δ_a, l shrinks by max δ; x keeps c_a if u ≤ max(l, ½ min_{k≠a} ‖c_a − c_k‖)
-        self.upper.add_(move.index_select(0, self.assignments))
-        self.lower.sub_(move.max()).clamp_(min=0.0)
-        c = centers.double()
-        half_gap = 0.5 * torch.cdist(c, c).fill_diagonal_(math.inf).amin(1)
-        bound = torch.maximum(self.lower, half_gap.index_select(0, self.assignments))
-        rows = torch.nonzero(self.upper > bound)[:, 0]
-        x = self.X.index_select(0, rows)
-        own = centers.index_select(0, self.assignments.index_select(0, rows))
-        tight = ((x - own).double() ** 2).sum(1).sqrt()  # exact u of the candidate rows
-        self.upper.index_copy_(0, rows, tight)
-        keep = tight > bound.index_select(0, rows)
-        rows, (new, upper, lower) = rows[keep], _bounds(x[keep], centers)
-        self.upper.index_copy_(0, rows, upper)
-        self.lower.index_copy_(0, rows, lower)
-        moved = new != self.assignments.index_select(0, rows)
-        self._move(rows[moved], new[moved])
-        return int(moved.sum())
+    def final(self, X: torch.Tensor, centers: torch.Tensor, move: torch.Tensor, settled: bool):
+        assignments, inertia = _label_sorted(self.x, centers[:, 0].numpy())
+        return torch.from_numpy(assignments), inertia
 
 
-def _lloyd(X: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float) -> KMeansResult:
+class _Compiled(_State):
+    """s > 1 on the CPU: the compiled Hamerly kernels, rows split among `threads` Python threads."""
+
+    def __init__(self, X: torch.Tensor, centers: torch.Tensor, threads: int):
+        self.X = np.ascontiguousarray(X.numpy())
+        N, K = self.X.shape[0], centers.shape[0]
+        self.a, self.u, self.l = np.empty(N, np.int64), np.empty(N), np.empty(N)
+        self.rows, self.new = np.empty(N, np.int64), np.empty(N, np.int64)
+        cuts = [N * t // threads for t in range(threads + 1)]
+        self.blocks = [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
+        self.pool = ThreadPoolExecutor(len(self.blocks)) if len(self.blocks) > 1 else None
+        C = centers.numpy()
+        self._map(lambda lo, hi: _nb.assign_bounds(self.X, C, lo, hi, self.a, self.u, self.l))
+        sums, counts = _nb.sums_counts(self.X, self.a, K)
+        self.sums, self.counts = torch.from_numpy(sums), torch.from_numpy(counts)
+
+    def _map(self, fn) -> list:
+        """fn(lo, hi) over the row blocks, in parallel threads when there are several."""
+        if self.pool is None:
+            return [fn(lo, hi) for lo, hi in self.blocks]
+        return list(self.pool.map(lambda b: fn(*b), self.blocks))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def sq_to_own(self, centers: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(_nb.sq_to_own(self.X, centers.numpy(), self.a))
+
+    def reseed(self, rows: torch.Tensor, new: torch.Tensor) -> None:
+        rows, new = rows.numpy().copy(), new.numpy().copy()
+        _nb.apply_moves(
+            self.X, self.a, rows, new, len(rows), self.sums.numpy(), self.counts.numpy()
+        )
+        self.u[rows], self.l[rows] = math.inf, 0.0  # exact re-assignment next step
+
+    def step(self, centers: torch.Tensor, move: torch.Tensor) -> int:
+        C, delta = centers.numpy(), move.numpy()
+        order, gaps = _nb.neighbours(C)
+        found = self._map(
+            lambda lo, hi: _nb.hamerly_step(
+                self.X, C, delta, order, gaps, lo, hi, self.a, self.u, self.l, self.rows, self.new
+            )
+        )
+        # moves applied after the search, block by block in row order: the same sums for any split
+        for (lo, _), n in zip(self.blocks, found):
+            _nb.apply_moves(
+                self.X, self.a, self.rows[lo : lo + n], self.new[lo : lo + n], n,
+                self.sums.numpy(), self.counts.numpy(),
+            )  # fmt: skip
+        return sum(found)
+
+    def final(self, X: torch.Tensor, centers: torch.Tensor, move: torch.Tensor, settled: bool):
+        if not settled:
+            self.step(centers, move)  # exact: rows the bounds keep are provably nearest
+        inertia = float(_nb.sq_to_own(self.X, centers.numpy(), self.a).sum())
+        return torch.from_numpy(self.a.copy()), inertia
+
+
+def _cluster_sums(X: torch.Tensor, assignments: torch.Tensor, K: int):
+    """Float64 sums (K, s) and counts (K,) of the rows of each cluster, deterministic on every
+    device: CUDA's index_add_ adds floats in a racy order, so there the sums are one-hot matrix
+    products (blocks of rows, in order)."""
+    counts = torch.bincount(assignments, minlength=K)
+    if X.device.type == "cpu":
+        sums = torch.zeros(K, X.shape[1], dtype=torch.float64).index_add_(
+            0, assignments, X.double()
+        )
+        return sums, counts
+    sums = torch.zeros(K, X.shape[1], dtype=torch.float64, device=X.device)
+    step = max(1, _BLOCK_ELEMS // K)
+    for i in range(0, X.shape[0], step):
+        onehot = torch.nn.functional.one_hot(assignments[i : i + step], K).double()
+        sums += onehot.T @ X[i : i + step].double()
+    return sums, counts
+
+
+class _Blocks(_State):
+    """Any device (CUDA, or the CPU without numba): every distance each iteration, in torch; the
+    cluster sums recomputed from the assignments (deterministic: no atomic float adds)."""
+
+    def __init__(self, X: torch.Tensor, centers: torch.Tensor):
+        self.X, self.K = X, centers.shape[0]
+        self.assignments = _nearest_blocks(X, centers)[0]
+        self.sums, self.counts = _cluster_sums(X, self.assignments, self.K)
+
+    def reseed(self, rows: torch.Tensor, new: torch.Tensor) -> None:
+        """Move `rows` to clusters `new`; the sums and counts follow."""
+        self.assignments[rows] = new
+        self.sums, self.counts = _cluster_sums(self.X, self.assignments, self.K)
+
+    def sq_to_own(self, centers: torch.Tensor) -> torch.Tensor:
+        own = centers.double().index_select(0, self.assignments)
+        return ((self.X.double() - own) ** 2).sum(1)
+
+    def step(self, centers: torch.Tensor, move: torch.Tensor) -> int:
+        new = _nearest_blocks(self.X, centers)[0]
+        moved = int((new != self.assignments).sum())
+        if moved:
+            self.assignments = new
+            self.sums, self.counts = _cluster_sums(self.X, new, self.K)
+        return moved
+
+    def final(self, X: torch.Tensor, centers: torch.Tensor, move: torch.Tensor, settled: bool):
+        return (self.assignments if settled else _nearest_blocks(X, centers)[0]), None
+
+
+def _state(X: torch.Tensor, centers: torch.Tensor, threads: int) -> _State:
+    """The path X takes (see the module docstring)."""
+    if X.device.type == "cpu" and X.shape[1] == 1:
+        return _Sorted(X, centers)
+    return _Compiled(X, centers, threads) if _compiled(X) else _Blocks(X, centers)
+
+
+def _lloyd(X, centers, max_iter: int, tol: float, threads: int = 1) -> KMeansResult:
     """Lloyd iterations from `centers` until no row moves, the center shift ≤ tol, or max_iter."""
     # scikit-learn's scale: tol is relative to the mean per-coordinate variance of X
-    tol_abs = tol * float(X.double().var(0, unbiased=False).mean())
-    state, settled = _Lloyd(X, centers), False
-    for n_iter in range(1, max_iter + 1):
-        new = state.means(centers)
-        # per-center shift δ_k = ‖c_k^new − c_k‖; the criterion is Σ_k δ_k²
-        move = ((new - centers).double() ** 2).sum(1).sqrt()
-        centers = new
-        if float((move**2).sum()) <= tol_abs or n_iter == max_iter:
-            break
-        # no row moved: the centers are the means of their nearest rows (the next means are the
-        # same)
-        if state.step(centers, move) == 0:
-            settled = True
-            n_iter += 1
-            break
-    assignments = state.assignments if settled else _assign(X, centers)[0]
-    return KMeansResult(centers, assignments, _inertia(X, centers, assignments), n_iter)
+    if X.device.type == "cpu":  # numpy: single-threaded, unhurt by a loaded machine
+        tol_abs = tol * float(np.var(X.numpy(), axis=0, dtype=np.float64).mean())
+    else:
+        tol_abs = tol * float(X.double().var(0, unbiased=False).mean())
+    state, settled = _state(X, centers, threads), False
+    try:
+        for n_iter in range(1, max_iter + 1):
+            new = state.means(centers)
+            # per-center shift δ_k = ‖c_k^new − c_k‖; the criterion is Σ_k δ_k²
+            move = ((new - centers).double() ** 2).sum(1).sqrt()
+            centers = new
+            if float((move**2).sum()) <= tol_abs or n_iter == max_iter:
+                break
+            # no row moved: the centers are the means of their nearest rows (the next means are the
+            # same)
+            if state.step(centers, move) == 0:
+                settled = True
+                n_iter += 1
+                break
+        assignments, inertia = state.final(X, centers, move, settled)
+    finally:
+        if isinstance(state, _Compiled):
+            state.close()
+    if inertia is None:
+        inertia = _inertia(X, centers, assignments)
+    return KMeansResult(centers, assignments, inertia, n_iter)
 
 
 def _dominant_rows(X: torch.Tensor, size: int) -> torch.Tensor:
@@ -385,22 +582,22 @@ def _check_dominant(N: int, K: int, p: float) -> None:
         )
 
 
-def _with_dominant(X, K, p, init, max_iter, tol, seed, start) -> KMeansResult:
+def _with_dominant(X, K, p, init, max_iter, tol, seed, start, threads=1) -> KMeansResult:
     """Authors' rule: the int(N·p) rows nearest the mean row form cluster 0; K − 1 for the rest."""
     N, size = X.shape[0], int(X.shape[0] * p)
-    dominant = torch.zeros(N, dtype=torch.bool)
+    dominant = torch.zeros(N, dtype=torch.bool, device=X.device)
     dominant[_dominant_rows(X, size)] = True
-    rest = _plain(X[~dominant], K - 1, init, max_iter, tol, seed, start)
+    rest = _plain(X[~dominant], K - 1, init, max_iter, tol, seed, start, threads)
     codebook = torch.cat([X[dominant].mean(0, keepdim=True), rest.codebook])
-    assignments = torch.zeros(N, dtype=torch.int64)
+    assignments = torch.zeros(N, dtype=torch.int64, device=X.device)
     assignments[~dominant] = rest.assignments + 1
     return KMeansResult(codebook, assignments, _inertia(X, codebook, assignments), rest.n_iter)
 
 
-def _plain(X, K, init, max_iter, tol, seed, start) -> KMeansResult:
+def _plain(X, K, init, max_iter, tol, seed, start, threads=1) -> KMeansResult:
     """k-means of X into K clusters from `start` (K, s) or from `init`."""
     centers = start if start is not None else init_centers(X, K, init, seed)
-    return _lloyd(X, centers, max_iter, tol)
+    return _lloyd(X, centers.to(X.device), max_iter, tol, threads)
 
 
 def kmeans(
@@ -418,15 +615,11 @@ def kmeans(
 
     p: the fraction of rows in an optional dominant cluster (see the module docstring).
     init_centers: explicit starting centers, (K, s) — or (K − 1, s) for the non-dominant clusters
-    when p > 0; `init` and `seed` are then unused. threads: torch threads of the Lloyd iterations
-    (restored after; the seeding runs on one); 1 by default, the fastest on a loaded 2-core machine
-    (see bench/).
+    when p > 0; `init` and `seed` are then unused. threads: Python threads sharing the rows of each
+    iteration of the compiled path (s > 1 on the CPU); the result does not depend on it, and torch's
+    thread count is never touched. Runs where X lives (see the module docstring).
     """
-    with torch_threads(check_int("threads", threads, 1, 1024)):
-        return _kmeans(X, num_clusters, init, p, max_iter, tol, seed, init_centers)
-
-
-def _kmeans(X, num_clusters, init, p, max_iter, tol, seed, init_centers) -> KMeansResult:
+    threads = check_int("threads", threads, 1, 1024)
     device, X = _device(X), _check_rows("X", X)
     K = check_int("num_clusters", num_clusters, 1, X.shape[0])
     check_choice("init", init, INITS)
@@ -437,10 +630,11 @@ def _kmeans(X, num_clusters, init, p, max_iter, tol, seed, init_centers) -> KMea
     if p > 0:
         _check_dominant(X.shape[0], K, p)
     start = None if init_centers is None else _check_centers(init_centers, K - (p > 0), X)
+    X = X.contiguous()
     fit = (
-        _with_dominant(X, K, p, init, max_iter, tol, seed, start)
+        _with_dominant(X, K, p, init, max_iter, tol, seed, start, threads)
         if p > 0
-        else _plain(X, K, init, max_iter, tol, seed, start)
+        else _plain(X, K, init, max_iter, tol, seed, start, threads)
     )
     return KMeansResult(
         fit.codebook.to(device), fit.assignments.to(device), fit.inertia, fit.n_iter

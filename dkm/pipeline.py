@@ -11,6 +11,9 @@ Every stage computes under its run directory's lock (`dkm._io.locked`): of two i
 one computes and the other waits, then reads. A stage writes its outputs, then its commit marker
 (`dkm.runs.commit`); a directory without it resumes (see dkm.runs). Configurations are checked
 before any directory is made.
+
+Under torchrun (dkm.distributed) the training stages run data-parallel: their configuration
+records "world_size" when it is > 1 (a serial key is the key it always was), rank 0 writes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 
 from . import data as dkm_data
+from . import distributed
 from ._allocator import keep_freed_memory
 from ._checks import check_choice, check_float, check_int
 from ._io import write_atomic
@@ -135,14 +139,23 @@ def _compute(profile: Profile):
 
 
 def _save_run(d: Path, net: torch.nn.Module, history: History) -> None:
+    if not distributed.is_main():  # data-parallel: rank 0 writes
+        return
     save_atomic(net.state_dict(), d / "model.pt")
     write_atomic(d / "history.json", history.to_json())
 
 
 # ---------------------------------------------------------------- pre-training
+def _world(config: dict) -> dict:
+    """`config` with the number of processes that train it data-parallel, when more than one."""
+    if distributed.world_size() > 1:
+        config["world_size"] = distributed.world_size()
+    return config
+
+
 def pretrain_config(profile: Profile) -> dict:
     """Configuration of the pre-training stage (the root of every key)."""
-    return {
+    config = {
         "stage": "pretrain",
         "dataset": profile.dataset,
         "n_train": profile.n_train,
@@ -152,6 +165,7 @@ def pretrain_config(profile: Profile) -> dict:
         "threads": profile.threads,
         "memory_format": profile.memory_format,
     }
+    return _world(config)
 
 
 def pretrain(profile: Profile, progress=None) -> tuple[torch.nn.Module, dict]:
@@ -159,7 +173,7 @@ def pretrain(profile: Profile, progress=None) -> tuple[torch.nn.Module, dict]:
     config = pretrain_config(profile)
     d = run_dir("pretrain", config)
     net = run_stage(
-        d, config, _check_outputs(config), lambda: _pretrain(profile, config, d, progress)
+        d, config, _check_outputs(config), lambda: _pretrain(profile, config, d, progress), True
     )
     return (_load_model(d, config) if net is None else net), config
 
@@ -188,8 +202,8 @@ def retrain_config(
     if method == "dkm":
         _check_plan(profile, plan, regularized=True)
     train_cfg = dataclasses.asdict(dataclasses.replace(profile.retrain, seed=seed))
-    config = {"stage": "retrain", "parent": pretrain_config(profile), "method": method,
-              "train": train_cfg, "n_retrain": profile.n_retrain}  # fmt: skip
+    config = _world({"stage": "retrain", "parent": pretrain_config(profile), "method": method,
+                     "train": train_cfg, "n_retrain": profile.n_retrain})  # fmt: skip
     if method == "plain":
         return config
     config.update(
@@ -249,7 +263,7 @@ def retrain(
     pretrain(profile, progress)
     d = run_dir("retrain", config)
     net = run_stage(
-        d, config, _check_outputs(config), lambda: _retrain(profile, config, d, progress)
+        d, config, _check_outputs(config), lambda: _retrain(profile, config, d, progress), True
     )
     return (_load_model(d, config) if net is None else net), config
 

@@ -20,6 +20,10 @@ evaluate, retrain and pretrain). So:
   neither marker was written before markers existed, by the code of version 1 (`LEGACY_VERSION`):
   it is adopted (its model checked for finite values, a marker written with version 1), so
   today's cache is accepted as it is, and refused after a bump.
+
+Under torchrun (dkm.distributed) rank 0 alone writes in the cache, holds its locks and decides
+whether a stage is finished; a training stage is then computed by every rank together, any other
+stage by rank 0 alone while the others wait and then read its outputs.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__
+from . import __version__, distributed
 from ._io import WriteError, locked, remove_stale_temps, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +95,7 @@ def run_dir(stage: str, config: dict) -> Path:
                 f"{cfg} holds another configuration than its key says: "
                 f"delete {path} to recompute it"
             )
-    else:
+    elif distributed.is_main():  # under torchrun the other ranks leave the writing to rank 0
         try:
             with locked(path):  # a stage cleaning temps under the lock never meets this one
                 write_atomic(cfg, json.dumps(canonical(config), indent=2, sort_keys=True))
@@ -211,10 +215,13 @@ def root_config(config: dict) -> dict:
     return config
 
 
-def run_stage(d: Path, config: dict, adopt: Callable, compute: Callable):
+def run_stage(d: Path, config: dict, adopt: Callable, compute: Callable, parallel=False):
     """compute() under the lock of `d` unless the run is finished (then None); then commit it.
 
-    `adopt(d)` checks the outputs of a run written before commit markers (see `finished`)."""
+    `adopt(d)` checks the outputs of a run written before commit markers (see `finished`).
+    Under torchrun, `parallel` (a training stage) has every rank compute, else rank 0 alone."""
+    if distributed.world_size() > 1:
+        return _run_stage_distributed(d, config, adopt, compute, parallel)
     with locked(d):
         if finished(d, config, adopt=adopt):
             return None
@@ -223,6 +230,30 @@ def run_stage(d: Path, config: dict, adopt: Callable, compute: Callable):
         out = compute()
         commit(d, config)
         return out
+
+
+def _run_stage_distributed(d: Path, config: dict, adopt, compute, parallel: bool):
+    """`run_stage` under torchrun: rank 0 locks, decides, writes and commits (module docstring).
+
+    Every rank returns after rank 0 has committed; a rank that did not compute returns None."""
+    if not parallel:
+        out = None
+        if distributed.is_main():
+            with distributed.alone():
+                out = run_stage(d, config, adopt, compute)
+        distributed.barrier()
+        return out
+    with distributed.locked_by_main(d):
+        if distributed.broadcast(distributed.is_main() and finished(d, config, adopt=adopt)):
+            return None
+        if distributed.is_main():
+            remove_stale_temps(d)
+            begin(d, config)
+        out = compute()
+        if distributed.is_main():
+            commit(d, config)
+    distributed.barrier()
+    return out
 
 
 def side_file(path: Path, keys: tuple, compute: Callable) -> dict:

@@ -189,13 +189,13 @@ def indicator_F(
     p: float = 0.0,
     init_centers: torch.Tensor | None = None,
 ) -> IndicatorF:
-    """Normalized indicator F of hard k-means (dkm.kmeans, on CPU) of the columns of W, as
-    assignments."""
+    """Normalized indicator F of hard k-means (dkm.kmeans, where W lives: on a GPU net's device) of
+    the columns of W, as assignments."""
     from .kmeans import kmeans
 
     W = _check_W(W).detach()
     K = _check_K(W, num_clusters)
-    X = W.T.cpu() if W.dtype in (torch.float32, torch.float64) else W.T.cpu().float()
+    X = W.T if W.dtype in (torch.float32, torch.float64) else W.T.float()
     result = kmeans(X, K, p=p, seed=seed, init_centers=init_centers)
     return IndicatorF(result.assignments.to(W.device), K, float(result.inertia))
 
@@ -204,7 +204,7 @@ def warm_start(W: torch.Tensor, F: IndicatorF) -> torch.Tensor:
     """Starting centers (K, s) of a refresh: the cluster means of W under the last assignments."""
     # Lloyd from these centers cannot end above the error of the previous assignments (empty: zero
     # center)
-    return cluster_means(W.detach(), F.assignments.to(W.device), F.num_clusters)[0].T.cpu().double()
+    return cluster_means(W.detach(), F.assignments.to(W.device), F.num_clusters)[0].T.double()
 
 
 class _Penalty(torch.autograd.Function):

@@ -17,6 +17,10 @@ Conventions (the contract the pipeline relies on):
   directory, fsync, os.replace) after every epoch and every `checkpoint_every` steps.
 - Progress: one tqdm bar, shown only when interactive (stderr is a TTY and $CI unset;
   $DKM_PROGRESS=0/1 overrides), or as `progress=True/False` asks. Nothing else is printed.
+- Data-parallel under torchrun (dkm.distributed): the net is wrapped in DDP, each global batch of
+  the same (seed, epoch) order is split over the ranks, rank 0 alone locks and writes the
+  checkpoint (with every rank's generator state), and every rank resumes from it; at each epoch
+  end and checkpoint the ranks check that their weights and F agree. Serial runs are unchanged.
 """
 
 from __future__ import annotations
@@ -41,13 +45,14 @@ from .checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     CheckpointError,
+    digest,
     load_checkpoint,
     remove_stale_temps,
     save_checkpoint,
 )
-from .data import batches, check_dataset, epoch_order
+from . import distributed
+from .data import check_dataset, epoch_order
 from .evaluation import DEVICES, evaluate, modes_kept, resolve_device
-from ._io import locked
 from ._threads import torch_threads
 from ._checks import check_choice, check_float, check_int
 
@@ -219,6 +224,8 @@ class _Run:
             weight_decay=config.weight_decay,
             nesterov=config.nesterov,
         )
+        distributed.check_shards(self.n, config.batch_size)
+        self.model = distributed.wrap(net, self.device)  # DDP under torchrun, else `net`
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda t: learning_rate(config, t, self.steps_per_epoch) / config.lr
         )
@@ -226,7 +233,6 @@ class _Run:
         self.interval, self.epoch_sums = _zeros(self.device), _zeros(self.device)
 
     def state(self) -> dict:
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -239,12 +245,24 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "regularizer": None if self.regularizer is None else self.regularizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "cuda": cuda},
+            "rng": self.rng_state(),
             "sums": {"interval": self.interval, "epoch": self.epoch_sums},
             "history": self.history.to_dict(),
         }
 
+    def rng_state(self) -> dict:
+        """The generators' state; data-parallel: {"ranks": [the state of each rank]}."""
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        mine = {"torch": torch.get_rng_state(), "cuda": cuda}
+        return mine if distributed.world_size() == 1 else {"ranks": distributed.gather(mine)}
+
     def restore(self, ckpt: dict, path: Path) -> None:
+        ranks = len(ckpt["rng"].get("ranks", [None]))
+        if ranks != distributed.world_size():
+            raise CheckpointError(
+                f"checkpoint {path} was written by {ranks} process(es); this run has "
+                f"{distributed.world_size()}: resume it with as many"
+            )
         if (ckpt["regularizer"] is None) != (self.regularizer is None):
             had = "without" if ckpt["regularizer"] is None else "with"
             raise CheckpointError(
@@ -272,15 +290,30 @@ class _Run:
             ckpt["sums"][k].to(self.device) for k in ("interval", "epoch")
         )
         self.history = History.from_dict(ckpt["history"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        rng = ckpt["rng"]["ranks"][distributed.rank()] if ranks > 1 else ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
-    def train_step(self, X, y) -> float:
-        """One SGD step on loss = CE + penalty; returns the learning rate it used."""
+    def save(self, path: Path) -> None:
+        """Write the checkpoint (rank 0 writes; every rank gives its generator state)."""
+        state = self.state()
+        if distributed.is_main():
+            save_checkpoint(state, path)
+
+    def check_agree(self) -> None:
+        """Data-parallel: RuntimeError unless every rank holds the same weights and F."""
+        if distributed.world_size() > 1:
+            reg = None if self.regularizer is None else self.regularizer.state_dict()
+            mine = {"params": [p.detach() for p in self.net.parameters()], "regularizer": reg}
+            distributed.check_agree(digest(mine), f"the weights and F at step {self.step}")
+
+    def train_step(self, X, y, size: int) -> float:
+        """One SGD step on loss = CE + penalty (X, y: this rank's share of a batch of `size`);
+        returns the learning rate it used."""
         X, y = X.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        logits = self.net(X)
-        task = F_.cross_entropy(logits, y)
+        logits = self.model(X)
+        task = distributed.weighted(F_.cross_entropy(logits, y), len(y), size)
         penalty = self.regularizer.penalty() if self.regularizer is not None else task.new_zeros(())
         loss = task + penalty
         self.optimizer.zero_grad(set_to_none=True)
@@ -296,7 +329,7 @@ class _Run:
                 raise
         correct = (logits.detach().argmax(1) == y).sum()
         sums = torch.stack([t.detach().double() for t in (loss, task, penalty, correct)])
-        row = torch.cat([sums, sums.new_tensor([len(y), 1.0])])
+        row = distributed.sum_row(torch.cat([sums, sums.new_tensor([len(y), 1.0])]))
         self.interval += row
         self.epoch_sums += row
         self.step, self.batch = self.step + 1, self.batch + 1
@@ -346,6 +379,8 @@ class _Run:
         return {str(k): float(v) for k, v in self.regularizer.layer_errors().items()}
 
     def end_epoch(self, eval_set, started: float) -> dict:
+        distributed.sync_buffers(self.net)
+        self.check_agree()
         loss, _, _, correct, count, steps = self.epoch_sums.tolist()
         record = {
             "epoch": self.epoch,
@@ -368,8 +403,8 @@ class _Run:
     def run_epoch(self, bar, path, eval_set, on_epoch_end) -> None:
         cfg, started = self.config, time.perf_counter()
         order = epoch_order(self.n, cfg.seed, self.epoch)[self.batch * cfg.batch_size :]
-        for X, y in batches(self.train_set, order, cfg.batch_size):
-            lr = self.train_step(X, y)
+        for X, y, size in distributed.shards(self.train_set, order, cfg.batch_size):
+            lr = self.train_step(X, y, size)
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.batch == self.steps_per_epoch:
                 self.log(lr, bar)
@@ -381,10 +416,11 @@ class _Run:
             ):
                 self.seconds += time.perf_counter() - started
                 started = time.perf_counter()
-                save_checkpoint(self.state(), path)
+                self.check_agree()
+                self.save(path)
         record = self.end_epoch(eval_set, started)
         if path is not None:
-            save_checkpoint(self.state(), path)
+            self.save(path)
         if on_epoch_end is not None:
             on_epoch_end(copy.deepcopy(record))
 
@@ -428,7 +464,7 @@ def train(
     if regularizer is not None:
         _check_regularizer(regularizer)
     _check_bool("resume", resume)
-    show = show_progress(progress)
+    show = show_progress(progress) and distributed.is_main()
     with torch_threads(config.threads):
         return _train(
             net,
@@ -450,13 +486,14 @@ def _train(
     if checkpoint_dir is None:
         return _loop(run, None, eval_set, on_epoch_end, show)
     # one run at a time in a checkpoint directory: a second waits, then resumes (or returns)
-    with locked(checkpoint_dir):
+    with distributed.locked_by_main(checkpoint_dir):
         path = Path(checkpoint_dir) / CHECKPOINT_NAME
-        if resume and path.exists():
+        if distributed.broadcast(resume and path.exists()):  # rank 0 decides for every rank
             run.restore(load_checkpoint(path, config, run.device), path)
         else:
-            torch.manual_seed(config.seed)
-        remove_stale_temps(path)
+            torch.manual_seed(distributed.rank_seed(config.seed))
+        if distributed.is_main():
+            remove_stale_temps(path)
         return _loop(run, path, eval_set, on_epoch_end, show)
 
 
@@ -464,7 +501,7 @@ def _loop(run: _Run, path, eval_set, on_epoch_end, show) -> History:
     """The epochs left of `run` (all of them for a fresh run), checkpointed at `path`."""
     net, config = run.net, run.config
     if path is None:
-        torch.manual_seed(config.seed)
+        torch.manual_seed(distributed.rank_seed(config.seed))
     total = config.epochs * run.steps_per_epoch
     with (
         modes_kept(net),

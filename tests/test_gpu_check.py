@@ -18,7 +18,8 @@ SCRIPT = ROOT / "bench" / "gpu_check.py"
 HIDDEN = (
     "plotly", "papermill", "jupyter", "jupyterlab", "jupyter_client", "jupyter_core",
     "jupyter_server", "nbformat", "nbconvert", "nbclient", "nbval", "ipywidgets", "IPython",
-    "ipykernel", "anywidget", "sklearn", "pandas", "kaleido", "ray", "matplotlib",
+    "ipykernel", "anywidget", "sklearn", "pandas", "kaleido", "ray", "matplotlib", "numba",
+    "llvmlite",
 )  # fmt: skip
 # run before anything else (a sitecustomize on PYTHONPATH): a None in sys.modules makes `import`
 # raise ModuleNotFoundError and importlib.util.find_spec return None, as for a missing package

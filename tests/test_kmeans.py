@@ -94,13 +94,13 @@ def test_assign_is_the_brute_force_nearest_center(N, s, K):
     assert torch.allclose(sq_dists.double(), d.min(1).values, rtol=1e-4, atol=1e-5)
 
 
-def test_sorted_path_equals_matmul_path_with_duplicate_centers():
+def test_sorted_path_equals_the_device_path_with_duplicate_centers():
     X = normal(2000, 1, seed=3)
     codebook = torch.tensor([[0.5], [-1.0], [0.5], [2.0], [-1.0], [0.0]])  # 0.5 and -1.0 twice
     a_sorted, d_sorted = km._assign_sorted(X, codebook)
-    a_matmul, d_matmul = km._nearest_matmul(X, codebook)[:2]
-    assert torch.equal(a_sorted, a_matmul)  # ties go to the lowest index in both
-    assert torch.allclose(d_sorted, d_matmul, atol=1e-5)
+    a_blocks, d_blocks = km._nearest_blocks(X, codebook)
+    assert torch.equal(a_sorted, a_blocks)  # ties go to the lowest index in both
+    assert torch.equal(d_sorted, d_blocks)
     assert not (a_sorted == 2).any() and not (a_sorted == 4).any()
 
 
@@ -139,13 +139,11 @@ def test_global_rng_and_thread_count_are_left_alone():
     init_centers(normal(500, 3), 8, "random", seed=1)
     assert torch.equal(state, torch.random.get_rng_state())
     assert torch.get_num_threads() == threads
-    two = kmeans(
-        normal(5000, 3, seed=2), 8, seed=1, threads=2
-    )  # the same Lloyd trajectory on 2 threads
+    two = kmeans(normal(5000, 3, seed=2), 8, seed=1, threads=2)
     one = kmeans(normal(5000, 3, seed=2), 8, seed=1)
-    assert torch.equal(one.assignments, two.assignments) and torch.allclose(
-        one.codebook, two.codebook, atol=1e-6
-    )
+    # the rows of each iteration split among threads, the moves applied in row order: same bits
+    assert torch.equal(one.assignments, two.assignments) and torch.equal(one.codebook, two.codebook)
+    assert one.inertia == two.inertia and one.n_iter == two.n_iter
     assert torch.get_num_threads() == threads
     with pytest.raises(ValueError, match="threads=0"):
         kmeans(normal(50, 3), 4, threads=0)
@@ -188,14 +186,32 @@ def test_dominant_cluster_with_explicit_centers_for_the_rest():
 # ---- empty clusters and degenerate data -----------------------------------------------------
 
 
-def test_empty_cluster_takes_the_farthest_row_by_hand():
+STATES = {
+    "compiled": lambda X, C: km._Compiled(X, C, 1),
+    "blocks": km._Blocks,
+}
+
+
+@pytest.mark.parametrize("path", list(STATES))
+def test_empty_cluster_takes_the_farthest_row_by_hand(path):
     X = torch.tensor([[0.0, 0.0], [0.0, 1.0], [5.0, 0.0], [20.0, 0.0]])
     centers = torch.tensor([[0.0, 0.5], [5.0, 0.0], [100.0, 100.0]])  # cluster 2 gets no row
-    state = km._Lloyd(X, centers)
+    state = STATES[path](X, centers)
     assert state.counts.tolist() == [2, 2, 0]
     # squared distances to own centers: 0.25, 0.25, 0, 15² = 225 -> row 3 re-seeds cluster 2
     new = state.means(centers)
     assert torch.equal(new, torch.tensor([[0.0, 0.5], [5.0, 0.0], [20.0, 0.0]]))
+    result = kmeans(X, 3, init_centers=centers)
+    assert result.assignments.tolist() == [0, 0, 1, 2] and result.inertia == pytest.approx(0.5)
+
+
+def test_empty_cluster_by_hand_on_the_sorted_path():
+    X = torch.tensor([[0.0], [1.0], [5.0], [20.0]])
+    centers = torch.tensor([[0.5], [5.0], [100.0]])  # cluster 2 gets no row
+    state = km._Sorted(X, centers)
+    assert state.counts.tolist() == [2, 2, 0]
+    # squared distances to own centers: 0.25, 0.25, 0, 15² = 225 -> row 3 re-seeds cluster 2
+    assert torch.equal(state.means(centers), torch.tensor([[0.5], [5.0], [20.0]]))
     result = kmeans(X, 3, init_centers=centers)
     assert result.assignments.tolist() == [0, 0, 1, 2] and result.inertia == pytest.approx(0.5)
 
@@ -345,3 +361,119 @@ BAD = [
 def test_bad_input_names_the_parameter(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# ---- exactly nearest, every path the same, thread safety (issue 15) -------------------------
+
+
+def test_far_from_the_origin_the_nearest_center_is_exact():
+    # rows and centers near 1000: the expansion ‖x‖² − 2x·c + ‖c‖² in float32 has rounding errors
+    # of ~1e-1 there, larger than the gaps between these distances; float64 differences do not
+    X = 1000.0 + normal(3000, 3, seed=21) * 0.01
+    codebook = 1000.0 + normal(16, 3, seed=22) * 0.01
+    expansion = (codebook * codebook).sum(1) - 2.0 * X @ codebook.T  # what a matmul path compares
+    exact = brute_sq_dists(X, codebook).argmin(1)
+    assert (expansion.argmin(1) != exact).sum() > 100  # the case is a real one
+    for path in (km._nearest_compiled, km._nearest_blocks):
+        assert torch.equal(path(X, codebook)[0], exact)
+    assert torch.equal(assign(X, codebook)[0], exact)
+    result = kmeans(X, 16, init_centers=codebook, max_iter=20)
+    assert torch.equal(result.assignments, brute_sq_dists(X, result.codebook).argmin(1))
+
+
+def test_sorted_path_decides_midpoints_exactly():
+    # c1 = 1, c2 = 1 + 3 ulp: their float32 midpoint rounds to 1 + 2 ulp, so a midpoint compared in
+    # float32 sends x = 1 + 2 ulp to c1, though it is 1 ulp from c2 and 2 ulp from c1
+    ulp = float(np.spacing(np.float32(1.0)))
+    c = torch.tensor([[1.0], [1.0 + 3 * ulp]])
+    x = torch.tensor([[1.0 + k * ulp] for k in range(-2, 6)])
+    assert float((c[0, 0] + c[1, 0]) / 2) == 1.0 + 2 * ulp  # the float32 midpoint is off
+    assignments = assign(x, c)[0]
+    assert assignments.tolist() == brute_sq_dists(x, c).argmin(1).tolist()
+    assert assignments.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # 1 + 1.5 ulp: the midpoint
+
+
+def _fit_by(monkeypatch, path, X, K, start):
+    """kmeans through one chosen path: sorted (s = 1), compiled or blocks."""
+    with monkeypatch.context() as m:
+        if path == "blocks":
+            m.setattr(km, "_state", lambda X, C, threads: km._Blocks(X, C))
+        return kmeans(X, K, init_centers=start, max_iter=100, tol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["s1", "s1 duplicates", "s1 empty", "s3", "s3 empty", "s9 float64"],
+)
+def test_every_path_gives_the_same_fit(monkeypatch, case):
+    """The sorted path (s = 1), the compiled path (s > 1) and the device path (torch, any device;
+    here on the CPU) give the same assignments and iterations, and centers within float rounding."""
+    s = int(case[1])
+    X = normal(3000, s, seed=30 + s, dtype=torch.float64 if "float64" in case else torch.float32)
+    start = init_centers(X, 12, "kmeans++", seed=3)
+    if "duplicates" in case:
+        X = torch.round(X * 4) / 4  # many equal rows
+        start = torch.round(start * 4) / 4
+    if "empty" in case:
+        start[-3:] = 50.0  # three centers far from every row
+    ours = _fit_by(monkeypatch, "default", X, 12, start)
+    device = _fit_by(monkeypatch, "blocks", X, 12, start)
+    assert torch.equal(ours.assignments, device.assignments)
+    assert ours.n_iter == device.n_iter
+    assert torch.allclose(ours.codebook, device.codebook, rtol=0, atol=1e-6)
+    assert ours.inertia == pytest.approx(device.inertia, rel=1e-9)
+    assert_consistent(X, ours)
+
+
+def test_without_numba_the_same_fit_and_seeding(monkeypatch):
+    X = normal(4000, 3, seed=40)
+    seeds, ours = init_centers(X, 16, seed=5), kmeans(X, 16, seed=5)
+    monkeypatch.setattr(km._nb, "AVAILABLE", False)  # the GPU machine's case: torch and numpy only
+    assert torch.equal(init_centers(X, 16, seed=5), seeds)  # numpy's D² picks the same rows
+    plain = kmeans(X, 16, seed=5)
+    assert torch.equal(ours.assignments, plain.assignments) and ours.n_iter == plain.n_iter
+    assert torch.allclose(ours.codebook, plain.codebook, rtol=0, atol=1e-6)
+
+
+def test_two_kmeans_in_two_python_threads_at_once():
+    import threading
+
+    jobs = {
+        "a": (normal(60_000, 3, seed=50), 32, 2),
+        "b": (normal(80_000, 1, seed=51), 16, 1),
+        "c": (normal(40_000, 9, seed=52), 8, 1),
+    }
+    alone = {name: kmeans(X, K, seed=1, threads=t) for name, (X, K, t) in jobs.items()}
+    threads_before = torch.get_num_threads()
+    together, barrier = {}, threading.Barrier(len(jobs))
+
+    def run(name):
+        X, K, t = jobs[name]
+        barrier.wait()
+        together[name] = kmeans(X, K, seed=1, threads=t)
+
+    workers = [threading.Thread(target=run, args=(name,)) for name in jobs]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert torch.get_num_threads() == threads_before
+    for name in jobs:
+        a, b = alone[name], together[name]
+        assert torch.equal(a.codebook, b.codebook) and torch.equal(a.assignments, b.assignments)
+        assert a.inertia == b.inertia
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("s", [1, 3, 9])
+def test_on_cuda_the_same_fit_as_on_the_cpu(s):
+    X = normal(20_000, s, seed=60 + s)
+    start = init_centers(X, 32, seed=6)
+    cpu = kmeans(X, 32, init_centers=start)
+    gpu = kmeans(X.cuda(), 32, init_centers=start.cuda())
+    assert gpu.codebook.is_cuda and gpu.assignments.is_cuda
+    assert torch.equal(gpu.assignments.cpu(), cpu.assignments) and gpu.n_iter == cpu.n_iter
+    assert torch.allclose(gpu.codebook.cpu(), cpu.codebook, rtol=0, atol=1e-6)
+    assert gpu.inertia == pytest.approx(cpu.inertia, rel=1e-9)
+    again = kmeans(X.cuda(), 32, seed=6, p=0.1)  # seeded on the CPU, dominant cluster on the GPU
+    assert torch.equal(again.assignments, kmeans(X.cuda(), 32, seed=6, p=0.1).assignments)

@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dkm"
 LAYERS = {
     1: {"rows", "spectral", "train", "kmeans", "sharing", "accounting", "export", "energy",
         "inventory", "plan", "planner", "authors", "models", "data", "evaluation", "checkpoint",
-        "coding", "_checks", "_io", "_threads", "_allocator", "accelerators", "energy_shares"},
+        "coding", "_checks", "_io", "_threads", "_allocator", "accelerators", "energy_shares",
+        "_kmeans_numba", "distributed"},
     2: {"profiles", "runs", "pipeline", "sweep", "study", "zigzag_ref", "nn_dataflow_ref",
         "energy_validation", "energy_savings", "ray_sweep"},
     3: {"cli", "figdata", "plots", "sliders", "saving", "tables", "notebooks", "book", "__main__"},

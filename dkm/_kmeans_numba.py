@@ -1,0 +1,219 @@
+"""Compiled kernels of dkm.kmeans on the CPU (numba), for rows of length s > 1.
+
+Why numba: one Lloyd iteration over 200k rows × 3 is a few million flops, which scikit-learn's
+compiled loops do in ~10–20 ms; vectorized torch spends that much on temporaries and dispatch, and
+torch's intra-op threads are a process-wide setting (unsafe to change while another thread uses
+torch) that degrades badly on a loaded machine. A numba kernel is a plain loop over rows: Hamerly's
+bounds test (SDM 2010) costs a few nanoseconds per row, only rows whose bounds fail pay for K
+distances, and the kernels release the GIL (`nogil`), so k-means in two Python threads runs in
+parallel and `threads` > 1 splits the rows of each iteration among Python threads (results do not
+depend on the split: moves are applied afterwards in row order). Compiled kernels are cached on
+disk (`cache=True`: in dkm/__pycache__, or numba's user cache directory where that is read-only), so
+only the first call on a machine compiles (~seconds, measured in bench/bench_kmeans.py); a wheel
+needs no compiler (numba brings LLVM as llvmlite).
+
+Distances are computed as Σ_j (x_j − c_j)² in float64 from the rows' own values (no ‖x‖² − 2x·c
++ ‖c‖² expansion), so assignments are the exactly nearest centers up to float64 rounding; ties go
+to the lowest center index.
+
+numba is optional at import: without it (`AVAILABLE` is False) dkm.kmeans runs its torch path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - exercised by the GPU check's hidden-packages test
+    AVAILABLE = False
+else:
+    AVAILABLE = True
+
+if AVAILABLE:
+    _jit = njit(cache=True, nogil=True, boundscheck=False)
+
+    @_jit
+    def _sq(x, C, k):
+        """‖x − C[k]‖² in float64."""
+        d = 0.0
+        for j in range(x.shape[0]):
+            t = np.float64(x[j]) - np.float64(C[k, j])
+            d += t * t
+        return d
+
+    @_jit
+    def _two_nearest(x, CT, d):
+        """(index of the nearest center, its squared distance, the second smallest one).
+
+        CT: the centers transposed (s, K), so that the distances to all K centers are one loop over
+        contiguous memory per coordinate (vectorized by LLVM); d: scratch of length K."""
+        K = CT.shape[1]
+        for k in range(K):
+            t = np.float64(x[0]) - np.float64(CT[0, k])
+            d[k] = t * t
+        for j in range(1, CT.shape[0]):
+            xj = np.float64(x[j])
+            for k in range(K):
+                t = xj - np.float64(CT[j, k])
+                d[k] += t * t
+        best, d1 = 0, d[0]
+        for k in range(1, K):
+            if d[k] < d1:
+                best, d1 = k, d[k]
+        d2 = math.inf
+        for k in range(K):
+            if k != best and d[k] < d2:
+                d2 = d[k]
+        return best, d1, d2
+
+    @_jit
+    def assign_bounds(X, C, lo, hi, a, u, lower):
+        """Rows lo..hi: nearest center a, u = its distance, lower = the second nearest distance."""
+        CT, d = np.ascontiguousarray(C.T), np.empty(C.shape[0])
+        for i in range(lo, hi):
+            best, d1, d2 = _two_nearest(X[i], CT, d)
+            a[i], u[i], lower[i] = best, math.sqrt(d1), math.sqrt(d2)
+
+    @_jit
+    def neighbours(C):
+        """Per center a, the other centers by increasing distance: (order (K, K − 1), their
+        distances ‖c_a − c_k‖ (K, K − 1)); ties by index. For K = 1: one column of inf."""
+        K = C.shape[0]
+        dist = np.zeros((K, K))
+        for k in range(K):
+            for m in range(k + 1, K):
+                dist[k, m] = dist[m, k] = math.sqrt(_sq(C[k], C, m))
+        order = np.zeros((K, max(K - 1, 1)), np.int64)
+        gaps = np.full((K, max(K - 1, 1)), math.inf)
+        for k in range(K):
+            t = 0
+            for m in np.argsort(dist[k], kind="mergesort"):
+                if m != k:
+                    order[k, t], gaps[k, t] = m, dist[k, m]
+                    t += 1
+        return order, gaps
+
+    @_jit
+    def hamerly_step(X, C, move, order, gaps, lo, hi, a, u, lower, rows, new):
+        """Rows lo..hi after the centers moved by `move`: re-assign those whose bounds fail.
+
+        Hamerly's test: u grows by δ_a, the lower bound shrinks by the largest δ of another
+        center; a row keeps c_a when u ≤ max(lower, ½ min_{k≠a} ‖c_a − c_k‖), with a relative
+        margin of 1e-12 for the rounding of the bounds. A row that fails it (with u made exact)
+        visits the other centers by increasing ‖c_a − c_k‖ and stops once ‖c_a − c_k‖ − u exceeds
+        its best distance: no center from there on can be as close (triangle inequality), and
+        that difference bounds them from below, which with the visited ones gives the new lower
+        bound. Rows that change cluster are written to rows/new (from index lo); returns how many.
+        """
+        K = C.shape[0]
+        top, second, arg = -1.0, -1.0, -1
+        for k in range(K):
+            if move[k] > top:
+                top, second, arg = move[k], top, k
+            elif move[k] > second:
+                second = move[k]
+        if second < 0.0:
+            second = 0.0
+        n = 0
+        for i in range(lo, hi):
+            ai = a[i]
+            u[i] += move[ai]
+            lower[i] = max(0.0, lower[i] - (second if ai == arg else top))
+            bound = max(lower[i], 0.5 * gaps[ai, 0]) * (1.0 - 1e-12)
+            if u[i] <= bound:
+                continue
+            best_sq = _sq(X[i], C, ai)
+            own = math.sqrt(best_sq)
+            u[i] = own
+            if own <= bound:
+                continue
+            best, runner = ai, math.inf
+            for t in range(K - 1):
+                gap = gaps[ai, t] - own
+                if gap > math.sqrt(best_sq) * (1.0 + 1e-12):
+                    runner = min(runner, gap)
+                    break
+                k = order[ai, t]
+                d_sq = _sq(X[i], C, k)
+                if d_sq < best_sq or (d_sq == best_sq and k < best):
+                    runner = min(runner, math.sqrt(best_sq))
+                    best, best_sq = k, d_sq
+                else:
+                    runner = min(runner, math.sqrt(d_sq))
+            u[i], lower[i] = math.sqrt(best_sq), runner
+            if best != ai:
+                rows[lo + n], new[lo + n] = i, best
+                n += 1
+        return n
+
+    @_jit
+    def apply_moves(X, a, rows, new, n, sums, counts):
+        """Move rows[:n] to clusters new[:n], in that order: float64 sums and counts follow."""
+        for t in range(n):
+            i, k = rows[t], new[t]
+            old = a[i]
+            for j in range(X.shape[1]):
+                v = np.float64(X[i, j])
+                sums[old, j] -= v
+                sums[k, j] += v
+            counts[old] -= 1
+            counts[k] += 1
+            a[i] = k
+
+    @_jit
+    def sums_counts(X, a, K):
+        """Float64 sums and counts of the rows of each cluster (rows in order)."""
+        sums = np.zeros((K, X.shape[1]))
+        counts = np.zeros(K, np.int64)
+        for i in range(X.shape[0]):
+            counts[a[i]] += 1
+            for j in range(X.shape[1]):
+                sums[a[i], j] += np.float64(X[i, j])
+        return sums, counts
+
+    @_jit
+    def sq_to_own(X, C, a):
+        """‖x_i − c_{a_i}‖² of every row (float64)."""
+        out = np.empty(X.shape[0])
+        for i in range(X.shape[0]):
+            out[i] = _sq(X[i], C, a[i])
+        return out
+
+    @_jit
+    def seed_min_sq(X, c, closest):
+        """k-means++ step: min(closest_i, ‖x_i − c‖²) and its sum, for one candidate row c."""
+        out = np.empty(X.shape[0])
+        total = 0.0
+        for i in range(X.shape[0]):
+            d = 0.0
+            for j in range(X.shape[1]):
+                t = np.float64(X[i, j]) - np.float64(c[j])
+                d += t * t
+            out[i] = min(closest[i], d)
+            total += out[i]
+        return out, total
+
+    @_jit
+    def label_sorted(x, thresholds, labels, codebook):
+        """s = 1: per row the cluster labels[j], j = #{t < x} over the sorted thresholds (binary
+        search), and the inertia Σ (x − codebook[label])² in float64 (codebook: float64)."""
+        N, m = x.shape[0], thresholds.shape[0]
+        out = np.empty(N, np.int64)
+        total = 0.0
+        for i in range(N):
+            v = x[i]
+            lo, hi = 0, m
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if thresholds[mid] < v:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            k = labels[lo]
+            out[i] = k
+            t = np.float64(v) - codebook[k]
+            total += t * t
+        return out, total
