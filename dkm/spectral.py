@@ -128,7 +128,13 @@ def trace_form(W: torch.Tensor, F) -> torch.Tensor:
 
 
 def residual(W: torch.Tensor, F) -> torch.Tensor:
-    """W(I − FFᵀ) = W − (WF)Fᵀ (indicator F: each column minus its cluster mean)."""
+    """W(I − FFᵀ) = W − (WF)Fᵀ (indicator F: each column minus its cluster mean).
+
+    A spectral F with at least min(s, N) columns spans W's whole row space, so the residual is
+    exactly zero, and is returned as zeros (W − WFFᵀ computed in floating point would be rounding
+    noise of ~1e-13, with a gradient of ~1e-7 in float32)."""
+    if not isinstance(F, IndicatorF) and F.shape[1] >= min(W.shape):
+        return torch.zeros_like(W)
     return W - _project(W, F)
 
 

@@ -391,6 +391,13 @@ def test_sorted_path_decides_midpoints_exactly():
     assignments = assign(x, c)[0]
     assert assignments.tolist() == brute_sq_dists(x, c).argmin(1).tolist()
     assert assignments.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # 1 + 1.5 ulp: the midpoint
+    # the audit's case (issue 14): 0.093232945 is 1e-8 nearer the second center
+    codebook, row = torch.tensor([[0.08170384], [0.10476204]]), torch.tensor([[0.093232945]])
+    assert brute_sq_dists(row, codebook).argmin(1).tolist() == [1]
+    assert assign(row, codebook)[0].tolist() == [1]
+    assert (
+        kmeans(torch.cat([row, codebook]), 2, init_centers=codebook, max_iter=1).assignments[0] == 1
+    )
 
 
 def _fit_by(monkeypatch, path, X, K, start):
