@@ -10,7 +10,10 @@ CR = original bits / compressed bits, summed over the counted layers. Convention
 | `official_fp16` | N·H                             | fp16     | not counted                      |
 | `official_bn`   | N·H                             | fp32     | 32-bit weight + bias, both sides |
 
-Common to all: conv biases, linear layers and non-shared convs stay at 32 bits on both sides.
+Common to all: conv biases, linear layers and non-shared convs stay at their own precision on both
+sides, and "fp32" above means the precision of the conv's weights: 32 bits for the paper's float32
+nets, 64 for a float64 net (whose export stores float64 codebooks; dkm.export), 16 for a float16
+one. `official_fp16` always counts 16-bit codebooks. From specs (no tensors), everything is 32-bit.
 `official` is exactly the authors' formula (data/reference/wrn16_4_official_sharing.json; their
 settings themselves are in dkm.authors).
 Choices made here (not fixed by the authors):
@@ -35,7 +38,7 @@ from ._checks import check_choice, check_float, check_int
 from .rows import stays_dense
 
 INDEX_CODINGS = ("entropy", "fixed", "huffman")
-FLOAT_BITS = 32  # dense weights, biases, linear layers, batch norm
+FLOAT_BITS = 32  # dense weights, biases, linear layers, batch norm, from specs (no tensors)
 COLUMNS = (
     "convention",
     "name",
@@ -59,12 +62,13 @@ class Convention:
 
     name: str
     index_coding: str = "entropy"  # "entropy" | "fixed" | "huffman"
-    codebook_bits: int = 32
+    codebook_bits: int | None = None  # None: the precision of the conv's weights (fp32: 32)
     count_batchnorm: bool = False
 
     def __post_init__(self):
         check_choice("index_coding", self.index_coding, INDEX_CODINGS)
-        check_int("codebook_bits", self.codebook_bits, 1, 64)
+        if self.codebook_bits is not None:
+            check_int("codebook_bits", self.codebook_bits, 1, 64)
 
 
 CONVENTIONS = {
@@ -145,9 +149,13 @@ def index_bits(counts, coding: str = "entropy") -> float:
     return sum(c * n for c, n in zip(counts, huffman_lengths(counts)))
 
 
-def layer_bits(num_rows, row_length, counts, bias_numel, convention="official") -> float:
-    """Compressed bits of one shared conv layer: codebook + indexes + biases."""
+def layer_bits(
+    num_rows, row_length, counts, bias_numel, convention="official", float_bits=FLOAT_BITS
+) -> float:
+    """Compressed bits of one shared conv layer: codebook + indexes + biases; float_bits: the
+    precision of the conv's weights and bias (the codebook's too unless the convention fixes it)."""
     conv = get_convention(convention)
+    float_bits = check_int("float_bits", float_bits, 1, 64)
     counts = _as_counts(counts)
     num_rows = check_int("num_rows", num_rows, 1)
     row_length = check_int("row_length", row_length, 1)
@@ -156,15 +164,15 @@ def layer_bits(num_rows, row_length, counts, bias_numel, convention="official") 
         raise ValueError(
             f"counts sum to {sum(counts)}, not num_rows={num_rows}: allowed counts summing to N"
         )
-    # K·s·b_codebook + index bits + 32·bias
-    codebook = len(counts) * row_length * conv.codebook_bits
-    return codebook + index_bits(counts, conv.index_coding) + FLOAT_BITS * bias_numel
+    # K·s·b_codebook + index bits + b·bias
+    codebook = len(counts) * row_length * (conv.codebook_bits or float_bits)
+    return codebook + index_bits(counts, conv.index_coding) + float_bits * bias_numel
 
 
-def _dense_row(name, kind, params, conv, **extra) -> dict:
-    """A layer stored as is: 32 bits per parameter on both sides."""
+def _dense_row(name, kind, params, conv, bits=None, **extra) -> dict:
+    """A layer stored as is, on both sides: `bits` (default 32 per parameter)."""
     row = dict.fromkeys(COLUMNS)
-    bits = FLOAT_BITS * params
+    bits = FLOAT_BITS * params if bits is None else bits
     row.update(
         convention=conv.name,
         name=name,
@@ -179,10 +187,12 @@ def _dense_row(name, kind, params, conv, **extra) -> dict:
     return row
 
 
-def _shared_row(name, params, num_rows, row_length, counts, bias_numel, p, conv) -> dict:
-    """A shared conv layer under `conv`."""
-    row = _dense_row(name, "conv", params, conv, s=row_length, N=num_rows, p=p)
-    bits = layer_bits(num_rows, row_length, counts, bias_numel, conv)
+def _shared_row(
+    name, params, num_rows, row_length, counts, bias_numel, p, conv, float_bits=FLOAT_BITS
+) -> dict:
+    """A shared conv layer under `conv` (its weights of `float_bits` precision)."""
+    row = _dense_row(name, "conv", params, conv, float_bits * params, s=row_length, N=num_rows, p=p)
+    bits = layer_bits(num_rows, row_length, counts, bias_numel, conv, float_bits)
     row.update(
         shared=True,
         K=len(counts),
@@ -193,13 +203,20 @@ def _shared_row(name, params, num_rows, row_length, counts, bias_numel, p, conv)
     return row
 
 
+def _own_tensors(module: nn.Module) -> list:
+    """weight and bias of a Conv2d / Linear / BatchNorm (also when the weight is parametrized)."""
+    return [
+        t for t in (getattr(module, "weight", None), getattr(module, "bias", None)) if t is not None
+    ]
+
+
 def _own_params(module: nn.Module) -> int:
-    """weight + bias of a Conv2d / Linear / BatchNorm (also when the weight is parametrized)."""
-    return sum(
-        t.numel()
-        for t in (getattr(module, "weight", None), getattr(module, "bias", None))
-        if t is not None
-    )
+    return sum(t.numel() for t in _own_tensors(module))
+
+
+def _own_bits(module: nn.Module) -> int:
+    """Bits of weight + bias at their own precision (float32: 32 per parameter)."""
+    return sum(t.numel() * 8 * t.element_size() for t in _own_tensors(module))
 
 
 def _shared_layers(shared) -> dict:
@@ -214,7 +231,7 @@ def _net_conv_row(name, module, layer, conv) -> dict:
     c_out, c_in, kh, kw = module.weight.shape
     params = _own_params(module)
     if layer is None:
-        return _dense_row(name, "conv", params, conv, s=kw, N=c_out * c_in * kh)
+        return _dense_row(name, "conv", params, conv, _own_bits(module), s=kw, N=c_out * c_in * kh)
     if tuple(layer.shape) != tuple(module.weight.shape):
         raise ValueError(
             f"shared layer {name!r} has shape {tuple(layer.shape)}, but the net's weight is "
@@ -226,9 +243,16 @@ def _net_conv_row(name, module, layer, conv) -> dict:
             f"shared layer {name!r} has bias_numel={layer.bias_numel}, "
             f"the net's conv has {bias_numel}"
         )
+    if module.bias is not None and module.bias.dtype != module.weight.dtype:
+        raise ValueError(
+            f"conv {name!r} has a {module.bias.dtype} bias and {module.weight.dtype} weights: "
+            f"allowed one precision per layer"
+        )
+    float_bits = 8 * module.weight.element_size()
     return _shared_row(
-        name, params, layer.num_rows, layer.row_length, layer.counts(), bias_numel, layer.p, conv
-    )
+        name, params, layer.num_rows, layer.row_length, layer.counts(), bias_numel, layer.p, conv,
+        float_bits,
+    )  # fmt: skip
 
 
 def compression_table(net: nn.Module, shared=None, convention="official") -> list[dict]:
@@ -247,9 +271,9 @@ def compression_table(net: nn.Module, shared=None, convention="official") -> lis
         if isinstance(module, nn.Conv2d):
             rows.append(_net_conv_row(name, module, layers.get(name), conv))
         elif isinstance(module, nn.Linear):
-            rows.append(_dense_row(name, "linear", _own_params(module), conv))
+            rows.append(_dense_row(name, "linear", _own_params(module), conv, _own_bits(module)))
         elif isinstance(module, nn.modules.batchnorm._BatchNorm) and conv.count_batchnorm:
-            rows.append(_dense_row(name, "batchnorm", _own_params(module), conv))
+            rows.append(_dense_row(name, "batchnorm", _own_params(module), conv, _own_bits(module)))
     return rows
 
 

@@ -1,6 +1,7 @@
 """Compression-ratio accounting against hand computations, brute force and the authors'
 reference."""
 
+import copy
 import itertools
 import json
 import math
@@ -13,7 +14,7 @@ from torch import nn
 from dkm import accounting as acc
 from dkm import authors
 from dkm.models import wide_resnet
-from dkm.sharing import SharedLayer, ShareResult
+from dkm.sharing import SharedLayer, ShareResult, share
 
 REF = Path(__file__).resolve().parents[1] / "data" / "reference" / "wrn16_4_official_sharing.json"
 
@@ -305,3 +306,27 @@ def test_model_counts_match_the_layer_table():
     model = acc.compression_table(net, None, "official")
     key = lambda r: (r["kind"], r["params"], r["N"], r["s"])  # noqa: E731
     assert [key(r) for r in model] == [key(r) for r in table]
+
+
+def test_a_float64_net_is_counted_at_64_bits():
+    """Issue 14, item 14: original and compressed bits at the weights' own precision (its export
+    stores float64 codebooks); official_fp16 still counts 16-bit codebooks."""
+    torch.manual_seed(0)
+    net32 = nn.Sequential(nn.Conv2d(4, 8, 3, bias=True), nn.Flatten(), nn.LazyLinear(2))
+    net32(torch.zeros(1, 4, 6, 6))
+    net64 = copy.deepcopy(net32).double()
+    rows_by = {}
+    for net in (net32, net64):
+        shared = share(net, {"0": 6}, seed=0)
+        rows_by[net is net64] = {
+            c: acc.compression_table(net, shared, c) for c in ("official", "official_fp16")
+        }
+    for c in ("official", "official_fp16"):
+        r32, r64 = rows_by[False][c], rows_by[True][c]
+        for a, b in zip(r32, r64):
+            assert b["original_bits"] == 2 * a["original_bits"]
+        for row, bits in ((r32[0], 32), (r64[0], 64)):
+            index = row["bits_index_per_row"] * row["N"]
+            codebook = 6 * 3 * (16 if c == "official_fp16" else bits)
+            assert row["compressed_bits"] == pytest.approx(codebook + index + bits * 8)
+        assert r64[1]["compressed_bits"] == 64 * r64[1]["params"]  # the linear layer
