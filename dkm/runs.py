@@ -224,6 +224,8 @@ def run_stage(d: Path, config: dict, adopt: Callable, compute: Callable, paralle
         return _run_stage_distributed(d, config, adopt, compute, parallel)
     with locked(d):
         if finished(d, config, adopt=adopt):
+            # a writer killed between done.json and removing pending.json left it: finish that
+            (d / PENDING_NAME).unlink(missing_ok=True)
             return None
         remove_stale_temps(d)  # of a killed writer: under the lock, no one else writes here
         begin(d, config)

@@ -85,6 +85,72 @@ def test_a_run_killed_between_its_final_files_completes_bit_identically(dirs, lo
     assert runs.run_history("pretrain", config)["epochs"]
 
 
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])  # tests/: the tiny profile
+    from dkm import pipeline, runs
+    from test_pipeline import tiny
+
+    def killing(write):
+        def wrapped(*args, **kwargs):  # write_atomic(path, text), save_atomic(obj, path)
+            out = write(*args, **kwargs)
+            path = next(a for a in args if isinstance(a, (str, os.PathLike)))
+            if Path(path).name == sys.argv[1]:
+                os.kill(os.getpid(), signal.SIGKILL)  # a real kill -9, right after that file
+            return out
+        return wrapped
+
+    pipeline.save_atomic = killing(pipeline.save_atomic)
+    pipeline.write_atomic = killing(pipeline.write_atomic)
+    runs.write_atomic = killing(runs.write_atomic)
+    pipeline.pretrain(tiny())
+    """
+)
+
+
+def _untimed(path):
+    """A history.json without its wall-clock fields (the only ones two runs may differ in)."""
+
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if "seconds" not in k}
+        return [strip(v) for v in x] if isinstance(x, list) else x
+
+    return strip(json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize("after", ["model.pt", "history.json", "done.json"])
+def test_a_real_kill_9_between_the_final_files_resumes_to_a_complete_identical_run(
+    dirs, monkeypatch, after
+):
+    """SIGKILL of a pre-training process right after it wrote `after` (model.pt, history.json and
+    done.json are its last three files): the next run completes the directory, bit-identically."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(tests), tests])}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, after, tests], env=env, capture_output=True, text=True
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    config = pl.pretrain_config(tiny())
+    d = runs.run_dir("pretrain", config)
+    assert (d / after).exists()
+    assert (d / runs.DONE_NAME).exists() == (after == "done.json")
+    resumed, _ = pl.pretrain(tiny())  # completes the directory (or reads the finished run)
+    monkeypatch.setenv("DKM_RUNS_DIR", str(dirs / "uninterrupted"))
+    reference, _ = pl.pretrain(tiny())
+    ref = runs.run_dir("pretrain", config)
+    assert _same_weights(resumed, reference)
+    assert (d / "model.pt").read_bytes() == (ref / "model.pt").read_bytes()
+    assert _untimed(d / "history.json") == _untimed(ref / "history.json")
+    marker = json.loads((d / runs.DONE_NAME).read_text())
+    assert set(marker["files"]) == {"model.pt", "history.json"}
+    assert not (d / runs.PENDING_NAME).exists() and not list(d.glob(".*.tmp"))
+    monkeypatch.setenv("DKM_RUNS_DIR", str(dirs / "runs"))
+    assert runs.run_history("pretrain", config)["epochs"]
+
+
 def test_stale_temps_of_a_killed_stage_are_removed_when_it_resumes(dirs):
     _, config, d = _pretrained(tiny())
     (d / runs.DONE_NAME).unlink()
