@@ -42,8 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DONE_NAME = "done.json"
 DONE_FORMAT = "dkm.runs.done"
 PENDING_NAME = "pending.json"  # written when a computation starts: its code versions
-# the version of the code of each stage: bump it when a change can alter the stage's numbers
-CODE_VERSIONS = {"pretrain": 1, "retrain": 1, "evaluate": 1, "plan": 1}
+# the version of the code of each stage: bump it when a change can alter the stage's numbers.
+# 2: k-means assigns exactly nearest centers (float64 distances, exact 1-D midpoints) and seeds from
+# float64 D² (re-training's indicator F, sharing, the planner's errors); the spectral term for
+# K ≥ rank is exactly zero (re-training's spectral F)
+CODE_VERSIONS = {"pretrain": 1, "retrain": 2, "evaluate": 2, "plan": 2}
 LEGACY_VERSION = 1  # the code that wrote runs without done.json
 OUTPUTS = {
     "pretrain": ("model.pt", "history.json"),
