@@ -4,11 +4,18 @@ page per test.
 Select or skip them with `-m e2e` / `-m "not e2e"`. Chromium is Debian's (`/usr/bin/chromium`, or
 `$DKM_CHROMIUM`), driven by the Playwright Python package: nothing is downloaded at run time.
 Screenshots, the browser console and the server log go to build/e2e/.
+
+The notebooks run on the smoke profile with a run cache of the session's own. `DKM_E2E_PROFILE=cpu`
+runs them on that profile instead, against its cached runs ($DKM_RUNS_DIR or data/runs/, which the
+sliders' new answers are added to) and a copy of its results tables (the committed ones are never
+rewritten): how the notebooks answer on the default profile once its runs exist. The fixture
+notebooks always run on smoke.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -37,22 +44,35 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 VIEWPORT = {"width": 1400, "height": 1000}
+PROFILE = os.environ.get("DKM_E2E_PROFILE", "smoke")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: end-to-end tests in JupyterLab with headless Chromium")
 
 
+def profile_cache(tmp: Path) -> dict:
+    """$DKM_RUNS_DIR (or data/runs/) as it is, and a copy of $DKM_RESULTS_DIR (or data/results/)."""
+    results = tmp / "results"
+    shutil.copytree(os.environ.get("DKM_RESULTS_DIR", REPO / "data" / "results"), results)
+    return {
+        "DKM_RUNS_DIR": os.environ.get("DKM_RUNS_DIR", str(REPO / "data" / "runs")),
+        "DKM_RESULTS_DIR": str(results),
+    }
+
+
 @pytest.fixture(scope="session")
 def lab_server(tmp_path_factory, smoke_cache):
-    """JupyterLab on 127.0.0.1:<free port> with a token, serving smoke-profile copies of the
-    notebooks."""
-    server = LabServer(venv_jupyter(), tmp_path_factory.mktemp("lab"), extra_env=smoke_cache)
+    """JupyterLab on 127.0.0.1:<free port> with a token, serving copies of the notebooks on
+    PROFILE (smoke unless $DKM_E2E_PROFILE says otherwise)."""
+    tmp = tmp_path_factory.mktemp("lab")
+    env = smoke_cache if PROFILE == "smoke" else profile_cache(tmp)
+    server = LabServer(venv_jupyter(), tmp, extra_env=env, profile=PROFILE)
     copy_tree(
         NOTEBOOKS, server.root / "notebooks"
     )  # sibling files; each test prepares its own notebook
     for nb in sorted(FIXTURES.glob("*.ipynb")):
-        server.prepare(nb, "fixtures")
+        server.prepare(nb, "fixtures", profile="smoke")
     try:
         server.start()
     except Exception as err:

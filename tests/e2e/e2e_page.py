@@ -5,10 +5,17 @@ Everything is read from the live page (e2e_js): cells and outputs from the Jupyt
 figures from the `.js-plotly-plot` elements' `data` and `layout` (what plotly.js draws), kernel
 errors from the kernel's websocket messages. Timeouts are stated below; each failure raises a
 subclass of AssertionError whose message says what was seen.
+
+Answer times: from the key press that moves a slider (for a slider with a button: from the click)
+to the first poll that sees a watched figure's new data, so up to ANSWER_POLL_S plus one read of
+the figures late. Each slider is moved one step and then back; the way back returns to a state the
+notebook has already computed (its cached runs exist), and for a button slider (live re-training)
+only that answer is held to ANSWER_BOUND_S, the first one being a new training run.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 import e2e_js as js
@@ -23,6 +30,9 @@ BUTTON_GRACE_S = (
 )
 BUTTON_TIMEOUT_S = 90.0  # and the figure must change within this time after the click
 POLL_S = 0.25
+ANSWER_POLL_S = 0.1  # while waiting for a slider's answer
+# a generous bound on an answer on a loaded 2-core machine; the goal (README) is 2 s
+ANSWER_BOUND_S = 10.0
 
 SLIDERS = ".jp-Notebook .widget-slider"
 
@@ -37,6 +47,10 @@ class WidgetError(AssertionError):
 
 class FigureDidNotChange(AssertionError):
     """A slider moved but no plotly figure's data changed within the timeout."""
+
+
+class SlowAnswer(AssertionError):
+    """A figure changed, but later than ANSWER_BOUND_S after its slider moved."""
 
 
 def wait_until(predicate, timeout: float, what: str, exc=AssertionError):
@@ -171,19 +185,26 @@ def _position(handle) -> float:
     return float(handle.get_attribute("aria-valuenow"))
 
 
-def move_slider(slider) -> tuple[str, str]:
-    """Move a slider one step with the keyboard (right, or left at the maximum); its readout before
-    and after."""
+def _keys(handle) -> tuple[str, str]:
+    """(the key that moves the handle up, the one that moves it down)."""
+    if handle.get_attribute("aria-orientation") == "vertical":
+        return "ArrowUp", "ArrowDown"
+    return "ArrowRight", "ArrowLeft"
+
+
+def move_slider(slider, back: str | None = None) -> tuple[str, str, str, float]:
+    """Move a slider one step with the keyboard (right, or left at the maximum; back: the other way
+    than key `back`); its readout before and after, the key, and time.monotonic() of the press."""
     handle, readout = slider.locator(".noUi-handle").first, slider.locator(".widget-readout").first
     handle.scroll_into_view_if_needed()
     old, shown = _position(handle), readout.text_content()
-    up, down = (
-        ("ArrowUp", "ArrowDown")
-        if handle.get_attribute("aria-orientation") == "vertical"
-        else ("ArrowRight", "ArrowLeft")
-    )
-    key = down if old >= float(handle.get_attribute("aria-valuemax")) else up
+    up, down = _keys(handle)
+    if back is not None:
+        key = down if back == up else up
+    else:
+        key = down if old >= float(handle.get_attribute("aria-valuemax")) else up
     handle.focus()
+    pressed = time.monotonic()
     handle.press(key)
     wait_until(
         lambda: _position(handle) != old,
@@ -191,7 +212,7 @@ def move_slider(slider) -> tuple[str, str]:
         f"slider did not move from {shown} on {key}",
         WidgetError,
     )
-    return shown, readout.text_content()
+    return shown, readout.text_content(), key, pressed
 
 
 def _data(state: str | None) -> str | None:
@@ -205,24 +226,64 @@ def _changed(page, before: dict, watched: str) -> list[str]:
     return [k for k, v in now.items() if k.startswith(watched) and _data(before.get(k)) != _data(v)]
 
 
-def check_slider(page, slider, timeout: float = SLIDER_TIMEOUT_S) -> dict:
-    """Move `slider` and assert that a plotly figure's data changes; what moved and what changed."""
+def check_slider(
+    page, slider, timeout: float = SLIDER_TIMEOUT_S, bound: float | None = ANSWER_BOUND_S
+) -> dict:
+    """Move `slider` one step and back; assert that a plotly figure's data changes each time, within
+    `bound` s (None: not checked); what moved, what changed, and the answer times (module
+    docstring)."""
     label = slider.locator(".widget-label").first.text_content() or "(no label)"
     cell = slider.evaluate(js.WHERE)["cell"]
     handle = slider.locator(".noUi-handle").first
     if handle.get_attribute("aria-valuemin") == handle.get_attribute("aria-valuemax"):
         return {"cell": cell, "slider": label, "skipped": "only one position"}
+    button = slider.evaluate_handle(js.BUTTON_NEAR).as_element()
+    first = _answer(page, slider, (cell, label), button, timeout)
+    back = _answer(page, slider, (cell, label), button, timeout, back=first)
+    held = [back] if first["clicked"] else [first, back]  # a first click re-trains: not held
+    record = {
+        "cell": cell, "slider": label, "from": first["from"], "to": first["to"],
+        "changed": first["changed"], "button": button is not None,
+        "seconds": first["seconds"], "back_seconds": back["seconds"],
+        "kernel_s": first["kernel_s"], "back_kernel_s": back["kernel_s"],
+        "answer_s": max(a["seconds"] for a in held),
+    }  # fmt: skip
+    if bound is not None and slow_answer(record, bound):
+        raise SlowAnswer(slow_answer(record, bound))
+    return record
+
+
+def slow_answer(record: dict, bound: float = ANSWER_BOUND_S) -> str | None:
+    """What was too slow in a `check_slider` record (its `answer_s` above `bound`), or None."""
+    if "skipped" in record or record["answer_s"] <= bound:
+        return None
+    return (
+        f"cell {record['cell']}: slider {record['slider']!r} {record['from']} -> {record['to']} "
+        f"and back: a figure changed {record['answer_s']:.1f} s after the "
+        f"{'click' if record['button'] else 'move'}, allowed {bound:g} s (seconds "
+        f"{record['seconds']}, back {record['back_seconds']}; the kernel's: "
+        f"{record['kernel_s']}, {record['back_kernel_s']})"
+    )
+
+
+def _answer(page, slider, where: tuple, button, timeout: float, back: dict | None = None) -> dict:
+    """Move `slider` (the other way than `back` did, when given) and wait for a watched figure to
+    change, clicking `button` when the move alone does not do it; raise if it never does."""
+    cell, label = where
     before, errors_before = settled_figures(page), len(kernel_errors(page))
     # the figure it drives: the one(s) in the slider's own output when there is one, else any
     watched = f"cell {cell} " if any(k.startswith(f"cell {cell} ") for k in before) else "cell "
-    old, new = move_slider(slider)
-    button = slider.evaluate_handle(js.BUTTON_NEAR).as_element()
-    changed = _wait_changed(
-        page, before, watched, errors_before, BUTTON_GRACE_S if button else timeout
-    )
-    if not changed and button is not None:
+    old, new, key, start = move_slider(slider, None if back is None else back["key"])
+    changed, clicked = [], back is not None and back["clicked"]
+    if not clicked:
+        grace = BUTTON_GRACE_S if button else timeout
+        changed = _wait_changed(page, before, watched, errors_before, grace)
+        clicked = not changed and button is not None
+    if clicked:
+        start = time.monotonic()
         button.click()
         changed = _wait_changed(page, before, watched, errors_before, BUTTON_TIMEOUT_S)
+    seconds = time.monotonic() - start
     new_errors = kernel_errors(page)[errors_before:]
     if new_errors:
         raise NotebookError(
@@ -238,14 +299,19 @@ def check_slider(page, slider, timeout: float = SLIDER_TIMEOUT_S) -> dict:
             f"cell {cell}: slider {label!r} moved {old} -> {new} but "
             f"{_unchanged(page, slider, before, watched)} within {waited}"
         )
-    return {
-        "cell": cell,
-        "slider": label,
-        "from": old,
-        "to": new,
-        "changed": changed,
-        "button": button is not None,
-    }
+    return {"from": old, "to": new, "key": key, "changed": changed, "clicked": clicked,
+            "seconds": round(seconds, 2), "kernel_s": _kernel_seconds(slider)}  # fmt: skip
+
+
+def _kernel_seconds(slider, timeout: float = 5.0) -> float | None:
+    """The time `dkm.sliders` reports under the controls ("answered in 0.3 s"); None without one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        notes = slider.evaluate(js.WHERE)["notes"]
+        found = re.search(r"answered in ([0-9.]+) s", notes)
+        if found or "computing" not in notes or time.monotonic() > deadline:
+            return float(found.group(1)) if found else None
+        time.sleep(ANSWER_POLL_S)
 
 
 def _unchanged(page, slider, before: dict, watched: str) -> str:
@@ -269,13 +335,13 @@ def _wait_changed(
         changed = _changed(page, before, watched)
         if changed:
             return changed
-        time.sleep(POLL_S)
+        time.sleep(ANSWER_POLL_S)
     return []
 
 
-def check_notebook(page, server, path: str) -> dict:
-    """Open, run all, then move each slider and check that a figure follows; records and seconds per
-    step."""
+def check_notebook(page, server, path: str, bound: float = ANSWER_BOUND_S) -> dict:
+    """Open, run all, then move each slider and check that a figure follows; records, seconds per
+    step, and the answers slower than `bound` (`slow`: not raised, the caller records them)."""
     seconds, start = {}, time.monotonic()
 
     def lap(step):
@@ -291,8 +357,9 @@ def check_notebook(page, server, path: str) -> dict:
     if not found:
         raise WidgetError(f"{path}: no slider found in the rendered notebook ({SLIDERS})")
     lap("render")
-    records = [check_slider(page, s) for s in found]
+    records = [check_slider(page, s, bound=None) for s in found]
     if all("skipped" in r for r in records):
         raise WidgetError(f"{path}: no slider can move: {records}")
     lap("sliders")
-    return {"sliders": records, "seconds": seconds}
+    slow = [m for m in (slow_answer(r, bound) for r in records) if m]
+    return {"sliders": records, "seconds": seconds, "slow": slow}

@@ -2,9 +2,10 @@
 temporary root.
 
 The root holds *copies* of the notebooks (JupyterLab autosaves, so the committed ones are never
-opened), each parameterized with `PROFILE = "smoke"` the way papermill does it (a cell injected
-after the one tagged `parameters`); every Jupyter and dkm directory the server or its kernels could
-write to is redirected into the temporary directory.
+opened), each parameterized with `PROFILE = "smoke"` (or the server's `profile`) the way papermill
+does it (a cell injected after the one tagged `parameters`); every Jupyter and dkm directory the
+server or its kernels could write to is redirected into the temporary directory, unless
+`extra_env` points one elsewhere.
 """
 
 from __future__ import annotations
@@ -93,9 +94,10 @@ class LabServer:
     kills."""
 
     def __init__(
-        self, jupyter: Path, tmp: Path, extra_args: tuple = (), extra_env: dict | None = None
-    ):
-        self.jupyter, self.tmp = Path(jupyter), Path(tmp)
+        self, jupyter: Path, tmp: Path, extra_args: tuple = (), extra_env: dict | None = None,
+        profile: str = PARAMETERS["PROFILE"],
+    ):  # fmt: skip
+        self.jupyter, self.tmp, self.profile = Path(jupyter), Path(tmp), profile
         self.root = self.tmp / "root"
         self.log_path = self.tmp / "jupyter-server.log"
         self.port, self.token = free_port(), secrets.token_hex(16)
@@ -129,14 +131,15 @@ class LabServer:
         env.update(self.extra_env)
         return env
 
-    def parameters(self) -> dict:
-        """What the notebook copies are run with: the smoke profile, figures written into tmp."""
-        return {**PARAMETERS, "FIG_DIR": str(self.tmp / "figures")}
+    def parameters(self, profile: str | None = None) -> dict:
+        """What the notebook copies are run with: the server's profile (or `profile`), figures
+        written into tmp."""
+        return {"PROFILE": profile or self.profile, "FIG_DIR": str(self.tmp / "figures")}
 
-    def prepare(self, src: Path, folder: str) -> str:
+    def prepare(self, src: Path, folder: str, profile: str | None = None) -> str:
         """A parameterized copy of notebook `src` in `folder` of the root; its path for
         JupyterLab."""
-        prepare_notebook(src, self.root / folder / src.name, self.parameters())
+        prepare_notebook(src, self.root / folder / src.name, self.parameters(profile))
         return f"{folder}/{src.name}"
 
     def command(self) -> list[str]:

@@ -7,8 +7,10 @@ import socket
 
 import pytest
 from e2e_page import (
+    ANSWER_BOUND_S,
     FigureDidNotChange,
     NotebookError,
+    SlowAnswer,
     check_notebook,
     check_slider,
     open_notebook,
@@ -22,7 +24,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_fixture_sliders_drive_their_figures(lab_page, lab_server):
-    records = check_notebook(lab_page, lab_server, "fixtures/sliders.ipynb")["sliders"]
+    report = check_notebook(lab_page, lab_server, "fixtures/sliders.ipynb")
+    records = report["sliders"]
     # cells: title, parameters, injected parameters, imports, then FigureWidget, interactive_output,
     # and slider + re-train button: each slider changes the figure in its own cell
     assert [
@@ -32,6 +35,27 @@ def test_fixture_sliders_drive_their_figures(lab_page, lab_server):
         (5, "K", "2.00", "2.50", ["cell 5 figure 1"], False),
         (6, "lam", "0.100", "0.126", ["cell 6 figure 1"], True),
     ]
+    # each slider answered one step up and one back; the button slider's answer is the way back's
+    assert all(0 < r[k] < ANSWER_BOUND_S for r in records for k in ("seconds", "back_seconds"))
+    assert [r["answer_s"] for r in records] == [
+        max(records[0]["seconds"], records[0]["back_seconds"]),
+        max(records[1]["seconds"], records[1]["back_seconds"]),
+        records[2]["back_seconds"],
+    ]
+    assert report["slow"] == []
+
+
+def test_slow_answer_is_detected(lab_page, lab_server):
+    open_notebook(lab_page, lab_server, "fixtures/sliders.ipynb")
+    run_all(lab_page)
+    wait_rendered(lab_page)
+    power = sliders(lab_page)[0]
+    with pytest.raises(
+        SlowAnswer,
+        match=r"cell 4: slider 'power' 1 -> 2 and back: a figure changed \d+\.\d s after the move, "
+        r"allowed 0 s",
+    ):
+        check_slider(lab_page, power, bound=0.0)
 
 
 def test_broken_callbacks_and_failing_cell_are_detected(lab_page, lab_server):
