@@ -185,14 +185,10 @@ if AVAILABLE:
     @_jit
     def seed_min_sq(X, c, closest):
         """k-means++ step: min(closest_i, ‖x_i − c‖²) and its sum, for one candidate row c."""
-        out = np.empty(X.shape[0])
+        out, C = np.empty(X.shape[0]), c.reshape((1, c.shape[0]))
         total = 0.0
         for i in range(X.shape[0]):
-            d = 0.0
-            for j in range(X.shape[1]):
-                t = np.float64(X[i, j]) - np.float64(c[j])
-                d += t * t
-            out[i] = min(closest[i], d)
+            out[i] = min(closest[i], _sq(X[i], C, 0))
             total += out[i]
         return out, total
 

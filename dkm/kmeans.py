@@ -144,7 +144,7 @@ def _thresholds(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def _sorted_centers(c: np.ndarray):
-    """(order, thresholds, labels): the centers sorted (stable), the K − 1 thresholds between
+    """(thresholds, labels) of the centers sorted (stable): the K − 1 thresholds between
     neighbours, and per sorted center the index its rows go to — equal centers send all their rows
     to the first of the run, the lowest index."""
     order = np.argsort(c, kind="stable")
@@ -153,23 +153,28 @@ def _sorted_centers(c: np.ndarray):
     new_run = np.ones(len(values), dtype=bool)
     new_run[1:] = values[1:] != values[:-1]
     labels = order[np.maximum.accumulate(np.where(new_run, idx, 0))]
-    return order, _thresholds(values, labels), labels
+    return _thresholds(values, labels), labels
 
 
 def _label_sorted(x: np.ndarray, codebook: np.ndarray):
     """s = 1 on the CPU: (cluster of every value of x, inertia in float64); x goes to sorted
     center j = #{t_j < x} (exact: see the module docstring)."""
-    _, thresholds, labels = _sorted_centers(codebook)
+    thresholds, labels = _sorted_centers(codebook)
     if _nb.AVAILABLE:
         return _nb.label_sorted(x, thresholds, labels, codebook.astype(np.float64))
     out = labels[np.searchsorted(thresholds, x, side="left")]
     return out, float(((x.astype(np.float64) - codebook.astype(np.float64)[out]) ** 2).sum())
 
 
+def _sq_to(X: torch.Tensor, codebook: torch.Tensor, assignments: torch.Tensor) -> torch.Tensor:
+    """‖x_i − c_{a_i}‖² of every row, in float64."""
+    return ((X.double() - codebook.double().index_select(0, assignments)) ** 2).sum(1)
+
+
 def _assign_sorted(X: torch.Tensor, codebook: torch.Tensor):
     """s = 1 on the CPU: the nearest centers and the squared distances (float64)."""
     assignments = torch.from_numpy(_label_sorted(X[:, 0].numpy(), codebook[:, 0].numpy())[0])
-    return assignments, (X[:, 0].double() - codebook[:, 0].double()[assignments]) ** 2
+    return assignments, _sq_to(X, codebook, assignments)
 
 
 def _nearest_blocks(X: torch.Tensor, codebook: torch.Tensor):
@@ -191,7 +196,7 @@ def _nearest_compiled(X: torch.Tensor, codebook: torch.Tensor):
     a, u, second = np.empty(N, np.int64), np.empty(N), np.empty(N)
     _nb.assign_bounds(X.numpy(), codebook.numpy(), 0, N, a, u, second)
     assignments = torch.from_numpy(a)
-    return assignments, (X.double() - codebook.double()[assignments]).pow_(2).sum(1)
+    return assignments, _sq_to(X, codebook, assignments)
 
 
 def _assign(X: torch.Tensor, codebook: torch.Tensor):
@@ -343,7 +348,7 @@ class _Sorted(_State):
     def _nearest(self, centers: torch.Tensor):
         """Clusters of the nearest centers: sets sums and counts; returns the runs of labels."""
         K = centers.shape[0]
-        _, thresholds, labels = _sorted_centers(centers[:, 0].numpy())
+        thresholds, labels = _sorted_centers(centers[:, 0].numpy())
         edges = np.concatenate(
             ([0], np.searchsorted(self.xs, thresholds, side="right"), [len(self.xs)])
         )
@@ -500,8 +505,7 @@ class _Blocks(_State):
         self.sums, self.counts = _cluster_sums(self.X, self.assignments, self.K)
 
     def sq_to_own(self, centers: torch.Tensor) -> torch.Tensor:
-        own = centers.double().index_select(0, self.assignments)
-        return ((self.X.double() - own) ** 2).sum(1)
+        return _sq_to(self.X, centers, self.assignments)
 
     def step(self, centers: torch.Tensor, move: torch.Tensor) -> int:
         new = _nearest_blocks(self.X, centers)[0]
