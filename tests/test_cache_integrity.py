@@ -189,7 +189,7 @@ def test_a_legacy_run_is_adopted_and_a_run_of_other_code_is_refused(dirs, monkey
         pl.load_run(d)
 
 
-def test_legacy_runs_are_browsed_as_they_are(dirs):
+def test_legacy_runs_are_browsed_as_they_are(dirs, legacy_code):
     """The cached-run browser (notebook 02's λ slider) reads runs written before commit markers
     without adopting them: their histories and k-means sharings, nothing written."""
     profile = tiny()
@@ -235,7 +235,7 @@ def test_a_bad_plan_is_refused_by_evaluation_config():
 
 
 @pytest.mark.parametrize("content", ["{}", "[]", '{"top1": 0.5}'])
-def test_a_damaged_result_json_is_an_error_naming_the_file(dirs, content):
+def test_a_damaged_result_json_is_an_error_naming_the_file(dirs, legacy_code, content):
     p = tiny()
     net, source = pl.pretrain(p)
     pl.share_and_evaluate(p, net, source, "kmeans", FOUR, 0)
@@ -246,7 +246,7 @@ def test_a_damaged_result_json_is_an_error_naming_the_file(dirs, content):
         pl.share_and_evaluate(p, net, source, "kmeans", FOUR, 0)
 
 
-def test_side_files_of_other_code_are_recomputed(dirs, monkeypatch):
+def test_side_files_of_other_code_are_recomputed(dirs, legacy_code, monkeypatch):
     p = tiny()
     net, source = pl.pretrain(p)
     pl.share_and_evaluate(p, net, source, "kmeans", FOUR, 0)
@@ -254,7 +254,7 @@ def test_side_files_of_other_code_are_recomputed(dirs, monkeypatch):
     accuracy = json.loads(path.read_text())["accuracy"]
     path.write_text(json.dumps({"accuracy": 0.0}))  # a legacy file: accepted as it is
     assert pl._source_accuracy(source, net, pl.datasets(p)[1]) == 0.0
-    monkeypatch.setitem(runs.CODE_VERSIONS, "evaluate", 2)
+    monkeypatch.setitem(runs.CODE_VERSIONS, "evaluate", runs.LEGACY_VERSION + 1)
     assert pl._source_accuracy(source, net, pl.datasets(p)[1]) == accuracy
 
 

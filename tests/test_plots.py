@@ -400,7 +400,7 @@ def test_layer_clusters_distances_by_hand():
     assert c["inertia"] == pytest.approx(1 + 1 + 4 + 4) and c["rows"].shape == (4, 3)
 
 
-def test_cached_runs_finds_finished_children_only(tmp_path, monkeypatch):
+def test_cached_runs_finds_finished_children_only(tmp_path, monkeypatch, legacy_code):
     monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path))
     parent = {"stage": "pretrain", "x": 1}
     for name, cfg, done in (
