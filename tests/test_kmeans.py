@@ -94,6 +94,32 @@ def test_assign_is_the_brute_force_nearest_center(N, s, K):
     assert torch.allclose(sq_dists.double(), d.min(1).values, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 5, 64, 127, 128, 129, 300])
+def test_sorted_labelling_is_the_brute_force_nearest_center_for_every_K(K):
+    """Every branch of the compiled s = 1 labelling (2–3 thresholds in registers, all compared, in
+    blocks of 16), with duplicate centers and rows exactly on midpoints: the lowest index among the
+    nearest, and the inertia summed in row order."""
+    centers = torch.round(normal(K, 1, seed=K) * 8) / 8  # duplicates among them for larger K
+    mids = (centers[:-1] + centers[1:]) / 2  # exactly representable: rows on the midpoints
+    X = torch.cat([normal(3000, 1, seed=K + 1), mids, centers]).contiguous()
+    assignments, inertia = km._label_sorted(X[:, 0].numpy(), centers[:, 0].numpy())
+    d = brute_sq_dists(X, centers)
+    nearest = (d == d.min(1, keepdim=True).values).float().argmax(1)  # lowest index of the ties
+    assert np.array_equal(assignments, nearest.numpy())
+    own = (X[:, 0].double() - centers[:, 0].double()[nearest]) ** 2
+    assert inertia == float(np.cumsum(own.numpy())[-1])  # in row order, to the last bit
+
+
+@pytest.mark.skipif(not km._nb.AVAILABLE, reason="the compiled kernels need numba")
+@pytest.mark.parametrize("N", [1, 63, 64, 65, 128, 1000])
+def test_block_prefix_sums_are_the_running_sum_and_the_variance(N):
+    xs = np.sort(normal(N, 1, seed=N)[:, 0].numpy() * 3 + 100)  # far from 0: a shifted variance
+    running = np.concatenate([[0.0], np.cumsum(xs, dtype=np.float64)])
+    blocks, variance = km._nb.block_prefix(xs)
+    assert np.array_equal(km._nb.prefix_at(xs, blocks, np.arange(N + 1)), running)  # bit for bit
+    assert variance == pytest.approx(np.var(xs, dtype=np.float64), rel=1e-9, abs=1e-12)
+
+
 def test_sorted_path_equals_the_device_path_with_duplicate_centers():
     X = normal(2000, 1, seed=3)
     codebook = torch.tensor([[0.5], [-1.0], [0.5], [2.0], [-1.0], [0.0]])  # 0.5 and -1.0 twice

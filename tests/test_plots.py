@@ -332,6 +332,26 @@ def test_live_figure_with_a_button_waits_for_the_click_and_shows_errors():
     assert "lam must be ≥ 0" in box.status.value and list(box.figure.data[0].y) == [3.0]
 
 
+def test_precompute_builds_every_option_once_and_says_which_took_long(monkeypatch):
+    calls, lines = [], []
+    clock = iter([0.0, 0.0, 0.2, 0.2, 3.2, 3.2, 3.3, 3.3])  # K = 2: 0.2 s, 4: 3.0 s, 8: 0.1 s
+
+    def build(K):
+        calls.append(K)
+        return go.Figure(go.Bar(x=["a"], y=[K]))
+
+    monkeypatch.setattr(sliders.time, "perf_counter", lambda: next(clock))
+    answers = sliders.precompute(build, "K", [2, 4, 8], log=lines.append)
+    monkeypatch.undo()  # the real clock again
+    assert calls == [2, 4, 8]
+    assert {K: list(f.data[0].y) for K, f in answers.items()} == {2: [2], 4: [4], 8: [8]}
+    assert lines == ["K = 4: computed in 3.0 s", "3 answers of the K slider ready in 3.3 s"]
+    slider = W_.SelectionSlider(options=[2, 4, 8], value=2)
+    box = sliders.live_figure(lambda K: answers[K], {"K": slider})
+    slider.value = 8
+    assert list(box.figure.data[0].y) == [8] and calls == [2, 4, 8]  # no build on a move
+
+
 # ---------------------------------------------------------------- numbers the notebooks draw
 def test_relaxation_curve_against_svd_and_kmeans():
     W = torch.randn(4, 50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
