@@ -1,4 +1,5 @@
-"""Compiled kernels of dkm.kmeans on the CPU (numba), for rows of length s > 1.
+"""Compiled kernels of dkm.kmeans on the CPU (numba): Hamerly's Lloyd iterations for rows of
+length s > 1, and the labelling and running sums of the sorted path for s = 1.
 
 Why numba: one Lloyd iteration over 200k rows × 3 is a few million flops, which scikit-learn's
 compiled loops do in ~10–20 ms; vectorized torch spends that much on temporaries and dispatch, and

@@ -33,10 +33,13 @@ the order of ‖x‖² and can pick a farther center); ties go to the lowest cen
 Three exact implementations of the same iterations, chosen by where X lives and its row length:
 - s = 1 on the CPU (rows of 1×1 convs): X is sorted once; an iteration sorts the K centers and finds
   with `searchsorted` where each midpoint between neighbouring centers falls among the sorted rows
-  (O(K log N), not O(N K)); counts and sums of the clusters are differences of float64 prefix sums
-  (their error, ≤ N·eps64 relative, is far below float32's rounding of the centers). A midpoint is
-  computed in float64, then compared as the largest value of X's dtype not above it, so x ≤
-  midpoint is decided exactly for float32 data (a row on the midpoint goes to the lower index).
+  (O(K log N), not O(N K)); counts and sums of the clusters are differences of one running float64
+  sum over the sorted rows (their error, ≤ N·eps64 relative, is far below float32's rounding of the
+  centers), kept every 64 rows and continued to each cut (dkm._kmeans_numba.block_prefix). A
+  midpoint is computed in float64, then compared as the largest value of X's dtype not above it, so
+  x ≤ midpoint is decided exactly for float32 data (a row on the midpoint goes to the lower index).
+  The returned assignments (rows in their own order) count the midpoints below each row, a pass
+  without a branch on the data (dkm._kmeans_numba.label_sorted).
 - s > 1 on the CPU: compiled kernels (dkm._kmeans_numba: why numba, and the first call's cost),
   with Hamerly's bounds (SDM 2010): a row is re-assigned only when its bounds say another center may
   now be closer. `threads` > 1 splits the rows of each iteration among Python threads; the result
