@@ -331,6 +331,11 @@ class _State:
             return float(np.var(X.numpy(), axis=0, dtype=np.float64).mean())
         return float(X.double().var(0, unbiased=False).mean())
 
+    def iterate(self, centers: torch.Tensor, max_iter: int, tol_abs: float):
+        """Iterations run ahead of _lloyd's loop: (centers, iterations done, done, settled). None
+        here; the sorted path runs them compiled."""
+        return centers, 0, False, False
+
     def means(self, centers: torch.Tensor) -> torch.Tensor:
         """New centers c_k = (1/n_k) Σ_{a_i = k} x_i; an empty cluster first takes the farthest."""
         if self.counts.device.type == "cpu" and bool(self.counts.numpy().all()):
@@ -353,6 +358,8 @@ class _State:
 class _Sorted(_State):
     """s = 1 on the CPU: X sorted once; a cluster is a run of sorted rows between two thresholds."""
 
+    compiled_loop = _nb.AVAILABLE  # the tests switch it off to check it against _lloyd's loop
+
     def __init__(self, X: torch.Tensor, centers: torch.Tensor):
         self.x = X[:, 0].numpy()
         self.xs = np.sort(self.x)
@@ -362,11 +369,24 @@ class _Sorted(_State):
             self.prefix = np.zeros(len(self.x) + 1)
             np.cumsum(self.xs, dtype=np.float64, out=self.prefix[1:])
         self.perm, self.exceptions = None, None
-        self.runs = self._nearest(centers)
+        self.runs = None  # the clusters of the centers: iterate() finds those of the start
 
     def mean_variance(self, X: torch.Tensor) -> float:
         """Var(x), from the pass that summed the sorted rows when it ran."""
         return self.variance if _nb.AVAILABLE else super().mean_variance(X)
+
+    def iterate(self, centers: torch.Tensor, max_iter: int, tol_abs: float):
+        """All of _lloyd's iterations in one compiled call (dkm._kmeans_numba.sorted_lloyd, the
+        same numbers), up to an empty cluster, whose re-seeding _lloyd's loop then does."""
+        if not self.compiled_loop:
+            self.runs = self._nearest(centers)
+            return super().iterate(centers, max_iter, tol_abs)
+        c, n_iter, status, sums, counts, ends, labels = _nb.sorted_lloyd(
+            self.xs, self.blocks, centers[:, 0].numpy(), max_iter, tol_abs
+        )
+        self.sums, self.counts = torch.from_numpy(sums), torch.from_numpy(counts)
+        self.runs = ends, labels
+        return torch.from_numpy(c)[:, None], n_iter, status > 0, status == 2
 
     def _nearest(self, centers: torch.Tensor):
         """Clusters of the nearest centers: sets sums and counts; returns the runs of labels."""
@@ -559,11 +579,15 @@ def _state(X: torch.Tensor, centers: torch.Tensor, threads: int) -> _State:
 
 def _lloyd(X, centers, max_iter: int, tol: float, threads: int = 1) -> KMeansResult:
     """Lloyd iterations from `centers` until no row moves, the center shift ≤ tol, or max_iter."""
-    state, settled = _state(X, centers, threads), False
+    state = _state(X, centers, threads)
     # scikit-learn's scale: tol is relative to the mean per-coordinate variance of X
     tol_abs = tol * state.mean_variance(X)
     try:
-        for n_iter in range(1, max_iter + 1):
+        # the sorted path runs the iterations compiled, up to an empty cluster (if any)
+        centers, n_iter, done, settled = state.iterate(centers, max_iter, tol_abs)
+        move = None
+        while not done:
+            n_iter += 1
             new = state.means(centers)
             # per-center shift δ_k = ‖c_k^new − c_k‖; the criterion is Σ_k δ_k²
             move = ((new - centers).double() ** 2).sum(1).sqrt()

@@ -1,6 +1,8 @@
 """dkm.kmeans against references: scikit-learn's KMeans, brute-force distances, hand
 computations."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -98,7 +100,7 @@ def test_assign_is_the_brute_force_nearest_center(N, s, K):
 def test_sorted_labelling_is_the_brute_force_nearest_center_for_every_K(K):
     """Every branch of the compiled s = 1 labelling (2–3 thresholds in registers, all compared, in
     blocks of 16), with duplicate centers and rows exactly on midpoints: the lowest index among the
-    nearest, and the inertia summed in row order."""
+    nearest, and the inertia summed in row order (K > 4) or to float64 accuracy (K ≤ 4)."""
     centers = torch.round(normal(K, 1, seed=K) * 8) / 8  # duplicates among them for larger K
     mids = (centers[:-1] + centers[1:]) / 2  # exactly representable: rows on the midpoints
     X = torch.cat([normal(3000, 1, seed=K + 1), mids, centers]).contiguous()
@@ -107,7 +109,12 @@ def test_sorted_labelling_is_the_brute_force_nearest_center_for_every_K(K):
     nearest = (d == d.min(1, keepdim=True).values).float().argmax(1)  # lowest index of the ties
     assert np.array_equal(assignments, nearest.numpy())
     own = (X[:, 0].double() - centers[:, 0].double()[nearest]) ** 2
-    assert inertia == float(np.cumsum(own.numpy())[-1])  # in row order, to the last bit
+    if K > 4 or not km._nb.AVAILABLE:
+        assert inertia == float(np.cumsum(own.numpy())[-1])  # in row order, to the last bit
+    # K ≤ 4 (compiled): a vectorized order; any order of n terms ≥ 0 is within (n − 1)·eps of
+    # the exactly rounded sum (math.fsum), relative
+    exact = math.fsum(own.tolist())
+    assert abs(inertia - exact) <= (len(own) - 1) * np.finfo(np.float64).eps * exact
 
 
 @pytest.mark.skipif(not km._nb.AVAILABLE, reason="the compiled kernels need numba")
@@ -118,6 +125,57 @@ def test_block_prefix_sums_are_the_running_sum_and_the_variance(N):
     blocks, variance = km._nb.block_prefix(xs)
     assert np.array_equal(km._nb.prefix_at(xs, blocks, np.arange(N + 1)), running)  # bit for bit
     assert variance == pytest.approx(np.var(xs, dtype=np.float64), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.skipif(not km._nb.AVAILABLE, reason="the compiled kernels need numba")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_sorted_centers_are_the_numpy_ones_bit_for_bit(dtype):
+    """Duplicate centers (labels to the lowest index), midpoints exactly representable or not,
+    neighbours one ulp apart, a single center."""
+    rng = np.random.default_rng(0)
+    cases = [np.array([0.25]), np.array([1.0, np.nextafter(1.0, 2.0)])]
+    for K in (2, 3, 4, 7, 16, 65):
+        cases.append(np.round(rng.standard_normal(K) * 4) / 4)  # duplicates, exact midpoints
+        cases.append(rng.standard_normal(K))
+    for c in cases:
+        c = c.astype(torch.empty(0, dtype=dtype).numpy().dtype)
+        if dtype == torch.float32:  # neighbours one float32 ulp apart
+            c = np.append(c, np.nextafter(c[:1], np.float32(np.inf)))
+        t_np, l_np = km._sorted_centers(c)
+        t_nb, l_nb = km._nb.sorted_centers(c)
+        assert t_nb.dtype == t_np.dtype and np.array_equal(t_nb, t_np)
+        assert np.array_equal(l_nb, l_np)
+
+
+@pytest.mark.skipif(not km._nb.AVAILABLE, reason="the compiled kernels need numba")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_sorted_iterations_equal_lloyds_loop(monkeypatch, dtype):
+    """_nb.sorted_lloyd against _lloyd's own loop (compiled_loop off), bit for bit: stops by
+    tol, by max_iter, settled, and empty clusters handed back to the loop (few distinct rows)."""
+    g = torch.Generator().manual_seed(5)
+    data = [
+        torch.randn(3000, 1, generator=g, dtype=dtype),
+        torch.randn(3000, 1, generator=g, dtype=dtype) ** 3,
+        torch.randint(0, 3, (500, 1), generator=g).to(dtype),  # 3 distinct rows
+    ]
+    runs = []
+    for compiled in (True, False):
+        monkeypatch.setattr(km._Sorted, "compiled_loop", compiled)
+        runs.append(
+            [
+                kmeans(X, K, init=init, tol=tol, max_iter=max_iter, seed=1)
+                for X in data
+                for K in (1, 2, 4, 5, 16)
+                for init in ("kmeans++", "random")
+                for tol in (0.0, 1e-4, 1e-1)
+                for max_iter in (1, 2, 100)
+            ]
+        )
+    for a, b in zip(*runs):
+        assert torch.equal(a.codebook, b.codebook) and a.codebook.dtype == dtype
+        assert torch.equal(a.assignments, b.assignments)
+        assert a.n_iter == b.n_iter and a.inertia == b.inertia
+    assert len({r.n_iter for r in runs[0]}) > 3  # the stops differ among the cases
 
 
 def test_sorted_path_equals_the_device_path_with_duplicate_centers():
@@ -235,6 +293,8 @@ def test_empty_cluster_by_hand_on_the_sorted_path():
     X = torch.tensor([[0.0], [1.0], [5.0], [20.0]])
     centers = torch.tensor([[0.5], [5.0], [100.0]])  # cluster 2 gets no row
     state = km._Sorted(X, centers)
+    # the compiled iterations stop before the first one: a cluster is empty
+    assert state.iterate(centers, 100, 0.0)[1:] == (0, False, False)
     assert state.counts.tolist() == [2, 2, 0]
     # squared distances to own centers: 0.25, 0.25, 0, 15² = 225 -> row 3 re-seeds cluster 2
     assert torch.equal(state.means(centers), torch.tensor([[0.5], [5.0], [20.0]]))
