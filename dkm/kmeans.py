@@ -38,8 +38,10 @@ Three exact implementations of the same iterations, chosen by where X lives and 
   centers), kept every 64 rows and continued to each cut (dkm._kmeans_numba.block_prefix). A
   midpoint is computed in float64, then compared as the largest value of X's dtype not above it, so
   x ≤ midpoint is decided exactly for float32 data (a row on the midpoint goes to the lower index).
-  The returned assignments (rows in their own order) count the midpoints below each row, a pass
-  without a branch on the data (dkm._kmeans_numba.label_sorted).
+  The iterations run in one compiled call (dkm._kmeans_numba.sorted_lloyd) up to an empty
+  cluster, whose re-seeding the Python loop does. The returned assignments (rows in their own
+  order) count the midpoints below each row, a pass without a branch on the data
+  (dkm._kmeans_numba.label_sorted).
 - s > 1 on the CPU: compiled kernels (dkm._kmeans_numba: why numba, and the first call's cost),
   with Hamerly's bounds (SDM 2010): a row is re-assigned only when its bounds say another center may
   now be closer. `threads` > 1 splits the rows of each iteration among Python threads; the result
