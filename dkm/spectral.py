@@ -14,7 +14,7 @@ Two choices of F:
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -61,10 +61,12 @@ def _check_assignments(
     return a.long()
 
 
-def cluster_means(W: torch.Tensor, assignments: torch.Tensor, num_clusters: int):
-    """Cluster means μ_k as an s×K matrix (empty clusters: zero column) and the counts n_k."""
+def cluster_means(W: torch.Tensor, assignments: torch.Tensor, num_clusters: int, counts=None):
+    """Cluster means μ_k as an s×K matrix (empty clusters: zero column) and the counts n_k
+    (`counts`: the n_k of these assignments when already known, else counted here)."""
     sums = W.new_zeros(W.shape[0], num_clusters).index_add(1, assignments, W)
-    counts = torch.bincount(assignments, minlength=num_clusters)
+    if counts is None:
+        counts = torch.bincount(assignments, minlength=num_clusters)
     return sums / counts.clamp(min=1).to(W.dtype), counts
 
 
@@ -99,15 +101,28 @@ class IndicatorF:
     assignments: torch.Tensor  # (N,) int64
     num_clusters: int
     inertia: float = float("nan")  # k-means error reported by k-means when F was computed
+    # n_k, fixed until the next refresh, so counted once here and not at every training step (on
+    # CUDA, bincount waits for the device: it reads the largest label back to size its output)
+    counts: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.counts = torch.bincount(self.assignments, minlength=self.num_clusters)
 
     def dense(self, dtype=torch.float64) -> torch.Tensor:
         """The N×K matrix F (only for small N: tests and figures)."""
         return indicator_matrix(self.assignments, self.num_clusters, dtype)
 
+    def on(self, device) -> tuple:
+        """(assignments, counts) on `device`, moved there once and kept (a net moved to the GPU
+        after its F was computed copies them at its first step, not at every step)."""
+        if self.assignments.device != device:
+            self.assignments, self.counts = self.assignments.to(device), self.counts.to(device)
+        return self.assignments, self.counts
+
     def project(self, W: torch.Tensor) -> torch.Tensor:
         """W F Fᵀ: column i replaced by μ_{a(i)} (index_add, never an N×K matrix)."""
-        a = self.assignments.to(W.device)
-        means, _ = cluster_means(W, a, self.num_clusters)
+        a, counts = self.on(W.device)
+        means, _ = cluster_means(W, a, self.num_clusters, counts)
         return means[:, a]
 
 
@@ -210,7 +225,8 @@ def warm_start(W: torch.Tensor, F: IndicatorF) -> torch.Tensor:
     """Starting centers (K, s) of a refresh: the cluster means of W under the last assignments."""
     # Lloyd from these centers cannot end above the error of the previous assignments (empty: zero
     # center)
-    return cluster_means(W.detach(), F.assignments.to(W.device), F.num_clusters)[0].T.double()
+    a, counts = F.on(W.device)
+    return cluster_means(W.detach(), a, F.num_clusters, counts)[0].T.double()
 
 
 class _Penalty(torch.autograd.Function):

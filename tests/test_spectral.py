@@ -97,6 +97,28 @@ def test_trace_form_equals_brute_force_kmeans_error(s, N, K, empty):
     assert float((r**2).sum()) == pytest.approx(brute, rel=1e-9)
 
 
+def test_indicator_counts_once_per_F(monkeypatch):
+    """A training step's projection and a refresh's warm start use the n_k counted when F was
+    made: no bincount per step (on CUDA it waits for the device); same bits as counting anew."""
+    gen = torch.Generator().manual_seed(3)
+    W = torch.randn(3, 500, generator=gen, dtype=torch.float32)
+    a = torch.tensor([0, 2, 3, 5, 6])[torch.randint(5, (500,), generator=gen)]  # 1 and 4 empty
+    F = IndicatorF(a, 7)
+    assert F.counts.tolist() == [int((a == k).sum()) for k in range(7)]
+    means = torch.stack(
+        [W[:, a == k].mean(1) if (a == k).any() else W.new_zeros(3) for k in range(7)]
+    )
+    counted, _ = spectral.cluster_means(W, a, 7)
+    monkeypatch.setattr(torch, "bincount", lambda *args, **kw: pytest.fail("bincount per step"))
+    assert torch.equal(F.project(W), counted[:, a])
+    assert torch.allclose(F.project(W), means.T[:, a], atol=1e-6)
+    assert torch.equal(spectral.warm_start(W, F), counted.T.double())
+    # moved to the weights' device once, then kept there
+    moved = F.on(torch.device("meta"))
+    assert moved[0].is_meta and moved[1].is_meta
+    assert all(x is y for x, y in zip(F.on(torch.device("meta")), moved))
+
+
 # ---- the spectral relaxation (Zha et al. 2001, Ky Fan) ---------------------------------------
 
 
