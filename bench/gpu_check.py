@@ -11,6 +11,10 @@ seeds, each: pre-train, re-train with the k-means regularizer at the authors' 45
 - `kmeans_device_vs_cpu`: k-means of the kernel rows of every conv the plan shares, on the device
   and on the CPU from the same starting centers: whether all assignments are equal, the largest
   center difference, the relative inertia difference, and each side's seconds;
+- `step_syncs`: where a re-training step waits for the device: torch's CUDA sync debug mode over
+  `probe_steps` regularized steps (one epoch, on a copy of the pre-trained net) as {"file:line":
+  calls}; a line called `probe_steps` times or more waits at every step (the epoch's end counts
+  once). Off CUDA nothing waits: {};
 - `top1_before`, `top1_shared`, `top1_bn`: the re-trained net's test top-1, after sharing at 45x,
   and after BN re-estimation;
 - `identical_runs`: the two runs' weights (pre-trained, re-trained, shared) and accuracies are equal
@@ -31,6 +35,8 @@ dkm. Here it runs on the CPU with `--device cpu` and tiny sizes (tests/test_gpu_
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -38,9 +44,11 @@ import platform
 import sys
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.utils.data import TensorDataset
 
 from dkm._io import write_atomic
 from dkm.authors import authors_plan
@@ -57,7 +65,10 @@ from dkm.train import train
 PROFILE = "paper-fmnist"
 SETTING = "45x"
 MODES = ("indicator", "spectral")
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "build" / "gpu_check.json"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "build" / "gpu_check.json"
+PROBE_STEPS = 4
+SYNCHRONIZING = "called a synchronizing CUDA operation"
 NONDETERMINISTIC = "does not have a deterministic implementation"
 
 
@@ -150,6 +161,50 @@ def kmeans_device_vs_cpu(net, plan, device) -> dict:
             "max_inertia_rel_diff": inertia_diff, "seconds": seconds}  # fmt: skip
 
 
+@contextlib.contextmanager
+def _sync_debug(device: torch.device):
+    """torch warns at every call that waits for the device (CUDA only), then as before."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+
+
+def sync_sites(caught: list) -> dict:
+    """{"file:line": calls} of the sync debug mode's warnings (files of the checkout relative to
+    it, others by their last two path parts)."""
+
+    def where(w) -> str:
+        path = Path(w.filename).resolve()
+        name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else Path(*path.parts[-2:])
+        return f"{name.as_posix()}:{w.lineno}"
+
+    counts = Counter(where(w) for w in caught if SYNCHRONIZING in str(w.message))
+    return dict(sorted(counts.items()))
+
+
+def step_syncs(net, profile, plan, mode: str, train_set, device) -> dict:
+    """Where re-training waits for the device: `PROBE_STEPS` regularized steps (one epoch) of a
+    copy of `net` under the sync debug mode; F is computed before, as training gets it."""
+    net = copy.deepcopy(net)
+    config = dataclasses.replace(profile.retrain, epochs=1)
+    n = min(len(train_set), PROBE_STEPS * config.batch_size)
+    subset = TensorDataset(*(t[:n] for t in train_set.tensors))
+    reg = KMeansRegularizer.from_plan(
+        net, profile.lam, plan, mode=mode, view=profile.view,
+        refresh_every=profile.refresh_every, seed=profile.retrain.seed,
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught, _sync_debug(device):
+        warnings.simplefilter("always")
+        train(net, subset, config, regularizer=reg, progress=False)
+    return sync_sites(caught)
+
+
 def pretrain(profile, train_set, device):
     """(net, history): a fresh net from the training seed, trained on `train_set`."""
     torch.manual_seed(profile.pretrain.seed)
@@ -187,6 +242,7 @@ def one_run(args, profile, data, device) -> dict:
     plan = authors_plan(net, SETTING)
     refresh = {mode: refresh_seconds(net, profile, plan, mode, device) for mode in MODES}
     kmeans_check = kmeans_device_vs_cpu(net, plan, device)
+    syncs = step_syncs(net, profile, plan, args.mode, train_set, device)
     weights = _weights(net)
     re_history = retrain(net, profile, plan, args.mode, train_set)
     weights += _weights(net)
@@ -196,6 +252,8 @@ def one_run(args, profile, data, device) -> dict:
         "retrain_images_per_s": images_per_s(re_history, len(train_set)),
         "f_refresh_s": refresh,
         "kmeans_device_vs_cpu": kmeans_check,
+        "probe_steps": PROBE_STEPS,
+        "step_syncs": syncs,
         "target_cr": plan.target_cr,
         **result,
         "weights": weights + _weights(net),

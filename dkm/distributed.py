@@ -193,7 +193,9 @@ def sum_row(row: torch.Tensor) -> torch.Tensor:
         return row
     row = row.clone()
     dist.all_reduce(row)
-    row[[0, 1, 2, 5]] /= world_size()
+    # slices of the row (loss terms, step count), not a list index, which is copied from the host
+    row[:3].div_(world_size())
+    row[5:].div_(world_size())
     return row
 
 

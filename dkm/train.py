@@ -329,7 +329,10 @@ class _Run:
                 raise
         correct = (logits.detach().argmax(1) == y).sum()
         sums = torch.stack([t.detach().double() for t in (loss, task, penalty, correct)])
-        row = distributed.sum_row(torch.cat([sums, sums.new_tensor([len(y), 1.0])]))
+        # filled on the device, not copied from a list: a copy from the host would wait for the
+        # device at every step (torch synchronizes a blocking host-to-device copy)
+        counts = sums.new_full((1,), len(y)), sums.new_ones(1)
+        row = distributed.sum_row(torch.cat([sums, *counts]))
         self.interval += row
         self.epoch_sums += row
         self.step, self.batch = self.step + 1, self.batch + 1

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,7 @@ def test_gpu_check_runs_on_the_cpu_with_nothing_but_its_dependencies(gpu_env, tm
     assert set(result["f_refresh_s"]) == {"indicator", "spectral"}
     assert all(s > 0 for s in result["f_refresh_s"].values())
     assert result["identical_runs"] is True and result["nondeterministic_ops"] == []
+    assert result["probe_steps"] == 4 and result["step_syncs"] == {}  # the CPU never waits
     assert "torch" in result["imported"] and not set(result["imported"]) & set(HIDDEN)
 
 
@@ -91,3 +93,19 @@ def test_gpu_check_options_name_what_is_allowed(capsys):
     profile = gpu_check.shortened_profile(args)
     assert profile.model_kwargs["stage1_shortcut"] and profile.pretrain.device == "cpu"
     assert profile.lam == 0.5 and profile.retrain.lr == 0.01  # paper-fmnist's, shortened
+
+
+def test_sync_sites_count_the_sync_warnings_by_line():
+    gpu_check = _module()
+
+    def caught(message, filename, lineno):
+        return warnings.WarningMessage(UserWarning(message), UserWarning, str(filename), lineno)
+
+    sync = "called a synchronizing CUDA operation"
+    train_py, torch_py = ROOT / "dkm" / "train.py", Path("/venv/site-packages/torch/functional.py")
+    seen = [caught(sync, train_py, 331)] * 4 + [
+        caught(sync, torch_py, 7),
+        caught("index_add_cuda_ does not have a deterministic implementation", train_py, 9),
+    ]
+    assert gpu_check.sync_sites(seen) == {"dkm/train.py:331": 4, "torch/functional.py:7": 1}
+    assert gpu_check.sync_sites([]) == {}
