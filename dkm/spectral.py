@@ -119,11 +119,15 @@ class IndicatorF:
             self.assignments, self.counts = self.assignments.to(device), self.counts.to(device)
         return self.assignments, self.counts
 
+    def means(self, W: torch.Tensor) -> torch.Tensor:
+        """The cluster means of W's columns under these assignments (s×K, empty: zero column)."""
+        a, counts = self.on(W.device)
+        return cluster_means(W, a, self.num_clusters, counts)[0]
+
     def project(self, W: torch.Tensor) -> torch.Tensor:
         """W F Fᵀ: column i replaced by μ_{a(i)} (index_add, never an N×K matrix)."""
-        a, counts = self.on(W.device)
-        means, _ = cluster_means(W, a, self.num_clusters, counts)
-        return means[:, a]
+        means = self.means(W)  # moves the assignments to W's device first
+        return means[:, self.assignments]
 
 
 def _project(W: torch.Tensor, F) -> torch.Tensor:
@@ -225,8 +229,7 @@ def warm_start(W: torch.Tensor, F: IndicatorF) -> torch.Tensor:
     """Starting centers (K, s) of a refresh: the cluster means of W under the last assignments."""
     # Lloyd from these centers cannot end above the error of the previous assignments (empty: zero
     # center)
-    a, counts = F.on(W.device)
-    return cluster_means(W.detach(), a, F.num_clusters, counts)[0].T.double()
+    return F.means(W.detach()).T.double()
 
 
 class _Penalty(torch.autograd.Function):

@@ -331,8 +331,7 @@ class _Run:
         sums = torch.stack([t.detach().double() for t in (loss, task, penalty, correct)])
         # filled on the device, not copied from a list: a copy from the host would wait for the
         # device at every step (torch synchronizes a blocking host-to-device copy)
-        counts = sums.new_full((1,), len(y)), sums.new_ones(1)
-        row = distributed.sum_row(torch.cat([sums, *counts]))
+        row = distributed.sum_row(torch.cat([sums, sums.new_full((1,), len(y)), sums.new_ones(1)]))
         self.interval += row
         self.epoch_sums += row
         self.step, self.batch = self.step + 1, self.batch + 1
