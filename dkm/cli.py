@@ -42,7 +42,7 @@ from .saving import DEFAULT_PROFILE, PROFILE_NAMES
 from .sharing import share, sharing_seed
 from .study import STUDIES, profile_and_study
 from .sweep import FINETUNED, all_methods, finetuned_methods, results_path, run_point, summary
-from .sweep import split_method, sweep, write_results
+from .sweep import add_results, split_method, sweep
 from .tables import markdown_table, text_table
 
 DATA_PARALLEL = ("pretrain", "retrain")  # the commands torchrun may launch on several processes
@@ -244,7 +244,7 @@ def run_evaluate(args) -> int:
               f"deep_compression, fine-tuned (--method {args.method} applies to the pre-trained "
               f"net)")  # fmt: skip
     result, rows = run_point(profile, label, plan, args.seed, args.progress)
-    write_results(results_path(profile), rows)
+    add_results(results_path(profile), rows)
     kp = describe(plan, pl.pretrain(profile, args.progress)[0])
     print(f"{label} at {plan.label()} (official CR {result['cr']['official']:.2f}, "
           f"{kp}): top-1 before sharing {100 * result['top1_before']:.2f}%, after "

@@ -170,7 +170,7 @@ def sweep_ray(
     profile: Profile, methods=None, address: str | None = None, num_cpus: int | None = None,
     progress=None, write: bool = True, report=None,
 ) -> list[dict]:  # fmt: skip
-    """`dkm.sweep.sweep` with each stage a Ray task; the same rows, merged into the same table.
+    """`dkm.sweep.sweep` with each stage a Ray task; the same rows, written as the same table.
 
     address: a running cluster ("auto", "ray://host:10001", ...); None starts a local Ray with
     `num_cpus` CPUs (None: all), shut down at the end (a Ray already initialized is used as is).

@@ -17,7 +17,8 @@ Methods (all shared row-wise at the same per-layer K, from `dkm.plan.plan_cluste
 The `+ft` methods follow re-training with Deep Compression's center fine-tuning: two epochs of
 training in all, so `plain+ft` is their control. They are not in the default grid (they add a
 fine-tuning per point); run them with `sweep(profile, methods=finetuned_methods(profile))` or
-`python -m dkm sweep --methods plain+ft,dkm-indicator+ft`: their rows join the same table.
+`python -m dkm sweep --methods plain+ft,dkm-indicator+ft`. The table is always the grid of the run
+that wrote it: name the default methods too to keep their rows beside the opt-in ones.
 
 Points (`plans_of`): one uniform K per conv for each of the profile's `cr_targets`
 (`dkm.plan.plan_clusters`), the authors' per-layer settings named in `official_settings`
@@ -108,13 +109,26 @@ def read_results(path: Path) -> list[dict]:
         return list(reader)
 
 
-def write_results(path: Path, new_rows: list[dict]) -> None:
-    """Merge `new_rows` into the table at `path` (rows of a re-run key replace the old ones),
-    atomically, under the lock of its directory (concurrent writers lose no row)."""
+def write_results(path: Path, rows: list[dict]) -> None:
+    """Write the table at `path` as exactly `rows`, the whole grid of one sweep run: rows of other
+    runs (plans the grid no longer has, methods it did not run, another machine's runs) are not
+    kept. Atomic, under the lock of its directory."""
+    _write_locked(path, lambda old: rows)
+
+
+def add_results(path: Path, new_rows: list[dict]) -> None:
+    """Merge `new_rows` (one evaluated point, `dkm evaluate`) into the table at `path`: rows of a
+    re-run key replace the old ones; concurrent writers lose no row."""
+    keys = {r["run_key"] for r in new_rows}
+    _write_locked(path, lambda old: [r for r in old if r["run_key"] not in keys] + new_rows)
+
+
+def _write_locked(path: Path, make_rows) -> None:
+    """Write make_rows(the table's current rows), sorted, atomically under the directory's lock."""
     path = Path(path)
     try:
         with locked(path.parent):
-            _merge_results(path, new_rows)
+            _write_table(path, make_rows(read_results(path)))
     except WriteError as err:
         raise WriteError(
             f"{err} (the results table: set $DKM_RESULTS_DIR to a writable directory; the "
@@ -122,17 +136,16 @@ def write_results(path: Path, new_rows: list[dict]) -> None:
         ) from None
 
 
-def _merge_results(path: Path, new_rows: list[dict]) -> None:
-    keys = {r["run_key"] for r in new_rows}
-    rows = [r for r in read_results(path) if r["run_key"] not in keys] + new_rows
-    rows.sort(
+def _write_table(path: Path, rows: list[dict]) -> None:
+    rows = sorted(
+        rows,
         key=lambda r: (
             r["method"],
             r["setting"],
             float(r["target_cr"]),
             int(r["seed"]),
             r["metric"],
-        )
+        ),
     )
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
@@ -197,7 +210,8 @@ def headline_plan(profile: Profile, net) -> Plan:
 
 
 def sweep(profile: Profile, methods=None, progress=None, write=True, report=None) -> list[dict]:
-    """Run (or read from the cache) every method × plan × seed; merge the rows into the table.
+    """Run (or read from the cache) every method × plan × seed; the rows become the table (exactly
+    this grid: `write_results`).
 
     report(done, total, what): called before each point (what: method, plan and seed), and at the
     end with done == total."""

@@ -290,7 +290,7 @@ from dkm import sweep as sw
 tag = sys.argv[1]
 for i in range(15):
     row = {c: "1" for c in sw.COLUMNS}
-    sw.write_results(Path(sys.argv[2]), [{**row, "run_key": f"{tag}{i}", "method": tag}])
+    sw.add_results(Path(sys.argv[2]), [{**row, "run_key": f"{tag}{i}", "method": tag}])
 """
 
 

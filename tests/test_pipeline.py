@@ -245,6 +245,34 @@ def test_sweep_runs_the_planner_and_uniform_k_at_the_authors_cr(dirs, monkeypatc
         get_profile("smoke", rd_targets=("60x",))
 
 
+def test_the_table_is_the_grid_of_its_run_when_the_planner_plans_change(dirs, monkeypatch):
+    """Another pre-trained net (another CPU type) gives other planner plans, so other keys: the
+    second sweep's table holds its own grid only, no row of the first run's plans or methods."""
+    p = tiny(rd_targets=(8.0,))
+    first = sw.sweep(p, methods=["kmeans", "density"], progress=False)
+    path = sw.results_path(p)
+    assert {r["run_key"] for r in sw.read_results(path)} == {r["run_key"] for r in first}
+
+    def other_plan(net, target, options):  # what another machine's planner might return
+        plan = rd_plan(net, target, options)
+        return dataclasses.replace(plan, K=(plan.K[0] + 1, *plan.K[1:]))
+
+    monkeypatch.setattr(sw, "rd_plan", other_plan)
+    second = sw.sweep(p, methods=["kmeans"], progress=False)
+    table = sw.read_results(path)
+    old_rd = {r["run_key"] for r in first if r["setting"] == "rd"}
+    assert old_rd and not old_rd & {r["run_key"] for r in table}
+    assert sorted(map(sorted, (r.items() for r in table))) == sorted(
+        map(sorted, ({k: str(v) for k, v in r.items()}.items() for r in second))
+    )
+    assert {r["method"] for r in table} == {"kmeans"} and len(table) == len(second)
+    # `dkm evaluate`'s one point merges into the table instead
+    sw.add_results(path, [{**first[0], "run_key": "extra"}])
+    assert {r["run_key"] for r in sw.read_results(path)} == {"extra"} | {
+        r["run_key"] for r in second
+    }
+
+
 def test_summary_mean_std_and_spread_by_hand():
     rows = [
         {"method": "kmeans", "setting": "45x", "target_cr": "28.56", "metric": m, "value": v}
