@@ -51,7 +51,7 @@ NDF_PINS := nn-dataflow==2.1 sympy==1.5.1
 references: setup  ## nn-dataflow's own venv (sympy 1.5.1) -> its AlexNet/GoogLeNet CSVs in data/reference, R² table
 	@test -x $(NDF_VENV)/bin/python || $(PYTHON) -m venv $(NDF_VENV)
 	$(NDF_VENV)/bin/python -m pip install --quiet $(NDF_PINS)
-	$(BIN)/python -m dkm.nn_dataflow_ref --venv $(NDF_VENV)
+	$(BIN)/python -m dkm.energy.references.nn_dataflow --venv $(NDF_VENV)
 	$(BIN)/python -m dkm zigzag validate
 
 test: setup lint  ## ruff, then the whole test suite (pytest)

@@ -2,7 +2,8 @@
 (goal ≥ 1.2×).
 
 The cpu profile keeps the nets in channels_last layout (`Profile.memory_format`, part of every cache
-key: the convs sum in another order) and keeps freed activations in the process (`dkm._allocator`:
+key: the convs sum in another order) and keeps freed activations in the process
+(`dkm.training.allocator`:
 glibc would otherwise hand them back to the OS and page-fault them in again every batch). The
 allocator setting lasts for the whole process, so each side runs in a fresh child process, the
 sides interleaved per repeat; each child times 20 training steps (batch 128) and 10 test batches
@@ -29,8 +30,9 @@ TRAIN_STEPS, TEST_BATCHES = 20, 10
 
 def child(channels_last: bool, allocator: bool) -> dict:
     import torch
-    from dkm._allocator import keep_freed_memory
-    from dkm.models import wide_resnet
+
+    from dkm.training.allocator import keep_freed_memory
+    from dkm.training.models import wide_resnet
 
     kept = keep_freed_memory() if allocator else False
     torch.set_num_threads(2)
@@ -88,7 +90,7 @@ def run(repeats: int = 5) -> dict:
             r = _spawn(side)
             if SIDES[side][1] and not r["allocator_set"]:
                 raise RuntimeError(
-                    "dkm._allocator.keep_freed_memory() did not apply here (not glibc, or "
+                    "dkm.training.allocator.keep_freed_memory() did not apply here (not glibc, or "
                     "MALLOC_*_/GLIBC_TUNABLES set): this benchmark needs it"
                 )
             times[side].append(r["train_step_s"] + r["test_batch_s"])

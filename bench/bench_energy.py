@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dkm.energy import net_energy  # noqa: E402
-from dkm import nn_dataflow_ref  # noqa: E402
-from dkm.zigzag_ref import load_reference, reference_layers  # noqa: E402
+from dkm.energy.metric import net_energy
+from dkm.energy.references import nn_dataflow as nn_dataflow_ref
+from dkm.energy.references.zigzag import load_reference, reference_layers
 
 BITS = 8
 

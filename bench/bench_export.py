@@ -3,7 +3,8 @@
 The net is the `cpu` profile's architecture (WRN-16-1 with the authors' 16 convs) from a seeded
 initialization, shared at the authors' 45x setting (the decoding time depends on the number of rows
 and on the cluster usage, not on training). The time is the median over `repeats` of
-`dkm.export.load_shared` into a fresh net; the goal is < 1 s for every coding (ratio: 1 s / the
+`dkm.export.dkmfile.load_shared` into a fresh net; the goal is < 1 s for every coding (ratio: 1 s /
+the
 slowest coding's time).
 """
 
@@ -19,11 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dkm.authors import authors_plan  # noqa: E402
-from dkm.export import CODINGS, load_shared, save_shared  # noqa: E402
-from dkm.models import build_model  # noqa: E402
-from dkm.profiles import get_profile  # noqa: E402
-from dkm.sharing import share  # noqa: E402
+from dkm.experiments.profiles import get_profile
+from dkm.export.dkmfile import CODINGS, load_shared, save_shared
+from dkm.plans import authors_plan
+from dkm.sharing import share
+from dkm.training.models import build_model
 
 
 def _net():

@@ -1,4 +1,4 @@
-"""Benchmark: dkm.kmeans against scikit-learn's KMeans (lloyd, n_init=1), same starting centers.
+"""Benchmark: dkm.clustering against scikit-learn's KMeans (lloyd, n_init=1), same starting centers.
 
 - Kernel rows: 200k rows × 3, K = 64, 100 iterations at most, at 1 and at 2 threads for both sides
   (ours: `threads`; scikit-learn: its OpenMP threads, through threadpoolctl), on the idle machine
@@ -33,7 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from dkm.kmeans import init_centers, kmeans  # noqa: E402
+from dkm.clustering import init_centers, kmeans  # noqa: E402
 
 SEED, MAX_ITER, TOL = 0, 100, 1e-4
 KERNEL = (200_000, 3, 64)
@@ -90,10 +90,10 @@ def compare(N: int, s: int, K: int, threads: int, repeats: int) -> dict:
 
 
 def first_call_seconds() -> dict:
-    """Seconds of `import dkm.kmeans` + a first small k-means in a fresh process: compiling (empty
-    numba cache), then loading (the cache that run wrote)."""
+    """Seconds of `import dkm.clustering` + a first small k-means in a fresh process: compiling
+    (empty numba cache), then loading (the cache that run wrote)."""
     code = (
-        "import time; t = time.perf_counter(); import torch; from dkm.kmeans import kmeans\n"
+        "import time; t = time.perf_counter(); import torch; from dkm.clustering import kmeans\n"
         "X = torch.randn(2000, 3); kmeans(X, 8); kmeans(X[:, :1].contiguous(), 8)\n"
         "print(time.perf_counter() - t)"
     )

@@ -3,9 +3,11 @@
 The k-means regularizer recomputes F every T steps (`KMeansRegularizer.refresh`: k-means
 warm-started from the last assignments for the indicator F, an SVD for the spectral F) and once when
 it is built (k-means++ from scratch). Both nets re-train with the regularizer at their profile's
-plan, the authors' 45x (`dkm.sweep.headline_plan`, the plan the notebooks re-train), with their
+plan, the authors' 45x (`dkm.experiments.sweep.headline_plan`, the plan the notebooks re-train),
+with their
 profile's λ, T, view and re-training config, in both modes (indicator and spectral F). Each repeat
-is one re-training call: build the regularizer (its first F timed), `dkm.train.train` with the
+is one re-training call: build the regularizer (its first F timed), `dkm.training.loop.train` with
+the
 refreshes timed inside it, then one more refresh timed.
 
 - `cpu` (the default profile): WRN-16-1 with the authors' 16 convs, channels_last, from a seeded
@@ -38,14 +40,14 @@ import torch
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dkm._allocator import keep_freed_memory  # noqa: E402
-from dkm._threads import torch_threads  # noqa: E402
-from dkm.data import INPUT_SHAPES, fashion_mnist  # noqa: E402
-from dkm.models import build_model  # noqa: E402
-from dkm.profiles import get_profile  # noqa: E402
-from dkm.spectral import DegenerateRelaxationWarning, KMeansRegularizer  # noqa: E402
-from dkm.sweep import headline_plan  # noqa: E402
-from dkm.train import train  # noqa: E402
+from dkm.experiments.profiles import get_profile
+from dkm.experiments.sweep import headline_plan
+from dkm.regularizer import DegenerateRelaxationWarning, KMeansRegularizer
+from dkm.training.allocator import keep_freed_memory
+from dkm.training.data import INPUT_SHAPES, fashion_mnist
+from dkm.training.loop import train
+from dkm.training.models import build_model
+from dkm.training.threads import torch_threads
 
 GOAL = 0.05
 MODES = ("indicator", "spectral")
@@ -160,7 +162,7 @@ def wrn16_4(repeats: int) -> dict:
 
 
 def run(repeats: int = 5) -> dict:
-    keep_freed_memory()  # as dkm.pipeline does for every stage (lasts for the process)
+    keep_freed_memory()  # as dkm.experiments.pipeline does for every stage (lasts for the process)
     cpu, wrn = default_profile(repeats), wrn16_4(repeats)
     shares = [m["share_run"] for m in cpu["modes"].values()]
     shares += [max(m["share"], m["share_initial"]) for m in wrn["modes"].values()]

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from dkm.models import small_cnn
-from dkm.spectral import KMeansRegularizer
+from dkm.regularizer import KMeansRegularizer
+from dkm.training.models import small_cnn
 
 STEPS = 50
 

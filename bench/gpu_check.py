@@ -50,17 +50,17 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from dkm._io import write_atomic
-from dkm.authors import authors_plan
-from dkm.data import fashion_mnist
-from dkm.evaluation import evaluate, recalibrate_batchnorm
-from dkm.kmeans import init_centers, kmeans
-from dkm.models import build_model, conv_layers
-from dkm.profiles import get_profile
-from dkm.rows import stays_dense, to_rows
+from dkm.experiments.profiles import get_profile
+from dkm.io import write_atomic
+from dkm.clustering import init_centers, kmeans
+from dkm.plans import authors_plan
+from dkm.regularizer import KMeansRegularizer
+from dkm.rows import conv_layers, stays_dense, to_rows
 from dkm.sharing import share, sharing_seed
-from dkm.spectral import KMeansRegularizer
-from dkm.train import train
+from dkm.training.data import fashion_mnist
+from dkm.training.evaluation import evaluate, recalibrate_batchnorm
+from dkm.training.loop import train
+from dkm.training.models import build_model
 
 PROFILE = "paper-fmnist"
 SETTING = "45x"

@@ -16,7 +16,7 @@ import platform
 import sys
 from pathlib import Path
 
-from dkm._io import write_atomic
+from dkm.io import write_atomic
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

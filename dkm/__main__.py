@@ -1,7 +1,7 @@
-"""`python -m dkm …`: the command line (see dkm.cli)."""
+"""`python -m dkm …`: the command line (see dkm.app.cli)."""
 
 import sys
 
-from .cli import main
+from dkm.app.cli import main
 
 sys.exit(main())

@@ -12,10 +12,11 @@ CR = original bits / compressed bits, summed over the counted layers. Convention
 
 Common to all: conv biases, linear layers and non-shared convs stay at their own precision on both
 sides, and "fp32" above means the precision of the conv's weights: 32 bits for the paper's float32
-nets, 64 for a float64 net (whose export stores float64 codebooks; dkm.export), 16 for a float16
+nets, 64 for a float64 net (whose export stores float64 codebooks; dkm.export.dkmfile), 16 for a
+float16
 one. `official_fp16` always counts 16-bit codebooks. From specs (no tensors), everything is 32-bit.
 `official` is exactly the authors' formula (data/reference/wrn16_4_official_sharing.json; their
-settings themselves are in dkm.authors).
+settings themselves are in dkm.plans).
 Choices made here (not fixed by the authors):
 - Huffman with a single used cluster costs 0 bits per row (like its entropy; the decoder knows N).
 - Batch norm, when counted, is its weight and bias only: at inference it is one per-channel
@@ -34,8 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_float, check_int
-from .rows import stays_dense
+from dkm._checks import check_choice, check_float, check_int
+from dkm.rows import stays_dense
 
 INDEX_CODINGS = ("entropy", "fixed", "huffman")
 FLOAT_BITS = 32  # dense weights, biases, linear layers, batch norm, from specs (no tensors)
@@ -337,11 +338,11 @@ def _spec_dense_row(name, spec, kind, conv) -> dict:
 def table_from_specs(layer_specs, settings, convention="official") -> list[dict]:
     """Layer table from specs alone; `settings` index the convs.
 
-    settings: a dkm.plan.Plan, or {"K": [...], "p": [...]}.
+    settings: a dkm.plans.Plan, or {"K": [...], "p": [...]}.
     """
     conv = get_convention(convention)
     num_convs = sum(spec.get("kind", "conv") == "conv" for spec in layer_specs)
-    if hasattr(settings, "K"):  # a dkm.plan.Plan
+    if hasattr(settings, "K"):  # a dkm.plans.Plan
         ks, ps = list(settings.K), list(settings.p)
     else:
         ks = list(settings["K"])

@@ -7,7 +7,7 @@ convs of the relative k-means error
     D_l(o) = ‖rows_l − codebook[assignments]‖² / ‖rows_l‖²    (k-means of the pre-trained rows)
 
 is least while the net's bits give the target CR (official convention, uniform usage of the
-non-dominant clusters: the bound `dkm.plan.estimated_cr` uses; the real CR after sharing is
+non-dominant clusters: the bound `dkm.plans.estimated_cr` uses; the real CR after sharing is
 higher). The budget is met by Lagrangian relaxation (Everett 1963; Shoham & Gersho 1988): for a
 multiplier μ each conv on its own takes the option of least D_l(o) + μ·bits_l(o), and μ is bisected
 to the smallest value whose plan reaches the target.
@@ -24,12 +24,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._checks import check_float
-from .accounting import get_convention, table_from_specs
-from .kmeans import kmeans
-from .models import conv_layers
-from .plan import Plan, estimated_cr, layer_specs
-from .rows import num_rows, stays_dense, to_rows
+from dkm._checks import check_float
+from dkm.accounting import get_convention, table_from_specs
+from dkm.clustering import kmeans
+from dkm.plans import Plan, estimated_cr, layer_specs
+from dkm.rows import conv_layers, num_rows, stays_dense, to_rows
 
 K_GRID = (2, 3, 4, 5, 7, 10, 14, 20, 28, 40, 56, 80, 112, 160, 224)
 P_GRID = (0.0, 0.3, 0.5, 0.75, 0.9)
@@ -70,7 +69,7 @@ def _choose(options: list, mu: float) -> list[dict]:
 
 
 def _cr(specs: list, chosen: list, convention) -> float:
-    """The estimated CR (`dkm.plan.estimated_cr`) of the chosen options."""
+    """The estimated CR (`dkm.plans.estimated_cr`) of the chosen options."""
     return estimated_cr(specs, [o["K"] for o in chosen], [o["p"] for o in chosen], convention)
 
 

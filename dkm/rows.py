@@ -14,8 +14,9 @@ rank(W) ≤ min(s, N): with kernel rows (s = 3) the spectral relaxation is infor
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from ._checks import check_choice
+from dkm._checks import check_choice
 
 VIEWS = ("rows", "kernels", "filters")
 
@@ -75,3 +76,14 @@ def stays_dense(num_clusters: int, num_rows: int) -> bool:
 def rank_bound(shape, view: str = "rows") -> int:
     """min(s, N), the largest rank W can have: a spectral F with K ≥ this is degenerate."""
     return min(vector_length(shape, view), num_rows(shape, view))
+
+
+def conv_layers(net: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """Every Conv2d of `net` as (name, module), in model order; raise if there is none."""
+    convs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(
+            f"net={type(net).__name__} has no Conv2d layer: "
+            "allowed only models with at least one conv"
+        )
+    return convs

@@ -10,11 +10,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._checks import check_choice, check_float, check_int, check_not_meta
-from .kmeans import dominant_p, kmeans
-from .models import conv_layers
-from .plan import Plan, conv_index, per_conv
-from .rows import stays_dense, to_rows
+from dkm._checks import check_choice, check_float, check_int, check_not_meta
+from dkm.clustering import dominant_p, kmeans
+from dkm.plans import Plan, conv_index, per_conv
+from dkm.rows import conv_layers, stays_dense, to_rows
 
 
 @dataclass
@@ -90,7 +89,7 @@ def share(
 ) -> ShareResult:
     """Row-wise k-means sharing of every Conv2d (paper §3.3): W ← codebook[assignments], in place.
 
-    num_clusters: a `dkm.plan.Plan` (its K and p), or K as one int for all convs, a list in conv
+    num_clusters: a `dkm.plans.Plan` (its K and p), or K as one int for all convs, a list in conv
     order or a dict by conv name/index (then p likewise). Layer i is clustered with seed `seed + i`
     (the authors use 1000 + layer index; the pipeline `sharing_seed(run seed) + i`).
     """
@@ -109,12 +108,7 @@ def share(
     for i, ((name, conv), k, p_i) in enumerate(zip(convs, ks, ps)):
         rows = to_rows(conv.weight.detach())
         owner = owners.setdefault(id(conv.weight), name)
-        if owner != name:
-            reason = f"ties its weight to {owner!r}: shared once, there"
-        elif i in excluded:
-            reason = "excluded by the caller"
-        else:
-            reason = _skip_reason(name, conv, k, rows.shape[0], explicit)
+        reason = _why_not(name, conv, k, rows.shape[0], explicit, owner, i in excluded)
         if reason:
             result.skipped[name] = reason
             continue
@@ -123,6 +117,15 @@ def share(
         )
     _warn_if_nothing_shared(result, num_clusters)
     return result
+
+
+def _why_not(name, conv, k, n_rows, explicit, owner, excluded) -> str | None:
+    """Why `share` leaves a conv as it is (None: it is shared)."""
+    if owner != name:
+        return f"ties its weight to {owner!r}: shared once, there"
+    if excluded:
+        return "excluded by the caller"
+    return _skip_reason(name, conv, k, n_rows, explicit)
 
 
 def _warn_if_nothing_shared(result: ShareResult, num_clusters) -> None:

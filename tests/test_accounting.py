@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from dkm import accounting as acc
-from dkm import authors
-from dkm.models import wide_resnet
+from dkm import plans as authors
 from dkm.sharing import SharedLayer, ShareResult, share
+from dkm.training.models import wide_resnet
 
 REF = Path(__file__).resolve().parents[1] / "data" / "reference" / "wrn16_4_official_sharing.json"
 

@@ -1,4 +1,4 @@
-"""dkm._allocator: glibc thresholds set once, the user's own settings respected, no number
+"""dkm.training.allocator: glibc thresholds set once, the user's own settings respected, no number
 changed."""
 
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dkm import _allocator
+from dkm.training import allocator as _allocator
 
 
 def test_user_settings_are_respected(monkeypatch):
@@ -21,8 +21,8 @@ def test_user_settings_are_respected(monkeypatch):
 
 CHILD = """
 import hashlib, sys, torch
-from dkm._allocator import keep_freed_memory
-from dkm.models import wide_resnet
+from dkm.training.allocator import keep_freed_memory
+from dkm.training.models import wide_resnet
 print(keep_freed_memory() if sys.argv[1] == "1" else False)
 torch.set_num_threads(2); torch.manual_seed(0)
 net = wide_resnet(depth=10, widen_factor=1, in_channels=1, num_classes=10, conv_bias=False)

@@ -1,13 +1,13 @@
-"""The authors' settings by layer role (dkm.authors) against the reference JSON and WRN-k-w nets."""
+"""The authors' settings by layer role (dkm.plans) against the reference JSON and WRN-k-w nets."""
 
 import pytest
 import torch
 
-from dkm import authors
+from dkm import plans as authors
 from dkm.accounting import table_from_specs, total_row
-from dkm.models import conv_layers, small_cnn, wide_resnet
-from dkm.plan import layer_specs
-from dkm.rows import num_rows
+from dkm.plans import layer_specs
+from dkm.rows import conv_layers, num_rows
+from dkm.training.models import small_cnn, wide_resnet, wrn16_4
 
 
 def _wrn(depth, width, in_channels=3):
@@ -16,7 +16,7 @@ def _wrn(depth, width, in_channels=3):
 
 
 def test_roles_are_the_wrn16_4_conv_names_and_the_reference_shapes():
-    net = authors.wrn16_4()
+    net = wrn16_4()
     convs = conv_layers(net)
     assert tuple(name for name, _ in convs) == authors.ROLES
     layers = authors.load_reference()["layers"]
@@ -64,7 +64,7 @@ def test_wrn16_1_lacks_the_stage1_shortcut_role():
 def test_authors_plan_on_wrn16_4_is_the_reference_plan():
     """The authors' own CRs: 43.48, 45.41, 48.12 on their layer table and on our WRN-16-4."""
     for name, cr in zip(authors.SETTINGS, (43.48, 45.41, 48.12)):
-        ours = authors.authors_plan(authors.wrn16_4(), name)
+        ours = authors.authors_plan(wrn16_4(), name)
         ref = authors.reference_plan(name)
         assert ours.K == ref.K and ours.p == ref.p and ours.target_cr == cr
         rows = table_from_specs(authors.reference_specs(), ref, "official")

@@ -1,4 +1,5 @@
-"""The benchmarks compare what they say: the bare loop of bench_train_loop is dkm.train's loop (same
+"""The benchmarks compare what they say: the bare loop of bench_train_loop is dkm.training.loop's
+loop (same
 weights, bit for bit), and bench_refresh times every refresh that training does."""
 
 import copy
@@ -9,10 +10,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from dkm._threads import torch_threads
-from dkm.models import small_cnn
-from dkm.profiles import get_profile
-from dkm.train import TrainConfig, train
+from dkm.experiments.profiles import get_profile
+from dkm.training.loop import TrainConfig, train
+from dkm.training.models import small_cnn
+from dkm.training.threads import torch_threads
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 

@@ -9,14 +9,14 @@ import textwrap
 
 import pytest
 import torch
-
-from dkm import pipeline as pl
-from dkm import runs
-from dkm import sweep as sw
-from dkm.checkpoint import CheckpointError, load_checkpoint
-from dkm.plan import Plan
-from dkm.profiles import get_profile
 from test_pipeline import FOUR, tiny
+
+from dkm.experiments import cache as runs
+from dkm.experiments import pipeline as pl
+from dkm.experiments import sweep as sw
+from dkm.experiments.profiles import get_profile
+from dkm.plans import Plan
+from dkm.training.checkpoint import CheckpointError, load_checkpoint
 
 
 def _pretrained(profile):
@@ -90,7 +90,7 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])  # tests/: the tiny profile
-    from dkm import pipeline, runs
+    from dkm.experiments import cache as runs, pipeline
     from test_pipeline import tiny
 
     def killing(write):
@@ -217,7 +217,7 @@ def test_the_keys_do_not_change():
     [
         (Plan((4,) * 3, (0.0,) * 3), "has 3 entries but"),
         (Plan((10**9,) * 4, (0.0,) * 4), "regularizes no conv"),
-        ([4, 4, 4, 4], "a dkm.plan.Plan"),
+        ([4, 4, 4, 4], "a dkm.plans.Plan"),
     ],
 )
 def test_a_bad_plan_is_refused_before_any_directory_is_made(dirs, plan, match):
@@ -261,8 +261,8 @@ def test_side_files_of_other_code_are_recomputed(dirs, legacy_code, monkeypatch)
 # ---------------------------------------------------------------- item 13: locks
 _TRAIN_ONCE = """
 import dataclasses, sys
-from dkm import pipeline as pl
-from dkm.profiles import get_profile
+from dkm.experiments import pipeline as pl
+from dkm.experiments.profiles import get_profile
 calls = []
 train = pl.train
 pl.train = lambda *a, **k: (calls.append(1), train(*a, **k))[1]
@@ -286,7 +286,7 @@ def test_two_identical_commands_train_once(dirs):
 _WRITE_ROWS = """
 import sys
 from pathlib import Path
-from dkm import sweep as sw
+from dkm.experiments import sweep as sw
 tag = sys.argv[1]
 for i in range(15):
     row = {c: "1" for c in sw.COLUMNS}

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from dkm import coding
 from dkm.accounting import entropy, huffman_lengths, index_bits
+from dkm.export import coding
 
 CASES = [  # (K, probability of cluster 0, N)
     (7, 0.9, 50_000), (7, 0.75, 20_000), (2, 0.5, 1000), (144, 0.3, 768), (5, 0.0, 3),
@@ -76,10 +76,10 @@ def default_net_shared():
     the authors' 45x: decoding depends on the rows and the cluster usage, not on training."""
     import torch
 
-    from dkm.authors import authors_plan
-    from dkm.models import build_model
-    from dkm.profiles import get_profile
+    from dkm.experiments.profiles import get_profile
+    from dkm.plans import authors_plan
     from dkm.sharing import share
+    from dkm.training.models import build_model
 
     profile = get_profile("cpu")
     torch.manual_seed(0)
@@ -92,8 +92,8 @@ def test_default_profile_net_round_trip_at_its_conventions_size(tmp_path, defaul
     import torch
 
     from dkm.accounting import compression_table
-    from dkm.export import CONVENTION_OF, load_shared, save_shared, size_allowance
-    from dkm.models import build_model
+    from dkm.export.dkmfile import CONVENTION_OF, load_shared, save_shared, size_allowance
+    from dkm.training.models import build_model
 
     net, shared, profile = default_net_shared
     info = save_shared(net, shared, tmp_path / "net.dkm", coding=name)

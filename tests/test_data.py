@@ -1,4 +1,4 @@
-"""Tests of dkm.data: idx decoding, the offline search order, subsets, loaders, CIFAR-10's
+"""Tests of dkm.training.data: idx decoding, the offline search order, subsets, loaders, CIFAR-10's
 format."""
 
 import gzip
@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision.datasets
 
-from dkm import data
+from dkm.training import data
 
 REAL = data.SYSTEM_DATA_DIR
 needs_real = pytest.mark.skipif(

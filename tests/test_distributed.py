@@ -1,4 +1,5 @@
-"""Data-parallel training (dkm.distributed): the slicing of each global batch and the serial
+"""Data-parallel training (dkm.training.distributed): the slicing of each global batch and the
+serial
 identities by hand; then torchrun with the gloo backend and 2 processes on the smoke profile,
 against references: two launches give the same bytes, a launch killed with SIGKILL and launched
 again gives the weights of the uninterrupted one, both ranks compute the same F at every refresh,
@@ -23,12 +24,19 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from dkm import distributed, pipeline as pl, runs
-from dkm.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from dkm.cli import main
-from dkm.data import batches, epoch_order
-from dkm.profiles import get_profile
-from dkm.train import TrainConfig, train
+from dkm.app.cli import main
+from dkm.experiments import cache as runs
+from dkm.experiments import pipeline as pl
+from dkm.experiments.profiles import get_profile
+from dkm.training import distributed
+from dkm.training.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from dkm.training.data import batches, epoch_order
+from dkm.training.loop import TrainConfig, train
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -250,7 +258,7 @@ def test_train_data_parallel_against_serial_and_its_own_resume(tmp_path):
 
 # ---------------------------------------------------------------- the children of the launches
 def _toy(record: Path) -> dict:
-    """dkm.train on 2 ranks, 125 images in batches of 16 (the last one cut 7 + 6):
+    """dkm.training.loop on 2 ranks, 125 images in batches of 16 (the last one cut 7 + 6):
     - a net without batch norm or dropout trained data-parallel and serially (the gradient is the
       mean over the global batch either way): the largest weight difference;
     - test_train's WRN with dropout and a stateful regularizer interrupted at step 11 on both
@@ -291,8 +299,9 @@ def _toy(record: Path) -> dict:
 
 def _child(argv: list) -> int:
     """RECORD_DIR [--delay S] [--perturb] [--toy] -- <dkm arguments> (module docstring)."""
-    from dkm import checkpoint, spectral
-    from dkm import train as dkm_train
+    from dkm import regularizer as spectral
+    from dkm.training import checkpoint
+    from dkm.training import loop as dkm_train
 
     record, options, args = Path(argv[0]), argv[1 : argv.index("--")], argv[argv.index("--") + 1 :]
     rank = os.environ["RANK"]

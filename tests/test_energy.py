@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dkm import energy as en
-from dkm import cli
-from dkm.inventory import LayerInfo, layer_inventory
+from dkm.app import cli
+from dkm.energy.inventory import LayerInfo, layer_inventory
 
 
 def conv(c_in=4, c_out=8, k=3, size=6, stride=1, pad=1, groups=1, batch=1):
@@ -181,7 +181,7 @@ def test_wrn_official_settings_save_energy():
 
 
 def test_googlenet_metric_is_fast():
-    from dkm.zigzag_ref import reference_layers
+    from dkm.energy.references.zigzag import reference_layers
 
     layers = reference_layers("googlenet")
     t0 = time.perf_counter()
@@ -194,7 +194,7 @@ def _cli(argv):
 
 
 def _shared_small_cnn(path):
-    from dkm.models import small_cnn
+    from dkm.training.models import small_cnn
 
     torch.manual_seed(0)
     net = small_cnn()
@@ -291,10 +291,10 @@ def test_bad_arguments_name_parameter(tmp_path):
 def _fake_run(tmp_path, monkeypatch, stage="pretrain"):
     """A finished run directory as the pipeline writes it (config.json, model.pt, history.json,
     then done.json), without training."""
-    from dkm import pipeline as pl
-    from dkm import runs
-    from dkm.models import build_model
-    from dkm.profiles import get_profile
+    from dkm.experiments import cache as runs
+    from dkm.experiments import pipeline as pl
+    from dkm.experiments.profiles import get_profile
+    from dkm.training.models import build_model
 
     monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path / "runs"))
     profile = get_profile("smoke")
@@ -325,7 +325,7 @@ def test_cli_run_directory(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_run_directory_without_model(tmp_path, monkeypatch):
-    from dkm.runs import RunError
+    from dkm.experiments.cache import RunError
 
     d, _ = _fake_run(tmp_path, monkeypatch, stage="evaluate")
     with pytest.raises(RunError, match="keeps no model"):
@@ -342,7 +342,7 @@ def test_cli_help_lists_the_accelerator_and_activation_bits(capsys):
 
 
 def test_cli_act_bits_and_accelerator_reach_the_metric(tmp_path):
-    from dkm.zigzag_ref import reference_net
+    from dkm.energy.references.common import reference_net
 
     argv = ["--model", "alexnet", "--bits", "8,16", "--act-bits", "4"]
     assert _cli(argv + ["--accelerator", "systolic_ws", "--csv", str(tmp_path / "e.csv")]) == 0

@@ -4,11 +4,11 @@ by hand, activation bits apart from weight bits, bad descriptions named."""
 import dataclasses
 
 import pytest
-
-from dkm import accelerators as ac
-from dkm import energy as en
-from dkm.zigzag_ref import reference_layers
 from test_energy import conv, linear
+
+from dkm import energy as en
+from dkm.energy import accelerators as ac
+from dkm.energy.references.zigzag import reference_layers
 
 # sums of `net_energy(reference_layers(net), bits)["total"]` before accelerators became data
 EARLIER_TOTALS = {

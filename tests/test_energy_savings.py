@@ -5,30 +5,32 @@ import csv
 
 import pytest
 
-from dkm import authors
 from dkm import energy as en
-from dkm import energy_savings as es
-from dkm.inventory import layer_inventory
+from dkm.energy import metric
+from dkm import plans as authors
+from dkm.energy.inventory import layer_inventory
+from dkm.experiments import energy_savings as es
+from dkm.training.models import wrn16_4
 
-WRN = layer_inventory(authors.wrn16_4(), (3, 32, 32)).layers
+WRN = layer_inventory(wrn16_4(), (3, 32, 32)).layers
 
 
 @pytest.mark.parametrize("accelerator", ["eyeriss", "systolic_ws"])
 @pytest.mark.parametrize("bits", [8, 16])
 def test_split_against_one_effect_at_a_time(monkeypatch, accelerator, bits):
-    plan = authors.authors_plan(authors.wrn16_4(), "45x")
+    plan = authors.authors_plan(wrn16_4(), "45x")
     row = es.plan_row("wrn16-4", WRN, plan, bits, accelerator=accelerator)
     assert row["saved_reuse"] + row["saved_storage"] == pytest.approx(
         row["dense_total"] - row["shared_total"], rel=1e-12
     )
     dense = row["dense_total"]
     # weights stored densely: only row reuse is left
-    monkeypatch.setattr(en, "weight_storage_bits", lambda layer, b, share: layer.weights * b)
+    monkeypatch.setattr(metric, "weight_storage_bits", lambda layer, b, share: layer.weights * b)
     reuse_only = es.plan_row("wrn16-4", WRN, plan, bits, accelerator=accelerator)["shared_total"]
     assert dense - reuse_only == pytest.approx(row["saved_reuse"], rel=1e-9)
     monkeypatch.undo()
     # every product computed: only the smaller storage is left
-    monkeypatch.setattr(en, "shared_mults", lambda layer, share: float(layer.macs))
+    monkeypatch.setattr(metric, "shared_mults", lambda layer, share: float(layer.macs))
     storage_only = es.plan_row("wrn16-4", WRN, plan, bits, accelerator=accelerator)["shared_total"]
     assert dense - storage_only == pytest.approx(row["saved_storage"], rel=1e-9)
 

@@ -2,8 +2,8 @@
 README."""
 
 from pathlib import Path
-import tomllib
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 
@@ -78,4 +78,4 @@ def test_the_distribution_has_a_name_of_its_own():
     assert project["name"] == "deep-kmeans" and project["version"] == dkm.__version__
     dist = metadata.distribution("deep-kmeans")
     assert dist.version == dkm.__version__
-    assert [e.value for e in dist.entry_points if e.name == "dkm"] == ["dkm.cli:main"]
+    assert [e.value for e in dist.entry_points if e.name == "dkm"] == ["dkm.app.cli:main"]

@@ -6,14 +6,13 @@ import struct
 from pathlib import Path
 
 import pytest
-
-import dkm._io as dkm_io
 import torch
 from torch import nn
 
-from dkm import export
+import dkm.io as dkm_io
 from dkm.accounting import compression_table, fixed_index_width
-from dkm.export import ExportFormatError, load_shared, save_shared
+from dkm.export import dkmfile as export
+from dkm.export.dkmfile import ExportFormatError, load_shared, save_shared
 from dkm.sharing import SharedLayer, ShareResult
 
 
@@ -233,7 +232,9 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(dkm_io.os, "replace", broken_replace)  # the one atomic writer (dkm/_io.py)
+    monkeypatch.setattr(
+        dkm_io.os, "replace", broken_replace
+    )  # the one atomic writer (dkm/io/__init__.py)
     with pytest.raises(OSError, match="disk full"):
         save_shared(net, shared, path)
     assert path.read_bytes() == b"old content"

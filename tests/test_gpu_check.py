@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dkm.data import DatasetNotFoundError, find_fashion_mnist
+from dkm.training.data import DatasetNotFoundError, find_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.py"
@@ -102,10 +102,10 @@ def test_sync_sites_count_the_sync_warnings_by_line(tmp_path):
         return warnings.WarningMessage(UserWarning(message), UserWarning, str(filename), lineno)
 
     sync = "called a synchronizing CUDA operation"
-    train_py, torch_py = ROOT / "dkm" / "train.py", tmp_path / "torch" / "functional.py"
+    train_py, torch_py = ROOT / "dkm" / "training" / "loop.py", tmp_path / "torch" / "functional.py"
     seen = [caught(sync, train_py, 331)] * 4 + [
         caught(sync, torch_py, 7),
         caught("index_add_cuda_ does not have a deterministic implementation", train_py, 9),
     ]
-    assert gpu_check.sync_sites(seen) == {"dkm/train.py:331": 4, "torch/functional.py:7": 1}
+    assert gpu_check.sync_sites(seen) == {"dkm/training/loop.py:331": 4, "torch/functional.py:7": 1}
     assert gpu_check.sync_sites([]) == {}

@@ -7,12 +7,12 @@ import warnings
 import pytest
 import torch
 
-from dkm import _io
-from dkm.checkpoint import save_atomic
-from dkm.cli import main
-from dkm.export import ExportFormatError, load_shared, save_shared
-from dkm.models import small_cnn
+from dkm import io as _io
+from dkm.app.cli import main
+from dkm.export.dkmfile import ExportFormatError, load_shared, save_shared
 from dkm.sharing import share
+from dkm.training.checkpoint import save_atomic
+from dkm.training.models import small_cnn
 
 
 def _make(kind: str, path):
@@ -221,7 +221,7 @@ def test_cli_unwritable_run_cache_is_one_line_naming_it(tmp_path, monkeypatch, c
 
 
 def test_unwritable_results_table_names_it_and_says_the_result_is_kept(tmp_path):
-    from dkm import sweep as sw
+    from dkm.experiments import sweep as sw
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(_io.WriteError, match="DKM_RESULTS_DIR.*cached in the run directories"):
@@ -231,7 +231,7 @@ def test_unwritable_results_table_names_it_and_says_the_result_is_kept(tmp_path)
 # ---------------------------------------------------------------- data and training (10, 11)
 @pytest.mark.parametrize("kind", ["empty directory", "file"])
 def test_a_set_but_unusable_data_dir_is_an_error(tmp_path, monkeypatch, kind):
-    from dkm import data
+    from dkm.training import data
 
     place = tmp_path / "place"
     place.mkdir() if kind == "empty directory" else place.write_text("x")
@@ -241,8 +241,8 @@ def test_a_set_but_unusable_data_dir_is_an_error(tmp_path, monkeypatch, kind):
 
 
 def test_a_diverging_run_is_reported_as_diverged():
-    from dkm.spectral import KMeansRegularizer
-    from dkm.train import TrainConfig, TrainingDivergedError, train
+    from dkm.regularizer import KMeansRegularizer
+    from dkm.training.loop import TrainConfig, TrainingDivergedError, train
 
     torch.manual_seed(0)
     net = small_cnn(width=4)
@@ -258,7 +258,7 @@ def _rewrite_meta(path, edit):
     import json
     import zlib
 
-    from dkm.export import _PREFIX, MAGIC, VERSION
+    from dkm.export.dkmfile import _PREFIX, MAGIC, VERSION
 
     data = path.read_bytes()
     _, _, meta_len, payload_len, _ = _PREFIX.unpack_from(data)

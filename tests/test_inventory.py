@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from dkm.inventory import layer_inventory
+from dkm.energy.inventory import layer_inventory
 
 
 def meta(build, *args, **kwargs):
@@ -98,7 +98,8 @@ def test_googlenet_macs_by_hand():
 
 
 def test_package_models():
-    from dkm.models import conv_layers, small_cnn, wide_resnet
+    from dkm.rows import conv_layers
+    from dkm.training.models import small_cnn, wide_resnet
 
     net = meta(wide_resnet, 16, 4, 0.3, 3, 10, True)
     inv = layer_inventory(net, (3, 32, 32))

@@ -1,4 +1,4 @@
-"""dkm.kmeans against references: scikit-learn's KMeans, brute-force distances, hand
+"""dkm.clustering against references: scikit-learn's KMeans, brute-force distances, hand
 computations."""
 
 import math
@@ -8,8 +8,8 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from dkm import kmeans as km
-from dkm.kmeans import INITS, KMeansResult, assign, init_centers, kmeans
+from dkm import clustering as km
+from dkm.clustering import INITS, KMeansResult, assign, init_centers, kmeans
 
 
 def normal(N, s, seed=0, dtype=torch.float32):

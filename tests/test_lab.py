@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from dkm.cli import lab_command, main
+from dkm.app.cli import lab_command, main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,48 +1,124 @@
-"""The package's layers as the README draws them: the method ← experiments ← front ends.
+"""The map of who may import whom: the method core, then the wings on their floors.
 
-A module may import from its own layer or from the layers before it, never from a later one, so
-the method modules read on their own (README "How the code is layered")."""
+The core (`dkm/*.py`) is the paper and imports only itself; each wing imports the core and the
+wings on lower floors (or its own modules); nothing imports in a circle. The compiled k-means
+plugs into the core through one hook (`dkm.clustering._nb`), loaded on first use."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dkm"
-LAYERS = {
-    1: {"rows", "spectral", "train", "kmeans", "sharing", "accounting", "export", "energy",
-        "inventory", "plan", "planner", "authors", "models", "data", "evaluation", "checkpoint",
-        "coding", "_checks", "_io", "_threads", "_allocator", "accelerators", "energy_shares",
-        "_kmeans_numba", "distributed"},
-    2: {"profiles", "runs", "pipeline", "sweep", "study", "zigzag_ref", "nn_dataflow_ref",
-        "energy_validation", "energy_savings", "ray_sweep"},
-    3: {"cli", "figdata", "plots", "sliders", "saving", "tables", "notebooks", "book", "__main__"},
-}  # fmt: skip
-LAYER = {name: n for n, names in LAYERS.items() for name in names}
+CORE = {"rows", "regularizer", "clustering", "sharing", "plans", "planner", "accounting", "_checks"}
+FLOORS = {  # wing -> floor; a wing may import wings on lower floors
+    "core": 0,
+    "fast": 1,
+    "io": 1,
+    "training": 2,
+    "export": 3,
+    "energy": 3,
+    "experiments": 4,
+    "viz": 5,
+    "app": 6,
+    "__main__": 7,
+}
+CORE_LINE_BUDGET = 2500
 
 
-def _imports(path: Path) -> set:
-    """The dkm modules that `path` imports (relative imports or `dkm.x`), anywhere in the file."""
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _wing(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "core"  # dkm itself: the public face of the core
+    return "core" if parts[1] in CORE else parts[1]
+
+
+def _imports(module: str) -> set:
+    """The dkm modules `module` imports, anywhere in the file (absolute imports only; those
+    under `if TYPE_CHECKING:` are for annotations and never run)."""
+    tree = ast.parse(MODULES[module].read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            node.body = []
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                found.add(node.module.split(".")[0])
-            elif node.level == 1:
-                found.update(alias.name for alias in node.names)
-            elif (node.module or "").startswith("dkm."):
-                found.add(node.module.split(".")[1])
+            assert node.level == 0, f"{module}: a relative import (the package imports absolutely)"
+            base = node.module or ""
+            if base == "dkm" or base.startswith("dkm."):
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    found.add(sub if sub in MODULES else base)
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("dkm."))
-    return found
+            found.update(a.name for a in node.names if a.name.startswith("dkm"))
+    return found - {module}
 
 
-def test_every_module_has_a_layer():
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    assert modules == set(LAYER), f"unplaced: {modules - set(LAYER)}, gone: {set(LAYER) - modules}"
+def test_every_module_is_in_the_core_or_a_wing():
+    wings = {_wing(m) for m in MODULES}
+    assert wings <= set(FLOORS), f"wings without a floor: {wings - set(FLOORS)}"
+    top = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    assert top == CORE, f"top-level modules that are not the method: {top - CORE}"
 
 
-@pytest.mark.parametrize("module", sorted(LAYER))
-def test_imports_go_to_earlier_layers_only(module):
-    later = {m for m in _imports(PACKAGE / f"{module}.py") if LAYER.get(m, 0) > LAYER[module]}
-    assert not later, f"dkm.{module} (layer {LAYER[module]}) imports later layers: {sorted(later)}"
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_go_to_the_core_or_lower_wings_only(module):
+    wing = _wing(module)
+    bad = sorted(
+        m
+        for m in _imports(module)
+        if _wing(m) != wing and FLOORS[_wing(m)] >= FLOORS[wing] and m != "dkm"
+    )
+    assert not bad, f"{module} ({wing}, floor {FLOORS[wing]}) imports {bad}"
+
+
+def test_the_core_imports_no_wing_and_the_fast_path_plugs_in_through_one_hook():
+    for module in MODULES:
+        if _wing(module) == "core":
+            wings = {_wing(m) for m in _imports(module)} - {"core"}
+            assert not wings, f"{module} imports the wings {wings}"
+    hooks = [m for m in MODULES if _wing(m) == "core" and '"dkm.fast' in MODULES[m].read_text()]
+    assert hooks == ["dkm.clustering"]
+
+
+def test_no_import_circles():
+    graph = {m: _imports(m) & set(MODULES) for m in MODULES}
+    state: dict = {}
+
+    def visit(m, path):
+        if state.get(m) == "done":
+            return
+        assert state.get(m) != "open", f"import circle: {' -> '.join(path + [m])}"
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            if n != "dkm" or m == "dkm":  # `dkm` (the face) is where every import starts
+                visit(n, path + [m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        visit(m, [])
+
+
+def test_the_core_is_short():
+    lines = sum(len(p.read_text().splitlines()) for p in PACKAGE.glob("*.py"))
+    assert lines <= CORE_LINE_BUDGET, f"dkm/*.py holds {lines} lines (budget {CORE_LINE_BUDGET})"
+
+
+def test_reading_the_method_imports_no_numba_ddp_or_checkpointing():
+    code = (
+        "import sys, dkm, dkm.regularizer, dkm.sharing, dkm.planner\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'numba' or (m.startswith"
+        "('dkm.') and m.split('.')[1] not in " + repr(sorted(CORE)) + "))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

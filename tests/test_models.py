@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dkm.models import build_model, conv_layers, small_cnn, wide_resnet
+from dkm.rows import conv_layers
+from dkm.training.models import build_model, small_cnn, wide_resnet
 
 REF = json.loads(
     (

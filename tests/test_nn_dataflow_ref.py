@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from dkm import energy_validation as ev
-from dkm import nn_dataflow_ref as nd
-from dkm.zigzag_ref import reference_layers
+from dkm.energy.references import nn_dataflow as nd
+from dkm.energy.references import validation as ev
+from dkm.energy.references.zigzag import reference_layers
 
 CASES = [(net, bits) for net in nd.NETS for bits in (8, 16)]
 COST = {"rf": 1, "array": 2, "buffer": 6, "dram": 200}  # nn-dataflow's test_eyeriss_isca16

@@ -1,7 +1,7 @@
 """The five notebooks: committed clean, run headlessly with PROFILE="smoke", every figure produced,
 nbval --nbval-lax.
 
-One smoke run (papermill, through `dkm.notebooks.run_all` as `python -m dkm figures` does)
+One smoke run (papermill, through `dkm.app.runner.run_all` as `python -m dkm figures` does)
 executes every notebook into a temporary directory, with the session's smoke run cache and results
 table (tests/conftest.py, shared with tests/e2e), so nothing committed is touched; nbval then
 re-runs the executed copies and compares the cells marked `# NBVAL_CHECK_OUTPUT` (deterministic
@@ -9,8 +9,8 @@ values: CR, bounds, counts, accuracies read from the cache) with the first run.
 """
 
 import ast
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +18,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dkm import notebooks, saving
+from dkm.app import runner as notebooks
+from dkm.viz import files as saving
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -250,14 +251,14 @@ def test_heartbeat_says_what_runs_at_least_every_interval():
 
 
 def test_figures_prepares_the_sweep_only_for_the_notebooks_that_read_it():
-    from dkm.cli import _needs_sweep
+    from dkm.app.cli import _needs_sweep
 
     assert _needs_sweep(None) and _needs_sweep("04") and _needs_sweep("01,03")
     assert not _needs_sweep("01") and not _needs_sweep("05")
 
 
 def test_book_without_executed_notebooks_is_one_clear_error(tmp_path, capsys):
-    from dkm.cli import main
+    from dkm.app.cli import main
 
     assert main(["book", "--profile", "paper", "--out-dir", str(tmp_path / "book")]) == 2
     err = capsys.readouterr().err

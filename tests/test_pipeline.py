@@ -6,17 +6,24 @@ import dataclasses
 import pytest
 import torch
 
-from dkm import pipeline as pl
-from dkm import runs
-from dkm import sweep as sw
-from dkm.cli import main
-from dkm.models import small_cnn, wide_resnet
-from dkm.authors import SETTINGS, authors_plan, setting, wrn16_4
-from dkm.plan import Plan, estimated_cr, layer_specs, plan_clusters
-from dkm.planner import rd_plan
-from dkm.profiles import get_profile
-from dkm.sharing import share
 from dkm.accounting import compression_ratio
+from dkm.app.cli import main
+from dkm.experiments import cache as runs
+from dkm.experiments import pipeline as pl
+from dkm.experiments import sweep as sw
+from dkm.experiments.profiles import get_profile
+from dkm.planner import rd_plan
+from dkm.plans import (
+    SETTINGS,
+    Plan,
+    authors_plan,
+    estimated_cr,
+    layer_specs,
+    plan_clusters,
+    setting,
+)
+from dkm.sharing import share
+from dkm.training.models import small_cnn, wide_resnet, wrn16_4
 
 
 def tiny(**overrides):
@@ -316,7 +323,7 @@ def test_cli_share_with_the_planner(dirs, capsys):
 
 @pytest.mark.parametrize("coding", ["fixed", "huffman", "rans"])
 def test_cli_share_exports_each_coding_at_its_conventions_size(dirs, capsys, coding):
-    from dkm.export import load_shared
+    from dkm.export.dkmfile import load_shared
 
     path = dirs / f"net-{coding}.dkm"
     argv = ["share", "--profile", "smoke", "--target-cr", "8", "--export", str(path)]
@@ -336,3 +343,19 @@ def test_cli_share_exports_each_coding_at_its_conventions_size(dirs, capsys, cod
 def test_cli_coding_needs_an_export(dirs, capsys):
     assert main(["share", "--profile", "smoke", "--target-cr", "8", "--coding", "rans"]) == 2
     assert "--coding rans codes the --export file: give --export PATH" in capsys.readouterr().err
+
+
+def test_compare_runs_pairs_runs_by_key_by_hand():
+    def row(key, method, value, metric="top1_bn"):
+        return {"run_key": key, "method": method, "setting": "45x", "target_cr": "28.56",
+                "metric": metric, "value": str(value)}  # fmt: skip
+
+    a = [row("k1", "plain", 0.90), row("k2", "plain", 0.80), row("k3", "kmeans", 0.5),
+         row("k1", "plain", 0.1, "top1"), row("only-a", "plain", 0.0)]  # fmt: skip
+    b = [row("k1", "plain", 0.85), row("k2", "plain", 0.83), row("k3", "kmeans", 0.5),
+         row("only-b", "kmeans", 1.0)]  # fmt: skip
+    out = {r["method"]: r for r in sw.compare_runs(a, b)}
+    assert out["plain"]["n"] == 2 and out["kmeans"]["n"] == 1
+    assert out["plain"]["mean_diff"] == pytest.approx((-0.05 + 0.03) / 2)
+    assert out["plain"]["max_abs_diff"] == pytest.approx(0.05)
+    assert out["kmeans"]["mean_diff"] == 0.0

@@ -4,11 +4,11 @@ table formatters, against hand computations."""
 import pytest
 import torch
 
-from dkm.models import conv_layers, small_cnn
-from dkm.plan import Plan, conv_index, conv_rows, describe, per_conv, plan_clusters, uniform_plan
-from dkm.rows import num_rows, stays_dense
-from dkm.spectral import DegenerateRelaxationWarning, KMeansRegularizer
-from dkm.tables import markdown_table, text_table
+from dkm.plans import Plan, conv_index, conv_rows, describe, per_conv, plan_clusters, uniform_plan
+from dkm.regularizer import DegenerateRelaxationWarning, KMeansRegularizer
+from dkm.rows import conv_layers, num_rows, stays_dense
+from dkm.training.models import small_cnn
+from dkm.viz.tables import markdown_table, text_table
 
 NAMES = ["conv1", "conv2", "conv3"]
 

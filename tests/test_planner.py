@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from dkm.accounting import compression_ratio
-from dkm.authors import ROLES
-from dkm.models import conv_layers, small_cnn, wide_resnet
 from dkm.planner import layer_options, rd_plan
+from dkm.plans import ROLES
+from dkm.rows import conv_layers
 from dkm.sharing import share
+from dkm.training.models import small_cnn, wide_resnet
 
 SMALL = dict(ks=(2, 3, 5), ps=(0.0, 0.5))
 

@@ -1,4 +1,5 @@
-"""Figure builders (dkm.plots), figure files (dkm.saving) and slider helpers (dkm.sliders) against
+"""Figure builders (dkm.viz.plots), figure files (dkm.viz.files) and slider helpers
+(dkm.viz.sliders) against
 hand-made data."""
 
 import csv
@@ -12,12 +13,16 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-import dkm._io
-from dkm import cli, figdata, notebooks, plots, runs, saving, sliders
-from dkm.kmeans import kmeans
-from dkm.models import small_cnn
-from dkm.plan import uniform_plan
-from dkm.train import TrainConfig, train
+import dkm.io
+from dkm.app import cli
+from dkm.app import runner as notebooks
+from dkm.experiments import cache as runs
+from dkm.clustering import kmeans
+from dkm.plans import uniform_plan
+from dkm.training.loop import TrainConfig, train
+from dkm.training.models import small_cnn
+from dkm.viz import figdata, plots, sliders
+from dkm.viz import files as saving
 
 
 def ys(fig, name=None, kind=None):
@@ -230,7 +235,7 @@ def test_save_figure_is_all_or_nothing_when_png_export_fails(tmp_path, monkeypat
 def test_save_table_keeps_the_old_files_when_writing_fails(tmp_path, monkeypatch):
     (tmp_path / "table97.csv").write_text("old")
     monkeypatch.setattr(
-        dkm._io.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full"))
+        dkm.io.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full"))
     )
     with pytest.raises(OSError, match="disk full"):
         saving.save_table([{"a": 1}], "table97", tmp_path)

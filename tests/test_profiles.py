@@ -5,13 +5,13 @@ import dataclasses
 import pytest
 import torch
 
-from dkm import authors
-from dkm import pipeline as pl
-from dkm.models import build_model, conv_layers
-from dkm.plan import Plan
-from dkm.profiles import PROFILES, get_profile
-from dkm.runs import config_key
-from dkm.rows import num_rows
+from dkm import plans as authors
+from dkm.experiments import pipeline as pl
+from dkm.experiments.cache import config_key
+from dkm.experiments.profiles import PROFILES, get_profile
+from dkm.plans import Plan
+from dkm.rows import conv_layers, num_rows
+from dkm.training.models import build_model
 
 
 def _net(profile):
@@ -68,7 +68,7 @@ def test_paper_fmnist_cache_keys_differ_from_papers():
 
 
 def test_every_profile_is_registered_and_accepted_by_the_command_line():
-    from dkm.cli import make_parser
+    from dkm.app.cli import make_parser
 
     assert list(PROFILES) == ["smoke", "cpu", "paper", "paper-fmnist"]
     for name in PROFILES:

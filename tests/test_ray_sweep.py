@@ -1,4 +1,5 @@
-"""The sweep on Ray (dkm.ray_sweep) against the serial sweep: a local Ray with 2 workers on the
+"""The sweep on Ray (dkm.experiments.ray_engine) against the serial sweep: a local Ray with 2
+workers on the
 smoke profile writes the same table, and a second run trains nothing."""
 
 import importlib.util
@@ -6,10 +7,10 @@ import sys
 
 import pytest
 
-from dkm import ray_sweep
-from dkm.plan import Plan
-from dkm.profiles import get_profile
-from dkm.sweep import results_path, sweep, write_results
+from dkm.experiments import ray_engine as ray_sweep
+from dkm.experiments.profiles import get_profile
+from dkm.experiments.sweep import results_path, sweep, write_results
+from dkm.plans import Plan
 
 needs_ray = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
@@ -71,7 +72,7 @@ def test_retrainings_are_the_distinct_nets_the_grid_shares():
 
 
 def test_cli_engine_ray_without_ray_names_the_extra(monkeypatch, capsys):
-    from dkm.cli import main
+    from dkm.app.cli import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert main(["sweep", "--profile", "smoke", "--engine", "ray"]) == 2
@@ -80,7 +81,7 @@ def test_cli_engine_ray_without_ray_names_the_extra(monkeypatch, capsys):
 
 @pytest.mark.parametrize("extra", [["--address", "auto"], ["--num-cpus", "2"]])
 def test_cli_ray_options_need_the_ray_engine(capsys, extra):
-    from dkm.cli import main
+    from dkm.app.cli import main
 
     assert main(["sweep", "--profile", "smoke", *extra]) == 2
     assert "--address and --num-cpus need --engine ray" in capsys.readouterr().err

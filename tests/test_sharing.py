@@ -5,11 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from dkm.models import conv_layers, small_cnn, wide_resnet
-from dkm.rows import to_rows
-from dkm.authors import authors_plan, setting
-from dkm.plan import Plan
+from dkm.plans import Plan, authors_plan, setting
+from dkm.rows import conv_layers, to_rows
 from dkm.sharing import share, shared_copy, sharing_seed, tie_centers, untie_centers
+from dkm.training.models import small_cnn, wide_resnet
 
 
 class MixedConvs(nn.Module):
@@ -228,8 +227,8 @@ def test_mean_center_gradient_is_the_cluster_sum_divided_by_its_size():
 def test_tied_codebook_gradient_is_reproducible_on_two_threads():
     # many rows in few clusters: an atomic accumulation (the backward of codebook[assignments])
     # gives run-to-run differences in the last bits here; the center fine-tuning must not
-    from dkm._threads import torch_threads
     from dkm.sharing import TiedWeight
+    from dkm.training.threads import torch_threads
 
     g = torch.Generator().manual_seed(0)
     assignments, upstream = (

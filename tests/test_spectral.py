@@ -1,5 +1,5 @@
-"""dkm.spectral: the k-means regularizer, against brute force, numpy's SVD, autograd and
-dkm.kmeans."""
+"""dkm.regularizer: the k-means regularizer, against brute force, numpy's SVD, autograd and
+dkm.clustering."""
 
 import io
 import warnings
@@ -9,9 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-import dkm.spectral as spectral
-from dkm.rows import from_matrix, to_matrix
-from dkm.spectral import (
+import dkm.regularizer as spectral
+from dkm.regularizer import (
     DegenerateRelaxationWarning,
     IndicatorF,
     KMeansRegularizer,
@@ -23,6 +22,7 @@ from dkm.spectral import (
     spectral_F,
     trace_form,
 )
+from dkm.rows import from_matrix, to_matrix
 
 D = torch.float64
 
@@ -128,7 +128,7 @@ def random_assignment(N, K, gen):
 
 @pytest.mark.parametrize("trial", range(8))
 def test_relaxed_bound_is_below_every_kmeans_error(trial):
-    from dkm.kmeans import kmeans
+    from dkm.clustering import kmeans
 
     gen = torch.Generator().manual_seed(trial)
     s, N = [(3, 50), (9, 40), (12, 30), (30, 12)][trial % 4]
@@ -218,7 +218,7 @@ def test_penalty_matches_finite_differences_and_plain_autograd(mode):
 
 
 def test_indicator_penalty_is_half_lam_times_kmeans_error():
-    from dkm.kmeans import kmeans
+    from dkm.clustering import kmeans
 
     net, lam = small_net(), 2.5
     reg = KMeansRegularizer(net, lam, {0: 4, "2": 3, 2: 5}, mode="indicator", seed=7)
@@ -236,7 +236,7 @@ def test_indicator_penalty_is_half_lam_times_kmeans_error():
 
 
 def test_indicator_refresh_warm_starts_lloyd_and_never_raises_the_error():
-    from dkm.kmeans import kmeans
+    from dkm.clustering import kmeans
 
     net = small_net()
     reg = KMeansRegularizer(net, 1.0, 4, layers=[0], refresh_every=1)
@@ -263,7 +263,7 @@ def test_indicator_refresh_warm_starts_lloyd_and_never_raises_the_error():
 
 
 def test_indicator_F_with_a_dominant_cluster_is_kmeans_with_p():
-    from dkm.kmeans import kmeans
+    from dkm.clustering import kmeans
 
     net = small_net()
     reg = KMeansRegularizer(
@@ -348,7 +348,7 @@ def sgd_step(net, reg):
     reg.after_step()
 
 
-@pytest.mark.filterwarnings("ignore::dkm.spectral.DegenerateRelaxationWarning")  # the 1×1 conv
+@pytest.mark.filterwarnings("ignore::dkm.regularizer.DegenerateRelaxationWarning")  # the 1×1 conv
 def test_spectral_F_changes_only_every_refresh_every_steps():
     net = small_net()
     reg = KMeansRegularizer(net, 1.0, 2, mode="spectral", view="rows", refresh_every=3)
@@ -376,7 +376,7 @@ def test_indicator_refreshes_only_every_refresh_every_steps(monkeypatch):
     assert counts == [1, 1, 1, 2, 2, 2, 2, 3, 3]  # 1 at construction, then at steps 4 and 8
 
 
-@pytest.mark.filterwarnings("ignore::dkm.spectral.DegenerateRelaxationWarning")  # the 1×1 conv
+@pytest.mark.filterwarnings("ignore::dkm.regularizer.DegenerateRelaxationWarning")  # the 1×1 conv
 @pytest.mark.parametrize("mode", ["spectral", "indicator"])
 def test_state_dict_round_trip(mode):
     net = small_net()
@@ -399,7 +399,7 @@ def test_state_dict_round_trip(mode):
     assert other.penalty().item() == reg.penalty().item()
 
 
-@pytest.mark.filterwarnings("ignore::dkm.spectral.DegenerateRelaxationWarning")  # the 1×1 conv
+@pytest.mark.filterwarnings("ignore::dkm.regularizer.DegenerateRelaxationWarning")  # the 1×1 conv
 def test_layers_by_name_or_index_and_randomized_svd_agree():
     net = small_net()
     by_index = KMeansRegularizer(net, 1.0, {1: 3}, mode="spectral", view="kernels", layers=1)
@@ -412,7 +412,7 @@ def test_layers_by_name_or_index_and_randomized_svd_agree():
     assert by_name.penalty().item() == pytest.approx(by_index.penalty().item(), rel=1e-9)
 
 
-@pytest.mark.filterwarnings("ignore::dkm.spectral.DegenerateRelaxationWarning")  # the 1×1 conv
+@pytest.mark.filterwarnings("ignore::dkm.regularizer.DegenerateRelaxationWarning")  # the 1×1 conv
 def test_float32_net_and_penalty_dtype():
     net = small_net(torch.float32)
     for mode in ("spectral", "indicator"):
@@ -466,7 +466,7 @@ def test_net_without_conv_and_non_finite_weights():
         reg.refresh()
 
 
-@pytest.mark.filterwarnings("ignore::dkm.spectral.DegenerateRelaxationWarning")  # the 1×1 conv
+@pytest.mark.filterwarnings("ignore::dkm.regularizer.DegenerateRelaxationWarning")  # the 1×1 conv
 def test_load_state_dict_mismatch():
     net = small_net()
     spec = KMeansRegularizer(net, 1.0, 2, mode="spectral").state_dict()

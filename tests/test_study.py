@@ -6,10 +6,10 @@ import statistics
 
 import pytest
 
-from dkm import pipeline as pl
-from dkm import study as st
-from dkm.cli import main
-from dkm.profiles import get_profile
+from dkm.app.cli import main
+from dkm.experiments import pipeline as pl
+from dkm.experiments import study as st
+from dkm.experiments.profiles import get_profile
 from dkm.sharing import layer_errors, sharing_seed
 
 
@@ -114,8 +114,8 @@ def test_study_table_summary_and_errors(dirs):
 def test_relative_error_ignores_the_weights_scale():
     import torch
 
-    from dkm.models import small_cnn
-    from dkm.plan import Plan
+    from dkm.plans import Plan
+    from dkm.training.models import small_cnn
 
     torch.manual_seed(0)
     net = small_cnn(in_channels=1, num_classes=10, width=8)

@@ -1,4 +1,5 @@
-"""dkm.train: learning, determinism, resume after SIGKILL (bit-exact), checkpoint safety, the
+"""dkm.training.loop: learning, determinism, resume after SIGKILL (bit-exact), checkpoint safety,
+the
 regularizer term, batch-norm recalibration and evaluation, each against a reference (an
 uninterrupted run, autograd-free hand computations, manual counts)."""
 
@@ -17,13 +18,12 @@ import torch.nn.functional as F_
 from torch import nn
 from torch.utils.data import TensorDataset
 
-
-from dkm.models import small_cnn, wide_resnet
-from dkm import spectral
-from dkm.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
-from dkm.data import epoch_order
-from dkm.evaluation import evaluate, recalibrate_batchnorm
-from dkm.train import History, TrainConfig, show_progress, train
+from dkm import regularizer as spectral
+from dkm.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from dkm.training.data import epoch_order
+from dkm.training.evaluation import evaluate, recalibrate_batchnorm
+from dkm.training.loop import History, TrainConfig, show_progress, train
+from dkm.training.models import small_cnn, wide_resnet
 
 torch.set_num_threads(1)
 HERE = Path(__file__).resolve().parent
@@ -625,7 +625,7 @@ def test_any_dataset_gives_the_same_batches_as_a_tensor_dataset():
 
 
 def test_threads_are_set_for_the_run_and_restored():
-    from dkm._threads import torch_threads
+    from dkm.training.threads import torch_threads
 
     before = torch.get_num_threads()
     seen = []

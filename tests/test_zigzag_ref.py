@@ -7,17 +7,19 @@ import importlib.util
 import numpy as np
 import pytest
 
-from dkm import zigzag_ref as zr
-from dkm.cli import main
+from dkm.app.cli import main
+from dkm.energy.references import common
+from dkm.energy.references import zigzag as zr
+from dkm.energy.references.validation import validation_table
 
 HAVE_ZIGZAG = (
     importlib.util.find_spec("zigzag") is not None and importlib.util.find_spec("six") is not None
 )
-CASES = [(net, bits) for net in zr.NETS for bits in (8, 16)]
+CASES = [(net, bits) for net in common.NETS for bits in (8, 16)]
 
 
 def test_workload_of_alexnet_layers_by_hand():
-    conv1, *_, fc8 = zr.reference_layers("alexnet")
+    conv1, *_, fc8 = common.reference_layers("alexnet")
     w = zr.zigzag_workload(conv1, 8)[0]
     assert w["loop_sizes"] == [1, 64, 3, 55, 55, 11, 11]
     assert w["dimension_relations"] == ["ix=4*ox+1*fx", "iy=4*oy+1*fy"]
@@ -30,7 +32,7 @@ def test_workload_of_alexnet_layers_by_hand():
 
 @pytest.mark.parametrize("net,bits", CASES)
 def test_committed_reference_matches_layers(net, bits):
-    rows, layers = zr.load_reference(net, bits), zr.reference_layers(net)
+    rows, layers = zr.load_reference(net, bits), common.reference_layers(net)
     assert [r["name"] for r in rows] == [layer.name for layer in layers]
     assert [r["macs"] for r in rows] == [layer.macs for layer in layers]
     for r in rows:
@@ -48,7 +50,7 @@ def test_committed_reference_matches_layers(net, bits):
 
 
 def test_memory_energy_follows_bit_width():
-    for net in zr.NETS:
+    for net in common.NETS:
         e8, e16 = zr.load_reference(net, 8), zr.load_reference(net, 16)
         assert all(b["mem_energy_pJ"] > a["mem_energy_pJ"] for a, b in zip(e8, e16))
 
@@ -59,14 +61,14 @@ def test_r2_against_sklearn_and_numpy():
     rng = np.random.default_rng(0)
     x = rng.lognormal(size=40)
     y = 3 * x + rng.normal(scale=2.0, size=40)
-    r2 = zr.r2_linear(x, y)
+    r2 = common.r2_linear(x, y)
     assert r2 == pytest.approx(
         LinearRegression().fit(x[:, None], y).score(x[:, None], y), abs=1e-12
     )
     assert r2 == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2, abs=1e-12)
-    assert zr.r2_linear(x, 5 * x - 1) == pytest.approx(1.0)
+    assert common.r2_linear(x, 5 * x - 1) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="same length"):
-        zr.r2_linear([1, 2, 3], [1, 2])
+        common.r2_linear([1, 2, 3], [1, 2])
 
 
 # rows of the table: net × reference (zigzag, nn_dataflow) × bits × layers (all, convs) × target
@@ -74,9 +76,9 @@ TABLE_ROWS = len(CASES) * 2 * 2 * 2
 
 
 def test_committed_validation_table_is_reproduced():
-    path = zr.RESULTS_DIR / "energy_validation.csv"
+    path = common.RESULTS_DIR / "energy_validation.csv"
     committed = list(csv.DictReader(open(path)))
-    fresh = zr.validation_table()
+    fresh = validation_table()
     assert len(committed) == len(fresh) == TABLE_ROWS
     for c, f in zip(committed, fresh):
         key = ("net", "reference", "layers", "target")
@@ -88,15 +90,15 @@ def test_committed_validation_table_is_reproduced():
 def test_zigzag_r2_unchanged_by_the_second_reference():
     # the R² of our metric against ZigZag, all layers, as committed before nn-dataflow came in
     earlier = {("alexnet", 8, "energy"): 0.998, ("googlenet", 16, "energy_per_mac"): 0.9982}
-    for r in zr.validation_table():
+    for r in validation_table():
         if r["reference"] == "zigzag" and r["layers"] == "all":
             if (r["net"], r["bits"], r["target"]) in earlier:
                 assert r["r2_ours"] == earlier[r["net"], r["bits"], r["target"]]
 
 
 def test_cli_validate_writes_the_committed_table(tmp_path, monkeypatch, capsys):
-    committed = (zr.RESULTS_DIR / "energy_validation.csv").read_text()
-    monkeypatch.setattr(zr, "RESULTS_DIR", tmp_path)
+    committed = (common.RESULTS_DIR / "energy_validation.csv").read_text()
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
     assert main(["zigzag", "validate"]) == 0
     assert (tmp_path / "energy_validation.csv").read_text() == committed
     out = capsys.readouterr().out
@@ -114,7 +116,7 @@ def test_cli_validate_writes_the_committed_table(tmp_path, monkeypatch, capsys):
     [("alexnet", 8, "classifier.4"), ("googlenet", 16, "inception5b.branch4.1.conv")],
 )
 def test_zigzag_recomputes_committed_rows(net, bits, name):
-    layer = [lay for lay in zr.reference_layers(net) if lay.name == name][0]
+    layer = [lay for lay in common.reference_layers(net) if lay.name == name][0]
     row = [r for r in zr.load_reference(net, bits) if r["name"] == name][0]
     fresh = zr.run_layer(layer, bits)
     for k in ("energy_pJ", "mac_energy_pJ", "mem_energy_pJ", "mem_W_pJ", "mem_I_pJ", "mem_O_pJ"):

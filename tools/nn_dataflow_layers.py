@@ -2,7 +2,8 @@
 
 Runs inside nn-dataflow's own virtual environment (it pins sympy 1.5.1; torch needs a newer one),
 so it imports nothing from dkm. Reads JSON from stdin, {"bits": b, "layers": [{name, kind, batch,
-c_in, c_out, in_size, out_size, kernel, stride}, ...]} (sizes as [h, w]; `dkm.nn_dataflow_ref`
+c_in, c_out, in_size, out_size, kernel, stride}, ...]} (sizes as [h, w];
+`dkm.energy.references.nn_dataflow`
 writes it); prints one JSON object per layer: MACs, accesses per level and data type, cost.
 
 The configuration is the one of nn-dataflow's test `test_eyeriss_isca16` (tests/dataflow_test/
@@ -17,10 +18,21 @@ import json
 import sys
 import time
 
-from nn_dataflow.core import ConvLayer, Cost, FCLayer, InputLayer, MapStrategyEyeriss
-from nn_dataflow.core import MemHierEnum as me
+from nn_dataflow.core import (
+    ConvLayer,
+    Cost,
+    FCLayer,
+    InputLayer,
+    MapStrategyEyeriss,
+    Network,
+    NNDataflow,
+    NodeRegion,
+    Option,
+    PhyDim2,
+    Resource,
+)
 from nn_dataflow.core import DataCategoryEnum as de
-from nn_dataflow.core import Network, NNDataflow, NodeRegion, Option, PhyDim2, Resource
+from nn_dataflow.core import MemHierEnum as me
 from nn_dataflow.version import __version__
 
 COST = Cost(mac_op=1, mem_hier=(200, 6, 2, 1), noc_hop=0, idl_unit=0)

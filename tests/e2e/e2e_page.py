@@ -304,7 +304,8 @@ def _answer(page, slider, where: tuple, button, timeout: float, back: dict | Non
 
 
 def _kernel_seconds(slider, timeout: float = 5.0) -> float | None:
-    """The time `dkm.sliders` reports under the controls ("answered in 0.3 s"); None without one."""
+    """The time `dkm.viz.sliders` reports under the controls ("answered in 0.3 s"); None without
+    one."""
     deadline = time.monotonic() + timeout
     while True:
         notes = slider.evaluate(js.WHERE)["notes"]

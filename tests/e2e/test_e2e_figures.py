@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dkm import saving
+from dkm.viz import files as saving
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from e2e_page import ANSWER_BOUND_S, check_notebook
 
-from dkm._io import write_atomic
+from dkm.io import write_atomic
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,301 @@
+"""The CR grid behind the CR–accuracy figure: every method at every target CR and seed, into one
+tidy table.
+
+Methods (all shared row-wise at the same per-layer K, from `dkm.plans.plan_clusters`):
+
+| method             | net that is shared                 | sharing                                |
+|--------------------|------------------------------------|----------------------------------------|
+| `kmeans`           | pre-trained                        | k-means++ (post-training sharing)      |
+| `density`          | pre-trained                        | k-means seeded from the weight density |
+| `deep_compression` | pre-trained                        | linear init + center fine-tuning       |
+| `plain`            | re-trained without the regularizer | k-means++ (the control: more training) |
+| `dkm-indicator`    | re-trained with indicator F        | k-means++                              |
+| `dkm-spectral`     | re-trained with spectral F         | k-means++                              |
+| `plain+ft`         | re-trained without the regularizer | as `deep_compression` (opt-in, below)  |
+| `dkm-<mode>+ft`    | re-trained with the regularizer    | as `deep_compression` (opt-in, below)  |
+
+The `+ft` methods follow re-training with Deep Compression's center fine-tuning: two epochs of
+training in all, so `plain+ft` is their control. They are not in the default grid (they add a
+fine-tuning per point); run them with `sweep(profile, methods=finetuned_methods(profile))` or
+`python -m dkm sweep --methods plain+ft,dkm-indicator+ft`. The table is always the grid of the run
+that wrote it: name the default methods too to keep their rows beside the opt-in ones.
+
+Points (`plans_of`): one uniform K per conv for each of the profile's `cr_targets`
+(`dkm.plans.plan_clusters`), the authors' per-layer settings named in `official_settings`
+(`dkm.plans.authors_plan`), and the rate–distortion planner's per-layer (K, p) at each of its
+`rd_targets` (`dkm.planner.rd_plan`); a target may be an authors' setting's name, standing for its
+CR on the profile's net. The profile's `methods` (default: all but `+ft`) run at every plan, seed.
+The table (one row per run × metric; `setting` = "uniform", "rd" or "45x"/"47x"/"50x") is
+`data/results/sweep_<profile>.csv` (smoke: build/results/).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import statistics
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from dkm._checks import check_choice
+from dkm.experiments import pipeline as pl
+from dkm.experiments import platform
+from dkm.experiments.cache import ROOT, config_key
+from dkm.experiments.profiles import Profile
+from dkm.io import WriteError, locked, write_atomic
+from dkm.planner import rd_plan
+from dkm.plans import SETTINGS, Plan, authors_plan, plan_clusters
+from dkm.training.loop import show_progress
+
+COLUMNS = ("run_key", "profile", "method", "setting", "target_cr", "seed", "lam", "metric", "value")
+METRICS = ("top1_before", "top1", "top1_bn", "K", "cr_official", "cr_fixed", "cr_huffman")
+BASELINES = ("kmeans", "density", "deep_compression")
+
+
+# suffix: the re-trained net is shared as by deep_compression (linear init + center fine-tuning)
+FINETUNED = "+ft"
+
+
+def all_methods(profile: Profile) -> list[str]:
+    """Every method without fine-tuning after re-training, in table order."""
+    return [*BASELINES, "plain", *(f"dkm-{mode}" for mode in profile.modes)]
+
+
+def methods_of(profile: Profile) -> list[str]:
+    """The methods the sweep runs by default: the profile's `methods`, else all of them."""
+    return list(profile.methods) if profile.methods else all_methods(profile)
+
+
+def finetuned_methods(profile: Profile) -> list[str]:
+    """The opt-in methods: each re-training followed by center fine-tuning (`plain+ft` is their
+    control)."""
+    return [m + FINETUNED for m in all_methods(profile) if m not in BASELINES]
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """(source net, sharing method) of a sweep method."""
+    if method in BASELINES:
+        return "pretrained", method
+    if method.endswith(FINETUNED):
+        return method[: -len(FINETUNED)], "deep_compression"
+    return method, "kmeans"
+
+
+def results_path(profile: Profile) -> Path:
+    """data/results/sweep_<name>.csv for the cpu and paper profiles; build/results/ for smoke (or
+    $DKM_RESULTS_DIR)."""
+    default = ROOT / ("build/results" if profile.name == "smoke" else "data/results")
+    return Path(os.environ.get("DKM_RESULTS_DIR", default)) / f"sweep_{profile.name}.csv"
+
+
+class ResultsFormatError(ValueError):
+    """A results table whose header is not this version's COLUMNS."""
+
+
+def read_results(path: Path) -> list[dict]:
+    """Rows of a results table; an older or foreign format raises ResultsFormatError (nothing is
+    overwritten)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise ResultsFormatError(
+                f"{path} has columns {reader.fieldnames}: this version writes {list(COLUMNS)}; "
+                f"move it away (or delete it) and re-run the sweep"
+            )
+        return list(reader)
+
+
+def write_results(path: Path, rows: list[dict], info: dict | None = None) -> None:
+    """Write the table at `path` as exactly `rows`, the whole grid of one sweep run: rows of other
+    runs (plans the grid no longer has, methods it did not run, another machine's runs) are not
+    kept. `info`: the platform the rows were computed on, written beside the table
+    (`dkm.experiments.platform`). Atomic, under the lock of its directory."""
+    _write_locked(path, lambda old: rows, info)
+
+
+def add_results(path: Path, new_rows: list[dict], info: dict | None = None) -> None:
+    """Merge `new_rows` (one evaluated point, `dkm evaluate`) into the table at `path`: rows of a
+    re-run key replace the old ones; concurrent writers lose no row. A table recorded on another
+    platform is refused (its rows and these would mix two machines' numbers)."""
+    keys = {r["run_key"] for r in new_rows}
+    _write_locked(path, lambda old: [r for r in old if r["run_key"] not in keys] + new_rows, info,
+                  merge=True)  # fmt: skip
+
+
+def _check_same_platform(path: Path, info: dict | None) -> None:
+    """Refuse to merge rows of this platform into a table recorded on another one."""
+    before = platform.recorded(path) if path.exists() else None
+    if info is None or before is None or not platform.differences(before, info):
+        return
+    raise ValueError(
+        f"{path} was computed on {platform.describe(before)}; this machine is "
+        f"{platform.describe(info)} ({'; '.join(platform.differences(before, info))}): its "
+        f"numbers would mix with these. Re-run the whole sweep (`dkm sweep`) to rewrite the table"
+    )
+
+
+def _write_locked(path: Path, make_rows, info: dict | None, merge: bool = False) -> None:
+    """Write make_rows(the table's current rows), sorted, atomically under the directory's lock,
+    and the platform beside it."""
+    path = Path(path)
+    try:
+        with locked(path.parent):
+            if merge:
+                _check_same_platform(path, info)
+            _write_table(path, make_rows(read_results(path)))
+            if info is not None:
+                platform.write(path, info)
+    except WriteError as err:
+        raise WriteError(
+            f"{err} (the results table: set $DKM_RESULTS_DIR to a writable directory; the "
+            f"results themselves are cached in the run directories, a re-run only reads them)"
+        ) from None
+
+
+def _write_table(path: Path, rows: list[dict]) -> None:
+    rows = sorted(
+        rows,
+        key=lambda r: (
+            r["method"],
+            r["setting"],
+            float(r["target_cr"]),
+            int(r["seed"]),
+            r["metric"],
+        ),
+    )
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: r[c] for c in COLUMNS} for r in rows)
+    write_atomic(path, buf.getvalue())
+
+
+def _rows(profile: Profile, method: str, plan: Plan, seed: int, key: str, result: dict) -> list:
+    """The table rows (one per metric) of one evaluated point."""
+    source = split_method(method)[0]
+    values = {
+        "top1_before": result["top1_before"],
+        "top1": result["top1"],
+        "top1_bn": result["top1_bn"],
+        "K": max(plan.K),
+        **{f"cr_{c}": result["cr"][c] for c in ("official", "fixed", "huffman")},
+    }
+    base = {
+        "run_key": key,
+        "profile": profile.name,
+        "method": method,
+        "setting": plan.setting,
+        "target_cr": plan.target_cr,
+        "seed": seed,
+        "lam": profile.lam if source.startswith("dkm-") else "",  # λ of a regularized source
+    }
+    return [{**base, "metric": m, "value": f"{values[m]:.6g}"} for m in METRICS]
+
+
+def run_point(profile: Profile, method: str, plan: Plan, seed: int, progress=None):
+    """(result, table rows) of one sweep method at one plan and seed (cached stages are read)."""
+    source, share_method = split_method(method)
+    net, source_config = pl.source_net(profile, source, plan, seed, progress)
+    config = pl.evaluation_config(profile, source_config, share_method, plan, seed)
+    result = pl.share_and_evaluate(profile, net, source_config, share_method, plan, seed, progress)
+    return result, _rows(profile, method, plan, seed, config_key(config), result)
+
+
+def _target(net, target) -> float:
+    """A plan target as a CR: an authors' setting name stands for its CR on `net`."""
+    return authors_plan(net, target).target_cr if target in SETTINGS else float(target)
+
+
+def plans_of(profile: Profile, net) -> list[Plan]:
+    """The sweep's plans: uniform K at `cr_targets`, the authors' `official_settings`, and the
+    rate–distortion planner at `rd_targets` (its k-means runs cached with the pre-trained net)."""
+    plans = [plan_clusters(net, _target(net, t), p=profile.p) for t in profile.cr_targets]
+    plans += [authors_plan(net, setting) for setting in profile.official_settings]
+    if profile.rd_targets:
+        options = pl.planner_options(profile, net)
+        plans += [rd_plan(net, _target(net, t), options) for t in profile.rd_targets]
+    return plans
+
+
+def headline_plan(profile: Profile, net) -> Plan:
+    """The one plan the notebooks re-train and share: the profile's first authors' setting (the
+    paper's regime) if it runs one, else uniform K at its largest uniform target."""
+    if profile.official_settings:
+        return authors_plan(net, profile.official_settings[0])
+    return plan_clusters(net, max(_target(net, t) for t in profile.cr_targets), p=profile.p)
+
+
+def sweep(profile: Profile, methods=None, progress=None, write=True, report=None) -> list[dict]:
+    """Run (or read from the cache) every method × plan × seed; the rows become the table (exactly
+    this grid: `write_results`).
+
+    report(done, total, what): called before each point (what: method, plan and seed), and at the
+    end with done == total."""
+    methods = methods_of(profile) if methods is None else list(methods)
+    for m in methods:
+        check_choice("method", m, all_methods(profile) + finetuned_methods(profile))
+    net, _ = pl.pretrain(profile, progress)
+    plans = plans_of(profile, net)
+    grid = [(m, plan, seed) for plan in plans for seed in profile.seeds for m in methods]
+    rows = []
+    show = show_progress(progress)
+    for k, (method, plan, seed) in enumerate(
+        tqdm(grid, desc=f"sweep {profile.name}", unit="run", disable=not show)
+    ):
+        if report:
+            report(k, len(grid), f"{method} at {plan.label()}, seed {seed}")
+        rows += run_point(profile, method, plan, seed, progress)[1]
+    if report:
+        report(len(grid), len(grid), "done")
+    if write:
+        write_results(results_path(profile), rows, platform.of_profile(profile))
+    return rows
+
+
+def summary(rows: list[dict], metric: str = "top1") -> list[dict]:
+    """Mean, standard deviation (n − 1) and spread (half the range) of `metric` over seeds, per
+    method × plan, with the mean official CR."""
+    groups: dict = {}
+    for r in rows:
+        g = groups.setdefault((r["method"], r.get("setting", "uniform"), float(r["target_cr"])), {})
+        g.setdefault(r["metric"], []).append(float(r["value"]))
+    out = []
+    for (method, setting, target), g in sorted(
+        groups.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])
+    ):
+        v = g.get(metric, [])
+        out.append(
+            {
+                "method": method,
+                "setting": setting,
+                "target_cr": target,
+                "cr_official": sum(g["cr_official"]) / len(g["cr_official"]),
+                "K": g["K"][0],
+                "n": len(v),
+                "mean": sum(v) / len(v),
+                "spread": (max(v) - min(v)) / 2,
+                "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+            }
+        )
+    return out
+
+
+def compare_runs(rows_a: list[dict], rows_b: list[dict], metric: str = "top1_bn") -> list[dict]:
+    """Two tables of the same grid (e.g. two CPU types) run for run: per method × plan, the runs
+    both have (same key), the mean difference b − a and the largest |b − a| of `metric`."""
+    a = {r["run_key"]: r for r in rows_a if r["metric"] == metric}
+    b = {r["run_key"]: float(r["value"]) for r in rows_b if r["metric"] == metric}
+    groups: dict = {}
+    for key in a.keys() & b.keys():
+        r = a[key]
+        diff = b[key] - float(r["value"])
+        groups.setdefault((r["method"], r["setting"], float(r["target_cr"])), []).append(diff)
+    return [
+        {"method": m, "setting": s, "target_cr": t, "n": len(d),
+         "mean_diff": sum(d) / len(d), "max_abs_diff": max(map(abs, d))}
+        for (m, s, t), d in sorted(groups.items())
+    ]  # fmt: skip

@@ -1,0 +1,68 @@
+"""The platform beside each results table: parsed from /proc/cpuinfo text, written with the table,
+compared before rows of another machine are merged, and announced once by `dkm figures`."""
+
+import pytest
+
+from dkm.app import cli
+from dkm.experiments import platform
+from dkm.experiments import sweep as sw
+
+ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse4_2 avx avx2 fma
+
+processor\t: 1
+vendor_id\t: ignored
+"""
+ZEN4 = ZEN3.replace("model\t\t: 1", "model\t\t: 17").replace("avx2 fma", "avx2 fma avx512f")
+
+
+def test_the_platform_is_read_from_the_first_processor():
+    info = platform.current(threads=2, memory_format="channels_last", cpuinfo_text=ZEN3)
+    cpu = (info["cpu_vendor"], info["cpu_family"], info["cpu_model"])
+    assert cpu == ("AuthenticAMD", "25", "1")
+    assert info["isa"] == ["sse4_2", "avx", "avx2", "fma"]
+    assert (info["threads"], info["memory_format"]) == (2, "channels_last")
+    assert set(platform.KEY_FIELDS) <= set(info)
+    other = platform.current(threads=2, memory_format="channels_last", cpuinfo_text=ZEN4)
+    assert platform.differences(info, other) == [
+        "cpu_model: 1 ≠ 17",
+        "isa: ['sse4_2', 'avx', 'avx2', 'fma'] ≠ ['sse4_2', 'avx', 'avx2', 'fma', 'avx512f']",
+    ]
+    assert platform.differences(info, dict(info)) == []
+
+
+def _row(key):
+    return {c: "1" for c in sw.COLUMNS} | {"run_key": key}
+
+
+def test_the_table_records_its_platform_and_refuses_rows_of_another(tmp_path):
+    path = tmp_path / "sweep_x.csv"
+    here = platform.current(2, "contiguous", ZEN3)
+    sw.write_results(path, [_row("a")], here)
+    assert platform.sidecar(path) == tmp_path / "sweep_x.platform.json"
+    assert platform.recorded(path) == here
+    sw.add_results(path, [_row("b")], here)  # the same machine: merged
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="was computed on AMD EPYC .*cpu_model: 1 ≠ 17"):
+        sw.add_results(path, [_row("c")], platform.current(2, "contiguous", ZEN4))
+    assert path.read_bytes() == before and platform.recorded(path) == here
+    sw.write_results(path, [_row("c")], platform.current(2, "contiguous", ZEN4))  # a whole run
+    assert platform.recorded(path)["cpu_model"] == "17"
+
+
+def test_figures_says_once_when_this_machine_is_not_the_tables(tmp_path, monkeypatch):
+    monkeypatch.setenv("DKM_RESULTS_DIR", str(tmp_path))
+    profile = cli.get_profile("cpu")
+    table = sw.results_path(profile)
+    assert cli._platform_notice("cpu") is None  # no table yet: nothing to compare
+    sw.write_results(table, [_row("a")], platform.of_profile(profile))
+    assert cli._platform_notice("cpu") is None  # this machine's own table
+    elsewhere = platform.of_profile(profile) | {"cpu_model": "elsewhere"}
+    platform.write(table, elsewhere)
+    notice = cli._platform_notice("cpu")
+    assert notice.startswith("note: the committed results were computed on ")
+    assert "cpu_model: elsewhere ≠" in notice and "expect other numbers" in notice
