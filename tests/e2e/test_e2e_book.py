@@ -1,12 +1,14 @@
 """`make book` offline in headless Chromium: the contents page in teaching order, every page loads
 with the network off, its plotly figures drawn, its maths typeset, each slider replaced by a note,
-no console error and no request off disk."""
+no console error and no request off disk; the docs pages beside the notebooks, linked from the
+contents page and to each other."""
 
 import json
 
 import pytest
 
-from dkm import book, notebooks
+from dkm.app import book
+from dkm.app import runner as notebooks
 
 pytestmark = pytest.mark.e2e
 
@@ -40,8 +42,10 @@ STATE = f"""() => ({{
   notes: document.querySelectorAll('.jp-OutputArea .dkm-note').length,
   links: [...document.querySelectorAll('a')].map(a => a.getAttribute('href')),
   contents: [...document.querySelectorAll('li a')].map(a => a.getAttribute('href')),
+  tables: document.querySelectorAll('table').length,
   text: document.body.innerText,
 }})"""
+DOC_READY = "() => document.readyState === 'complete'"
 
 
 def _open(browser, path, ready: str | None = None):
@@ -55,6 +59,7 @@ def _open(browser, path, ready: str | None = None):
         page.goto(path.as_uri())
         if ready:
             page.wait_for_function(ready, timeout=60_000)
+        if ready == DRAWN:
             page.evaluate("() => MathJax.startup.promise")
         state = page.evaluate(STATE)
     finally:
@@ -64,8 +69,23 @@ def _open(browser, path, ready: str | None = None):
 
 def test_contents_page_lists_the_notebooks_in_teaching_order(smoke_book, browser):
     state, console, requests = _open(browser, smoke_book["index"])
-    assert state["contents"] == [f"{name}.html" for name in notebooks.NOTEBOOKS]
+    docs = [f"{page.stem}.html" for page in book.docs_pages()]
+    assert state["contents"] == [f"{name}.html" for name in notebooks.NOTEBOOKS] + docs
     assert not console and all(url.startswith("file://") for url in requests)
+
+
+def test_a_docs_page_works_offline(smoke_book, browser):
+    """docs/method.md as a page of the book: its table drawn, its links to the other docs pages and
+    to the notebooks point at their pages, nothing requested off the disk."""
+    site = smoke_book["index"].parent
+    state, console, requests = _open(browser, site / "method.html", DOC_READY)
+    assert state["tables"] >= 1 and "rank(W)" in state["text"]
+    assert {"index.html", "layout.html", "01_spectral_relaxation.html"} <= set(state["links"])
+    assert all(
+        (site / link.split("#")[0]).is_file() for link in state["links"] if link and link[0] != "#"
+    )
+    assert not console, console
+    assert all(url.startswith("file://") for url in requests), requests
 
 
 @pytest.mark.parametrize("name", notebooks.NOTEBOOKS)
