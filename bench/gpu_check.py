@@ -224,7 +224,7 @@ def retrain(net, profile, plan, mode: str, train_set):
 def share_and_evaluate(net, plan, train_set, test_set, profile, device) -> dict:
     """Top-1 before sharing, after sharing at `plan`, and after BN re-estimation (§5)."""
     result = {"top1_before": evaluate(net, test_set, device=device)["accuracy"]}
-    share(net, plan, seed=sharing_seed(0))
+    share(net, plan, kmeans_seed=sharing_seed(0))
     result["top1_shared"] = evaluate(net, test_set, device=device)["accuracy"]
     recalibrate_batchnorm(net, train_set, num_batches=profile.bn_batches, device=device)
     result["top1_bn"] = evaluate(net, test_set, device=device)["accuracy"]

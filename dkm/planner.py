@@ -40,12 +40,14 @@ def _conv_bits(spec: dict, k: int, p: float, convention) -> float:
     return table_from_specs([spec], {"K": [k], "p": [p]}, convention)[0]["compressed_bits"]
 
 
-def layer_options(net: nn.Module, seed: int = 1000, convention="official", ks=K_GRID, ps=P_GRID):
+def layer_options(
+    net: nn.Module, kmeans_seed: int = 1000, convention="official", ks=K_GRID, ps=P_GRID
+):
     """Per conv, its options [{"K", "p", "bits", "error"}]: dense first, then every (K, p).
 
     "error" is the relative k-means error of the conv's kernel rows (k-means++ from seed
-    `seed + conv index`, as `dkm.sharing.share` clusters: seed 1000 is the sharing of run seed 0);
-    dense has error 0.
+    `kmeans_seed + conv index`, as `dkm.sharing.share` clusters: seed 1000 is the sharing of run
+    seed 0); dense has error 0.
     """
     convs = conv_layers(net)
     specs = [s for s in layer_specs(net) if s["kind"] == "conv"]
@@ -56,7 +58,7 @@ def layer_options(net: nn.Module, seed: int = 1000, convention="official", ks=K_
         options = [{"K": n, "p": 0.0, "bits": _conv_bits(spec, n, 0.0, convention), "error": 0.0}]
         for k in (k for k in ks if not stays_dense(k, n)):
             for p in (p for p in ps if p == 0 or 1 <= int(n * p) <= n - (k - 1)):
-                inertia = kmeans(rows, k, p=p, seed=seed + i).inertia
+                inertia = kmeans(rows, k, p=p, seed=kmeans_seed + i).inertia
                 bits = _conv_bits(spec, k, p, convention)
                 options.append({"K": k, "p": p, "bits": bits, "error": inertia / total})
         out.append(options)
@@ -74,16 +76,16 @@ def _cr(specs: list, chosen: list, convention) -> float:
 
 
 def rd_plan(
-    net: nn.Module, target_cr: float, options=None, convention="official", seed=1000
+    net: nn.Module, target_cr: float, options=None, convention="official", kmeans_seed=1000
 ) -> Plan:
     """The rate–distortion plan reaching `target_cr` (see the module docstring).
 
-    `options` (from `layer_options(net, seed, convention)`) can be passed to plan several targets
-    from one set of k-means runs.
+    `options` (from `layer_options(net, kmeans_seed, convention)`) can be passed to plan several
+    targets from one set of k-means runs.
     """
     target_cr = check_float("target_cr", target_cr, 1.0, lo_open=True)
     name = get_convention(convention).name
-    options = options if options is not None else layer_options(net, seed, convention)
+    options = options if options is not None else layer_options(net, kmeans_seed, convention)
     specs = layer_specs(net)
     best = _cr(specs, _choose(options, float("inf")), convention)
     if best < target_cr:

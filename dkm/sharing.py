@@ -83,14 +83,15 @@ def share(
     p=0.0,
     init: str = "kmeans++",
     exclude=(),
-    seed: int = 1000,
+    kmeans_seed: int = 1000,
     max_iter: int = 100,
     tol: float = 1e-4,
 ) -> ShareResult:
     """Row-wise k-means sharing of every Conv2d (paper §3.3): W ← codebook[assignments], in place.
 
     num_clusters: a `dkm.plans.Plan` (its K and p), or K as one int for all convs, a list in conv
-    order or a dict by conv name/index (then p likewise). Layer i is clustered with seed `seed + i`
+    order or a dict by conv name/index (then p likewise). Layer i is clustered with seed
+    `kmeans_seed + i`
     (the authors use 1000 + layer index; the pipeline `sharing_seed(run seed) + i`).
     """
     if isinstance(num_clusters, Plan):
@@ -113,7 +114,7 @@ def share(
             result.skipped[name] = reason
             continue
         result.layers[name] = _share_layer(
-            name, i, conv, rows, k, p_i, init, seed + i, max_iter, tol
+            name, i, conv, rows, k, p_i, init, kmeans_seed + i, max_iter, tol
         )
     _warn_if_nothing_shared(result, num_clusters)
     return result
@@ -155,9 +156,10 @@ def _share_layer(name, i, conv, rows, k, p, init, seed, max_iter, tol) -> Shared
     return layer
 
 
-def layer_errors(net: nn.Module, plan: Plan, seed: int = 1000) -> dict:
+def layer_errors(net: nn.Module, plan: Plan, kmeans_seed: int = 1000) -> dict:
     """{conv name: {"error", "weight_sq"}}: the k-means error of its kernel rows at the plan's K
-    (k-means++, conv i with seed `seed + i`, no dominant cluster) and ‖W‖²; dense convs left out.
+    (k-means++, conv i with seed `kmeans_seed + i`, no dominant cluster) and ‖W‖²; dense convs
+    left out.
 
     The relative error error / weight_sq does not change when a conv's weight is scaled; the
     absolute one, which the regularizer's penalty is, does."""
@@ -165,7 +167,7 @@ def layer_errors(net: nn.Module, plan: Plan, seed: int = 1000) -> dict:
     for i, ((name, conv), k) in enumerate(zip(conv_layers(net), plan.K)):
         rows = to_rows(conv.weight.detach())
         if not stays_dense(k, rows.shape[0]):
-            error = kmeans(rows, k, seed=seed + i).inertia
+            error = kmeans(rows, k, seed=kmeans_seed + i).inertia
             out[name] = {"error": float(error), "weight_sq": float(rows.double().square().sum())}
     return out
 
@@ -173,7 +175,7 @@ def layer_errors(net: nn.Module, plan: Plan, seed: int = 1000) -> dict:
 def shared_copy(net: nn.Module, plan: Plan, seed: int = 0, init: str = "kmeans++"):
     """(a shared deep copy of `net`, its ShareResult) with the pipeline's seeds (`sharing_seed`)."""
     net = copy.deepcopy(net)
-    return net, share(net, plan, init=init, seed=sharing_seed(seed))
+    return net, share(net, plan, init=init, kmeans_seed=sharing_seed(seed))
 
 
 # ---- Deep Compression style fine-tuning of the centers, weights kept tied ---------------------

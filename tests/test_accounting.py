@@ -317,7 +317,7 @@ def test_a_float64_net_is_counted_at_64_bits():
     net64 = copy.deepcopy(net32).double()
     rows_by = {}
     for net in (net32, net64):
-        shared = share(net, {"0": 6}, seed=0)
+        shared = share(net, {"0": 6}, kmeans_seed=0)
         rows_by[net is net64] = {
             c: acc.compression_table(net, shared, c) for c in ("official", "official_fp16")
         }

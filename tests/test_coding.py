@@ -84,7 +84,7 @@ def default_net_shared():
     profile = get_profile("cpu")
     torch.manual_seed(0)
     net = build_model(profile.model, **profile.model_kwargs).eval()
-    return net, share(net, authors_plan(net, "45x"), seed=1000), profile
+    return net, share(net, authors_plan(net, "45x"), kmeans_seed=1000), profile
 
 
 @pytest.mark.parametrize("name", coding.CODINGS)

@@ -101,7 +101,7 @@ def test_stale_temps_of_a_killed_writer_are_found_and_removed(tmp_path):
 def _shared_cnn(dtype=torch.float32):
     torch.manual_seed(0)
     net = small_cnn(width=4).to(dtype)
-    return net, share(net, 4, seed=0)
+    return net, share(net, 4, kmeans_seed=0)
 
 
 def test_export_refuses_a_device_file(tmp_path):
@@ -169,7 +169,7 @@ def test_tied_convs_are_shared_once():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3))
     net[2].weight = net[0].weight
-    result = share(net, [4, 2], seed=0)
+    result = share(net, [4, 2], kmeans_seed=0)
     assert list(result.layers) == ["0"] and "ties its weight to '0'" in result.skipped["2"]
     assert result.layers["0"].num_clusters == 4
     assert torch.equal(net[2].weight, result.layers["0"].weight())
@@ -211,6 +211,17 @@ def test_cli_evaluate_has_no_export_and_sweep_needs_a_method(dirs, capsys):
     assert main(["sweep", "--profile", "smoke", "--methods", ","]) == 2
     _one_line_error(capsys, "--methods", "names no method")
     assert not (dirs / "runs").exists()
+
+
+def test_cli_lam_only_on_the_commands_that_retrain(dirs, capsys):
+    """λ reaches re-training only: `pretrain --lam` is refused (it was accepted and ignored)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain", "--profile", "smoke", "--lam", "2"])
+    assert exc.value.code == 2 and "unrecognized arguments: --lam 2" in capsys.readouterr().err
+    for command in ("retrain", "share", "evaluate", "sweep"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--lam LAM" in capsys.readouterr().out, command
 
 
 def test_cli_unwritable_run_cache_is_one_line_naming_it(tmp_path, monkeypatch, capsys):

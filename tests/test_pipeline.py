@@ -10,6 +10,7 @@ from dkm.accounting import compression_ratio
 from dkm.app.cli import main
 from dkm.experiments import cache as runs
 from dkm.experiments import pipeline as pl
+from dkm.experiments import planning
 from dkm.experiments import sweep as sw
 from dkm.experiments.profiles import get_profile
 from dkm.planner import rd_plan
@@ -264,7 +265,7 @@ def test_the_table_is_the_grid_of_its_run_when_the_planner_plans_change(dirs, mo
         plan = rd_plan(net, target, options)
         return dataclasses.replace(plan, K=(plan.K[0] + 1, *plan.K[1:]))
 
-    monkeypatch.setattr(sw, "rd_plan", other_plan)
+    monkeypatch.setattr(planning, "rd_plan", other_plan)
     second = sw.sweep(p, methods=["kmeans"], progress=False)
     table = sw.read_results(path)
     old_rd = {r["run_key"] for r in first if r["setting"] == "rd"}
@@ -332,7 +333,7 @@ def test_cli_share_exports_each_coding_at_its_conventions_size(dirs, capsys, cod
     assert f"({coding} index coding)" in out and f"{coding} coding: the file stores what the" in out
     net, _ = pl.pretrain(get_profile("smoke"), progress=False)
     plan = plan_clusters(net, 8.0)
-    shared = share(net, plan, seed=1000)  # what the command shared (seed 0's sharing seed)
+    shared = share(net, plan, kmeans_seed=1000)  # what the command shared (seed 0's sharing seed)
     fresh = small_cnn(in_channels=1, num_classes=10, width=8)
     loaded = load_shared(path, fresh)
     assert all(torch.equal(loaded.layers[n].assignments, layer.assignments)
@@ -359,3 +360,17 @@ def test_compare_runs_pairs_runs_by_key_by_hand():
     assert out["plain"]["mean_diff"] == pytest.approx((-0.05 + 0.03) / 2)
     assert out["plain"]["max_abs_diff"] == pytest.approx(0.05)
     assert out["kmeans"]["mean_diff"] == 0.0
+
+
+def test_plan_for_is_the_one_place_commands_and_sliders_get_plans(dirs):
+    p = tiny(rd_targets=(8.0,))
+    net, _ = pl.pretrain(p, progress=False)
+    assert planning.plan_for(p, net) == planning.headline_plan(p, net) == plan_clusters(net, 8.0)
+    assert planning.plan_for(p, net, 8.0) == plan_clusters(net, 8.0, p=p.p)
+    rd = planning.plan_for(p, net, 8.0, planner="rd")
+    assert rd == rd_plan(net, 8.0, pl.planner_options(p, net)) and rd.setting == "rd"
+    assert planning.plans_of(p, net)[-1] == rd  # the sweep's planner plan is the command's
+    with pytest.raises(ValueError, match="--planner rd plans a --target-cr: not with --official"):
+        planning.plan_for(p, net, official="45x", planner="rd")
+    with pytest.raises(ValueError, match="planner='best'"):
+        planning.plan_for(p, net, 8.0, planner="best")

@@ -34,7 +34,7 @@ def test_option_errors_are_those_of_sharing(net, options):
         for o in opts[1:3] + opts[-1:]:
             shared = small_cnn(width=4)
             shared.load_state_dict(net.state_dict())
-            share(shared, {name: o["K"]}, {name: o["p"]}, seed=1000)  # conv i: seed 1000 + i
+            share(shared, {name: o["K"]}, {name: o["p"]}, kmeans_seed=1000)  # conv i: seed 1000 + i
             w = conv_layers(shared)[i][1].weight.detach().reshape(-1, 3)
             err = float(((w - rows[i]).double() ** 2).sum() / (rows[i].double() ** 2).sum())
             assert o["error"] == pytest.approx(err, rel=1e-6, abs=1e-12)
@@ -46,7 +46,7 @@ def test_plan_reaches_the_target_and_sharing_reaches_it_too(net, options):
         assert plan.setting == "rd" and plan.target_cr == target and plan.estimated_cr >= target
         shared = small_cnn(width=4)
         shared.load_state_dict(net.state_dict())
-        result = share(shared, plan, seed=1000)
+        result = share(shared, plan, kmeans_seed=1000)
         # real usage has at most the entropy of the estimate (dominant cluster exactly ⌊N·p⌋ rows)
         assert compression_ratio(shared, result, "official") >= plan.estimated_cr - 1e-9
 

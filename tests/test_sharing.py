@@ -35,7 +35,7 @@ def _distinct_rows(conv):
 def test_every_conv_kind_is_shared_and_written_back():
     torch.manual_seed(0)
     net = MixedConvs()
-    result = share(net, num_clusters=4, seed=0)
+    result = share(net, num_clusters=4, kmeans_seed=0)
     assert (
         set(result.layers) == {"c3", "strided", "pointwise", "grouped", "depthwise"}
         and not result.skipped
@@ -124,7 +124,7 @@ def test_shared_copy_uses_the_sharing_seed_and_leaves_the_net():
     assert sharing_seed(2) == 1200 and sharing_seed(0) == 1000
     torch.manual_seed(0)
     ref = small_cnn(width=8)
-    by_hand = share(ref, plan, seed=1000 + 100 * 2)  # layer i: 1000 + 100·seed + i
+    by_hand = share(ref, plan, kmeans_seed=1000 + 100 * 2)  # layer i: 1000 + 100·seed + i
     for name, layer in result.layers.items():
         assert torch.equal(layer.assignments, by_hand.layers[name].assignments)
     assert all(

@@ -40,6 +40,7 @@ from dkm.energy.references.validation import validation_table
 from dkm.energy.shares import make_shares
 from dkm.experiments import pipeline as pl
 from dkm.experiments import platform
+from dkm.experiments.planning import plan_for
 from dkm.experiments import study
 from dkm.experiments.cache import ROOT, root_config
 from dkm.experiments.profiles import PROFILES, get_profile
@@ -57,8 +58,7 @@ from dkm.experiments.sweep import (
 )
 from dkm.export.dkmfile import CODINGS, save_shared, size_report
 from dkm.io import UnsafePathError, check_writable_path
-from dkm.planner import rd_plan
-from dkm.plans import Plan, describe, plan_clusters
+from dkm.plans import Plan, describe
 from dkm.sharing import share, sharing_seed
 from dkm.training import distributed
 from dkm.training.data import INPUT_SHAPES
@@ -71,7 +71,8 @@ ENERGY_MODELS = {"alexnet": (3, 224, 224), "googlenet": (3, 224, 224), "wrn16-4"
 
 
 # ---------------------------------------------------------------- shared options
-def _add_profile(parser: argparse.ArgumentParser) -> None:
+def _add_profile(parser: argparse.ArgumentParser, lam: bool = True) -> None:
+    """--profile and --progress; --lam on the commands that re-train (λ reaches nothing else)."""
     parser.add_argument(
         "--profile",
         default="cpu",
@@ -79,12 +80,13 @@ def _add_profile(parser: argparse.ArgumentParser) -> None:
         help="experiment size: smoke (seconds), cpu (default, minutes), paper (GPU, CIFAR-10), "
         "paper-fmnist (GPU, offline)",
     )
-    parser.add_argument(
-        "--lam",
-        type=float,
-        default=None,
-        help="λ of the k-means regularizer (default: the profile's)",
-    )
+    if lam:
+        parser.add_argument(
+            "--lam",
+            type=float,
+            default=None,
+            help="λ of the k-means regularizer (default: the profile's)",
+        )
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bars (default: in an interactive terminal)")  # fmt: skip
 
@@ -114,25 +116,20 @@ def _add_plan(parser: argparse.ArgumentParser) -> None:
 
 def _profile(args):
     """The profile of --profile, with --lam when given."""
-    return get_profile(args.profile, **({} if args.lam is None else {"lam": args.lam}))
+    lam = getattr(args, "lam", None)
+    return get_profile(args.profile, **({} if lam is None else {"lam": lam}))
 
 
 def _plan(args, profile) -> Plan:
     """The Plan of --official, or of --target-cr by --planner, for the profile's pre-trained net."""
     net = pl.pretrain(profile, args.progress)[0]
-    if args.official:
-        if args.planner is not None:
-            raise ValueError(f"--planner {args.planner} plans a --target-cr: not with --official")
-        return authors.authors_plan(net, args.official)
-    if args.planner == "rd":
-        return rd_plan(net, args.target_cr, pl.planner_options(profile, net))
-    return plan_clusters(net, args.target_cr, p=profile.p)
+    return plan_for(profile, net, args.target_cr, args.official, args.planner)
 
 
 # ---------------------------------------------------------------- pipeline commands
 def add_pretrain(parser):
     """Options of `dkm pretrain`."""
-    _add_profile(parser)
+    _add_profile(parser, lam=False)
 
 
 def run_pretrain(args) -> int:
@@ -152,13 +149,12 @@ def add_retrain(parser):
     """Options of `dkm retrain`."""
     _add_profile(parser)
     parser.add_argument(
-        "--method",
-        choices=pl.RETRAIN_METHODS,
-        default="dkm",
-        help="dkm (regularized) or plain (control)",
+        "--source",
+        choices=[s for s in pl.SOURCES if s != "pretrained"],
+        default="dkm-indicator",
+        help="the net to make: dkm-indicator (the k-means regularizer with the indicator F, "
+        "default), dkm-spectral (the spectral F) or plain (the control, no regularizer)",
     )
-    parser.add_argument("--mode", choices=("indicator", "spectral"), default="indicator",
-                        help="F of the regularizer")  # fmt: skip
     _add_plan(parser)
 
 
@@ -167,7 +163,7 @@ def run_retrain(args) -> int:
     profile = _profile(args)
     with distributed.process_group(profile.pretrain.device):
         plan = _plan(args, profile)
-        source = "plain" if args.method == "plain" else f"dkm-{args.mode}"
+        source = args.source
         net, config = pl.source_net(profile, source, plan, args.seed, args.progress)
         if not distributed.is_main():
             return 0
@@ -184,8 +180,10 @@ def _add_point(parser):
     parser.add_argument(
         "--source", choices=pl.SOURCES, default="pretrained", help="which net to share"
     )
-    parser.add_argument("--method", choices=list(pl.SHARE_INITS), default="kmeans",
-                        help="sharing method")  # fmt: skip
+    parser.add_argument("--sharing", choices=list(pl.SHARE_INITS), default="kmeans",
+                        help="how the codebooks are found: kmeans (k-means++, default), density "
+                             "(seeded from the weight density) or deep_compression (linear init, "
+                             "then center fine-tuning)")  # fmt: skip
     _add_plan(parser)
 
 
@@ -227,8 +225,8 @@ def run_share(args) -> int:
     profile = _profile(args)
     plan = _plan(args, profile)
     net = copy.deepcopy(pl.source_net(profile, args.source, plan, args.seed, args.progress)[0])
-    init = pl.SHARE_INITS[args.method]
-    shared = share(net, plan, init=init, seed=sharing_seed(args.seed))
+    init = pl.SHARE_INITS[args.sharing]
+    shared = share(net, plan, init=init, kmeans_seed=sharing_seed(args.seed))
     columns = ("name", "kind", "K", "p", "N", "s", "bits_index_per_row", "cr")
     print(text_table(compression_table(net, shared, "official"), columns, float_format=".3g"))
     for name, reason in shared.skipped.items():
@@ -258,11 +256,11 @@ def run_evaluate(args) -> int:
     profile = _profile(args)
     plan = _plan(args, profile)
     # the sweep's method names: a re-trained net is shared with k-means++, or fine-tuned ("+ft")
-    finetuned = args.source != "pretrained" and args.method == "deep_compression"
-    label = args.method if args.source == "pretrained" else args.source + FINETUNED * finetuned
-    if split_method(label)[1] != args.method:
-        print(f"note: re-trained nets are shared with k-means++ or, with --method "
-              f"deep_compression, fine-tuned (--method {args.method} applies to the pre-trained "
+    finetuned = args.source != "pretrained" and args.sharing == "deep_compression"
+    label = args.sharing if args.source == "pretrained" else args.source + FINETUNED * finetuned
+    if split_method(label)[1] != args.sharing:
+        print(f"note: re-trained nets are shared with k-means++ or, with --sharing "
+              f"deep_compression, fine-tuned (--sharing {args.sharing} applies to the pre-trained "
               f"net)")  # fmt: skip
     result, rows = run_point(profile, label, plan, args.seed, args.progress)
     add_results(results_path(profile), rows, platform.of_profile(profile))

@@ -220,47 +220,66 @@ def root_config(config: dict) -> dict:
     return config
 
 
-def run_stage(d: Path, config: dict, adopt: Callable, compute: Callable, parallel=False):
-    """compute() under the lock of `d` unless the run is finished (then None); then commit it.
+class Stage:
+    """What `stage` yields: `todo` — compute the outputs in the with-block (False: finished)."""
+
+    todo: bool = False
+
+
+@contextlib.contextmanager
+def stage(d: Path, config: dict, adopt: Callable, parallel: bool = False):
+    """The run of `config` in `d`: under its lock; committed when the with-block ends normally.
+
+        with stage(d, config, adopt) as run:
+            if run.todo:
+                ...  # compute and write the outputs
 
     `adopt(d)` checks the outputs of a run written before commit markers (see `finished`).
     Under torchrun, `parallel` (a training stage) has every rank compute, else rank 0 alone."""
     if distributed.world_size() > 1:
-        return _run_stage_distributed(d, config, adopt, compute, parallel)
+        with _distributed_stage(d, config, adopt, parallel) as run:
+            yield run
+        return
+    run = Stage()
     with locked(d):
         if finished(d, config, adopt=adopt):
             # a writer killed between done.json and removing pending.json left it: finish that
             (d / PENDING_NAME).unlink(missing_ok=True)
-            return None
+            yield run
+            return
         remove_stale_temps(d)  # of a killed writer: under the lock, no one else writes here
         begin(d, config)
-        out = compute()
+        run.todo = True
+        yield run
         commit(d, config)
-        return out
 
 
-def _run_stage_distributed(d: Path, config: dict, adopt, compute, parallel: bool):
-    """`run_stage` under torchrun: rank 0 locks, decides, writes and commits (module docstring).
+@contextlib.contextmanager
+def _distributed_stage(d: Path, config: dict, adopt, parallel: bool):
+    """`stage` under torchrun: rank 0 locks, decides, writes and commits (module docstring).
 
-    Every rank returns after rank 0 has committed; a rank that did not compute returns None."""
+    Every rank leaves after rank 0 has committed; a rank that does not compute has todo False."""
     if not parallel:
-        out = None
         if distributed.is_main():
-            with distributed.alone():
-                out = run_stage(d, config, adopt, compute)
+            with distributed.alone(), stage(d, config, adopt) as run:
+                yield run
+        else:
+            yield Stage()
         distributed.barrier()
-        return out
+        return
+    run = Stage()
     with distributed.locked_by_main(d):
         if distributed.broadcast(distributed.is_main() and finished(d, config, adopt=adopt)):
-            return None
+            yield run
+            return
         if distributed.is_main():
             remove_stale_temps(d)
             begin(d, config)
-        out = compute()
+        run.todo = True
+        yield run
         if distributed.is_main():
             commit(d, config)
     distributed.barrier()
-    return out
 
 
 def side_file(path: Path, keys: tuple, compute: Callable) -> dict:

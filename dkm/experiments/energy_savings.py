@@ -18,6 +18,8 @@ every method at that CR (the metric uses the expected usage of the plan, not a m
 
 from __future__ import annotations
 
+import dataclasses
+
 import sys
 from pathlib import Path
 
@@ -27,9 +29,9 @@ from dkm import plans as authors
 from dkm.energy.inventory import layer_inventory
 from dkm.energy.metric import COMPONENTS, compare_energy
 from dkm.energy.shares import plan_shares
+from dkm.experiments.planning import plans_of
 from dkm.experiments.profiles import get_profile
-from dkm.planner import layer_options, rd_plan
-from dkm.plans import plan_clusters
+from dkm.planner import layer_options
 from dkm.training.data import INPUT_SHAPES
 from dkm.training.models import build_model, wrn16_4
 
@@ -74,20 +76,12 @@ def profile_plans(profile_name: str = "cpu", seed: int = 0, planner: bool = True
     profile = get_profile(profile_name)
     torch.manual_seed(seed)
     net = build_model(profile.model, **profile.model_kwargs)
-    plans = [plan_clusters(net, _target(net, t), p=profile.p) for t in profile.cr_targets]
-    plans += [authors.authors_plan(net, s) for s in profile.official_settings]
-    if planner and profile.rd_targets:
-        options = layer_options(net, 1000 + seed)
-        plans += [rd_plan(net, _target(net, t), options) for t in profile.rd_targets]
+    if not planner:
+        profile = dataclasses.replace(profile, rd_targets=())
+    options = layer_options(net, 1000 + seed) if profile.rd_targets else None
+    plans = plans_of(profile, net, options)
     name = f"{profile.model} ({profile_name} profile)"
     return name, layer_inventory(net, INPUT_SHAPES[profile.dataset]).layers, plans
-
-
-def _target(net, target) -> float:
-    """A plan target as a CR: an authors' setting name stands for its CR on `net` (as the sweep)."""
-    return (
-        authors.authors_plan(net, target).target_cr if target in authors.SETTINGS else float(target)
-    )
 
 
 def savings_table(profile_name="cpu", bits=(8, 16), accelerators=("eyeriss",), planner=True):

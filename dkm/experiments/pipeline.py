@@ -42,7 +42,7 @@ from dkm.experiments.cache import (
     load_json,
     root_config,
     run_dir,
-    run_stage,
+    stage,
     side_file,
     verified,
 )
@@ -187,9 +187,10 @@ def pretrain(profile: Profile, progress=None) -> tuple[torch.nn.Module, dict]:
     """The pre-trained net of the profile (trained once, then read from its run directory)."""
     config = pretrain_config(profile)
     d = run_dir("pretrain", config)
-    net = run_stage(
-        d, config, _check_outputs(config), lambda: _pretrain(profile, config, d, progress), True
-    )
+    net = None
+    with stage(d, config, _check_outputs(config), parallel=True) as run:
+        if run.todo:
+            net = _pretrain(profile, config, d, progress)
     return (_load_model(d, config) if net is None else net), config
 
 
@@ -277,9 +278,10 @@ def retrain(
     config = retrain_config(profile, method, seed, plan, mode, lam)  # checked before any file
     pretrain(profile, progress)
     d = run_dir("retrain", config)
-    net = run_stage(
-        d, config, _check_outputs(config), lambda: _retrain(profile, config, d, progress), True
-    )
+    net = None
+    with stage(d, config, _check_outputs(config), parallel=True) as run:
+        if run.todo:
+            net = _retrain(profile, config, d, progress)
     return (_load_model(d, config) if net is None else net), config
 
 
@@ -329,19 +331,15 @@ def planner_options(profile: Profile, net: torch.nn.Module) -> list:
               "K_grid": list(K_GRID), "p_grid": list(P_GRID), "seed": sharing_seed(0),
               "convention": "official"}  # fmt: skip
     d = run_dir("plan", config)
-
-    def compute() -> list:
-        with _compute(profile):
-            options = layer_options(net, config["seed"], config["convention"])
-        write_atomic(d / "options.json", json.dumps({"options": options}, indent=1))
-        return options
-
-    options = run_stage(d, config, _check_outputs(config), compute)
-    return (
-        load_json(verified(d, "options.json"), ("options",))["options"]
-        if options is None
-        else options
-    )
+    options = None
+    with stage(d, config, _check_outputs(config)) as run:
+        if run.todo:
+            with _compute(profile):
+                options = layer_options(net, config["seed"], config["convention"])
+            write_atomic(d / "options.json", json.dumps({"options": options}, indent=1))
+    if options is None:
+        options = load_json(verified(d, "options.json"), ("options",))["options"]
+    return options
 
 
 # ---------------------------------------------------------------- share + evaluate
@@ -374,12 +372,10 @@ def share_and_evaluate(
     """Share a copy of `net` row-wise (§3.3); evaluate it with and without BN re-estimation."""
     config = evaluation_config(profile, source, method, plan, seed)
     d = run_dir("evaluate", config)
-    result = run_stage(
-        d,
-        config,
-        _check_outputs(config),
-        lambda: _share_and_evaluate(profile, net, config, d, progress),
-    )
+    result = None
+    with stage(d, config, _check_outputs(config)) as run:
+        if run.todo:
+            result = _share_and_evaluate(profile, net, config, d, progress)
     return load_json(verified(d, "result.json"), RESULT_KEYS) if result is None else result
 
 
@@ -389,7 +385,7 @@ def _share_and_evaluate(profile: Profile, net, config: dict, d: Path, progress) 
     net = copy.deepcopy(net)
     with _compute(profile):
         result = {"top1_before": _source_accuracy(source, net, test_set)}
-        shared = share(net, plan, init=config["init"], seed=sharing_seed(seed))
+        shared = share(net, plan, init=config["init"], kmeans_seed=sharing_seed(seed))
         if method == "deep_compression":
             _finetune_centers(net, shared, train_set, profile, config, progress)
         result["top1"] = evaluate(net, test_set)["accuracy"]

@@ -31,12 +31,12 @@ from dkm._checks import check_choice, check_int
 from dkm.experiments import pipeline as pl
 from dkm.experiments.cache import config_key, runs_dir
 from dkm.experiments import platform
+from dkm.experiments.planning import plans_of
 from dkm.experiments.profiles import Profile
 from dkm.experiments.sweep import (
     all_methods,
     finetuned_methods,
     methods_of,
-    plans_of,
     results_path,
     run_point,
     split_method,

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from dkm._checks import check_choice, check_float, check_int
 from dkm.experiments import pipeline as pl
 from dkm.experiments import platform
+from dkm.experiments.planning import plans_of
 from dkm.experiments.profiles import Profile, get_profile
 from dkm.experiments.sweep import (
     FINETUNED,
@@ -51,7 +52,6 @@ from dkm.experiments.sweep import (
     ResultsFormatError,
     all_methods,
     finetuned_methods,
-    plans_of,
     results_path,
     run_point,
     split_method,

@@ -20,11 +20,12 @@ fine-tuning per point); run them with `sweep(profile, methods=finetuned_methods(
 `python -m dkm sweep --methods plain+ft,dkm-indicator+ft`. The table is always the grid of the run
 that wrote it: name the default methods too to keep their rows beside the opt-in ones.
 
-Points (`plans_of`): one uniform K per conv for each of the profile's `cr_targets`
-(`dkm.plans.plan_clusters`), the authors' per-layer settings named in `official_settings`
-(`dkm.plans.authors_plan`), and the rate–distortion planner's per-layer (K, p) at each of its
-`rd_targets` (`dkm.planner.rd_plan`); a target may be an authors' setting's name, standing for its
-CR on the profile's net. The profile's `methods` (default: all but `+ft`) run at every plan, seed.
+Points (`dkm.experiments.planning.plans_of`): one uniform K per conv for each of the profile's
+`cr_targets` (`dkm.plans.plan_clusters`), the authors' per-layer settings named in
+`official_settings` (`dkm.plans.authors_plan`), and the rate–distortion planner's per-layer (K, p)
+at each of its `rd_targets` (`dkm.planner.rd_plan`); a target may be an authors' setting's name,
+standing for its CR on the profile's net. The profile's `methods` (default: all but `+ft`) run at
+every plan and seed.
 The table (one row per run × metric; `setting` = "uniform", "rd" or "45x"/"47x"/"50x") is
 `data/results/sweep_<profile>.csv` (smoke: build/results/).
 """
@@ -42,11 +43,11 @@ from tqdm.auto import tqdm
 from dkm._checks import check_choice
 from dkm.experiments import pipeline as pl
 from dkm.experiments import platform
+from dkm.experiments.planning import headline_plan, plans_of  # noqa: F401  TODO: one path
 from dkm.experiments.cache import ROOT, config_key
 from dkm.experiments.profiles import Profile
 from dkm.io import WriteError, locked, write_atomic
-from dkm.planner import rd_plan
-from dkm.plans import SETTINGS, Plan, authors_plan, plan_clusters
+from dkm.plans import Plan
 from dkm.training.loop import show_progress
 
 COLUMNS = ("run_key", "profile", "method", "setting", "target_cr", "seed", "lam", "metric", "value")
@@ -203,30 +204,6 @@ def run_point(profile: Profile, method: str, plan: Plan, seed: int, progress=Non
     config = pl.evaluation_config(profile, source_config, share_method, plan, seed)
     result = pl.share_and_evaluate(profile, net, source_config, share_method, plan, seed, progress)
     return result, _rows(profile, method, plan, seed, config_key(config), result)
-
-
-def _target(net, target) -> float:
-    """A plan target as a CR: an authors' setting name stands for its CR on `net`."""
-    return authors_plan(net, target).target_cr if target in SETTINGS else float(target)
-
-
-def plans_of(profile: Profile, net) -> list[Plan]:
-    """The sweep's plans: uniform K at `cr_targets`, the authors' `official_settings`, and the
-    rate–distortion planner at `rd_targets` (its k-means runs cached with the pre-trained net)."""
-    plans = [plan_clusters(net, _target(net, t), p=profile.p) for t in profile.cr_targets]
-    plans += [authors_plan(net, setting) for setting in profile.official_settings]
-    if profile.rd_targets:
-        options = pl.planner_options(profile, net)
-        plans += [rd_plan(net, _target(net, t), options) for t in profile.rd_targets]
-    return plans
-
-
-def headline_plan(profile: Profile, net) -> Plan:
-    """The one plan the notebooks re-train and share: the profile's first authors' setting (the
-    paper's regime) if it runs one, else uniform K at its largest uniform target."""
-    if profile.official_settings:
-        return authors_plan(net, profile.official_settings[0])
-    return plan_clusters(net, max(_target(net, t) for t in profile.cr_targets), p=profile.p)
 
 
 def sweep(profile: Profile, methods=None, progress=None, write=True, report=None) -> list[dict]:
