@@ -66,3 +66,12 @@ def test_figures_says_once_when_this_machine_is_not_the_tables(tmp_path, monkeyp
     notice = cli._platform_notice("cpu")
     assert notice.startswith("note: the committed results were computed on ")
     assert "cpu_model: elsewhere ≠" in notice and "expect other numbers" in notice
+
+
+def test_a_table_of_an_unrecorded_platform_is_announced_without_a_diff(tmp_path, monkeypatch):
+    monkeypatch.setenv("DKM_RESULTS_DIR", str(tmp_path))
+    table = sw.results_path(cli.get_profile("cpu"))
+    sw.write_results(table, [_row("a")], platform.unrecorded("before 0.2.0"))
+    notice = cli._platform_notice("cpu")
+    assert notice.startswith("note: the committed results were computed on an unrecorded platform;")
+    assert "≠" not in notice and platform.recorded(table)["note"] == "before 0.2.0"

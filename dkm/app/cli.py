@@ -419,9 +419,11 @@ def _platform_notice(profile_name: str) -> str | None:
     here = platform.of_profile(profile)
     if before is None or not platform.differences(before, here):
         return None
+    known = before.get("cpu_name") != "unrecorded"
+    detail = f" ({'; '.join(platform.differences(before, here))})" if known else ""
     return (
         f"note: the committed results were computed on {platform.describe(before)}; this machine "
-        f"is {platform.describe(here)} ({'; '.join(platform.differences(before, here))}). CPU "
+        f"is {platform.describe(here)}{detail}. CPU "
         f"training is deterministic per CPU type only: expect other numbers (measured between "
         f"two CPU types: pre-trained top-1 92.45% vs 93.075%, Deep k-Means at the authors' 45x "
         f"86.6% vs 83.8%; docs/reproducibility.md). Figures and tables will be rewritten."

@@ -95,8 +95,15 @@ def differences(a: dict, b: dict) -> list[str]:
     return [f"{k}: {a.get(k)} ≠ {b.get(k)}" for k in KEY_FIELDS if a.get(k) != b.get(k)]
 
 
+def unrecorded(note: str) -> dict:
+    """The sidecar of a table computed before platforms were recorded: every field "unrecorded"."""
+    return {**dict.fromkeys(("cpu_name", "machine") + KEY_FIELDS, "unrecorded"), "note": note}
+
+
 def describe(info: dict) -> str:
     """One line for people: CPU, ISA level, torch, threads."""
+    if info.get("cpu_name") == "unrecorded":
+        return "an unrecorded platform"
     return (f"{info.get('cpu_name')} (family {info.get('cpu_family')} model "
             f"{info.get('cpu_model')}, {info.get('torch_cpu_capability')}), torch "
             f"{info.get('torch')}, {info.get('threads')} threads")  # fmt: skip
