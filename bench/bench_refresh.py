@@ -3,7 +3,7 @@
 The k-means regularizer recomputes F every T steps (`KMeansRegularizer.refresh`: k-means
 warm-started from the last assignments for the indicator F, an SVD for the spectral F) and once when
 it is built (k-means++ from scratch). Both nets re-train with the regularizer at their profile's
-plan, the authors' 45x (`dkm.experiments.sweep.headline_plan`, the plan the notebooks re-train),
+plan, the authors' 45x (`dkm.experiments.planning.headline_plan`, the plan the notebooks re-train),
 with their
 profile's λ, T, view and re-training config, in both modes (indicator and spectral F). Each repeat
 is one re-training call: build the regularizer (its first F timed), `dkm.training.loop.train` with
@@ -41,7 +41,7 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dkm.experiments.profiles import get_profile
-from dkm.experiments.sweep import headline_plan
+from dkm.experiments.planning import headline_plan
 from dkm.regularizer import DegenerateRelaxationWarning, KMeansRegularizer
 from dkm.training.allocator import keep_freed_memory
 from dkm.training.data import INPUT_SHAPES, fashion_mnist

@@ -41,7 +41,7 @@ def test_cache_key_covers_the_whole_configuration():
     base = pl.retrain_config(p, "dkm", 0, FOUR)
     assert runs.config_key(base) == runs.config_key(pl.retrain_config(p, "dkm", 0, FOUR))
     changed = [
-        pl.retrain_config(p, "dkm", 0, FOUR, lam=0.25),
+        pl.retrain_config(tiny(lam=0.25), "dkm", 0, FOUR),
         pl.retrain_config(p, "dkm", 1, FOUR),
         pl.retrain_config(p, "dkm", 0, Plan((5,) * 4, (0.0,) * 4)),
         pl.retrain_config(p, "dkm", 0, Plan((4,) * 4, (0.5,) * 4)),  # p, for the indicator F

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from dkm._checks import check_choice, check_float, check_int
+from dkm._checks import check_choice, check_int
 from dkm.accounting import CONVENTIONS, compression_ratio, compression_table
 from dkm.experiments.cache import (
     RESULT_KEYS,
@@ -206,9 +206,8 @@ def _pretrain(profile: Profile, config: dict, d: Path, progress) -> torch.nn.Mod
 
 # ---------------------------------------------------------------- re-training
 def retrain_config(
-    profile: Profile, method: str, seed: int, plan: Plan | None = None, mode: str | None = None,
-    lam: float | None = None,
-) -> dict:  # fmt: skip
+    profile: Profile, method: str, seed: int, plan: Plan | None = None, mode: str | None = None
+) -> dict:
     """Configuration of a re-training run from the pre-trained net (method "dkm" needs a plan).
 
     The plan's p is used by the indicator F only (the spectral F has no dominant cluster: p then
@@ -225,7 +224,7 @@ def retrain_config(
     config.update(
         mode=check_choice("mode", mode or "indicator", ("indicator", "spectral")),
         view=profile.view,
-        lam=profile.lam if lam is None else check_float("lam", lam, 0.0),
+        lam=profile.lam,  # λ's one channel: the profile (`get_profile(lam=…)`)
         refresh_every=profile.refresh_every,
         num_clusters=list(plan.K),
     )
@@ -272,10 +271,10 @@ def _regularizer(net, config: dict) -> KMeansRegularizer:
 
 def retrain(
     profile: Profile, method: str, seed: int, plan: Plan | None = None, mode: str | None = None,
-    lam: float | None = None, progress=None,
+    progress=None,
 ) -> tuple[torch.nn.Module, dict]:  # fmt: skip
     """Re-train the pre-trained net: `plain` (the control) or `dkm` (the k-means regularizer)."""
-    config = retrain_config(profile, method, seed, plan, mode, lam)  # checked before any file
+    config = retrain_config(profile, method, seed, plan, mode)  # checked before any file
     pretrain(profile, progress)
     d = run_dir("retrain", config)
     net = None

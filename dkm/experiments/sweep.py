@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from dkm._checks import check_choice
 from dkm.experiments import pipeline as pl
 from dkm.experiments import platform
-from dkm.experiments.planning import headline_plan, plans_of  # noqa: F401  TODO: one path
+from dkm.experiments.planning import plans_of
 from dkm.experiments.cache import ROOT, config_key
 from dkm.experiments.profiles import Profile
 from dkm.io import WriteError, locked, write_atomic

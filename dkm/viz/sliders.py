@@ -1,16 +1,16 @@
 """The notebooks' sliders: live views that rebuild a figure when a control moves.
 
-The views are ipywidgets controls above a plotly FigureWidget.
-
-`live_figure(build, controls)` is the one slider helper: it shows `build(**values)` at once (the
-default state, so a papermill run never waits for a user), and rebuilds it when a control moves —
-or when a button is clicked, for answers that take seconds (live re-training). What the sliders
-compute is in dkm.viz.figdata; `live_retrain` is the live λ slider's computation; `precompute`
-builds
-every answer of a slider up front, where each takes seconds the first time.
+The views are ipywidgets controls above a plotly FigureWidget; `slider`, `buttons` and `menu` make
+the controls. `live_figure(build, controls)` is the one slider helper: it shows `build(**values)`
+at once (the default state, so a papermill run never waits for a user), and rebuilds it when a
+control moves — or when a button is clicked, for answers that take seconds (live re-training).
+What the sliders compute is in dkm.viz.figdata; `live_retrain` is the live λ slider's computation;
+`precompute` builds every answer of a slider up front, where each takes seconds the first time.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import functools
 import html
@@ -18,9 +18,37 @@ import time
 
 from dkm.experiments import pipeline as pl
 from dkm.experiments.cache import run_history
-from dkm.experiments.sweep import headline_plan
-from dkm.plans import plan_clusters
+from dkm.experiments.planning import plan_for
 from dkm.viz.figdata import curves, layer_kmeans_errors
+
+
+# ---------------------------------------------------------------- the controls
+def slider(description: str, options, value=None):
+    """A slider over `options`: an IntSlider over a range of step 1, else a SelectionSlider
+    (options may be (label, value) pairs); `value` None: the first option."""
+    import ipywidgets as W
+
+    if isinstance(options, range) and options.step == 1:
+        first = options.start if value is None else value
+        return W.IntSlider(value=first, min=options.start, max=options.stop - 1,
+                           description=description)  # fmt: skip
+    chosen = {} if value is None else {"value": value}
+    return W.SelectionSlider(options=list(options), description=description, **chosen)
+
+
+def buttons(description: str, options):
+    """Toggle buttons over `options`, the first one selected."""
+    import ipywidgets as W
+
+    return W.ToggleButtons(options=list(options), description=description)
+
+
+def menu(description: str, options, value=None):
+    """A dropdown over `options` (or (label, value) pairs); `value` None: the first option."""
+    import ipywidgets as W
+
+    chosen = {} if value is None else {"value": value}
+    return W.Dropdown(options=list(options), description=description, **chosen)
 
 
 # ---------------------------------------------------------------- the slider helper
@@ -101,17 +129,16 @@ def live_retrain(
 ) -> dict:
     """Re-train the profile's net at λ (cached per λ), share it, evaluate it.
 
-    The plan: uniform K at `target_cr` if given, else the profile's
-    `dkm.experiments.sweep.headline_plan`.
+    The plan: uniform K at `target_cr` if given, else the profile's headline plan
+    (`dkm.experiments.planning.plan_for`). λ reaches the re-training through the profile, its one
+    channel.
     Returns {"curves", "result", "seconds", "K" (the largest), "plan"}."""
     started = time.perf_counter()
     net0, _ = pl.pretrain(profile)
-    if target_cr is None:
-        plan = headline_plan(profile, net0)
-    else:
-        plan = plan_clusters(net0, target_cr, p=profile.p)
+    plan = plan_for(profile, net0, target_cr)
     start = layer_kmeans_errors(net0, plan, seed)
-    net, config = pl.retrain(profile, "dkm", seed, plan, mode, lam)
+    profile = dataclasses.replace(profile, lam=lam)
+    net, config = pl.retrain(profile, "dkm", seed, plan, mode)
     history = run_history("retrain", config)
     result = pl.share_and_evaluate(profile, net, config, "kmeans", plan, seed)
     return {
