@@ -91,8 +91,7 @@ def share(
 
     num_clusters: a `dkm.plans.Plan` (its K and p), or K as one int for all convs, a list in conv
     order or a dict by conv name/index (then p likewise). Layer i is clustered with seed
-    `kmeans_seed + i`
-    (the authors use 1000 + layer index; the pipeline `sharing_seed(run seed) + i`).
+    `kmeans_seed + i` (the authors: 1000 + layer index; the pipeline: `sharing_seed(run seed) + i`).
     """
     if isinstance(num_clusters, Plan):
         num_clusters, p = list(num_clusters.K), list(num_clusters.p)
