@@ -33,16 +33,15 @@ from dkm.app import runner as notebooks
 from dkm.energy.accelerators import ACCELERATORS
 from dkm.energy.inventory import layer_inventory
 from dkm.energy.metric import COMPONENTS, UNIT, compare_energy
-from dkm.energy.references import zigzag as zigzag_ref
 from dkm.energy.references import common
+from dkm.energy.references import zigzag as zigzag_ref
 from dkm.energy.references.common import NETS, reference_net, write_csv
 from dkm.energy.references.validation import validation_table
 from dkm.energy.shares import make_shares
 from dkm.experiments import pipeline as pl
-from dkm.experiments import platform
-from dkm.experiments.planning import plan_for
-from dkm.experiments import study
+from dkm.experiments import platform, study
 from dkm.experiments.cache import ROOT, root_config
+from dkm.experiments.planning import plan_for
 from dkm.experiments.profiles import PROFILES, get_profile
 from dkm.experiments.study import STUDIES, profile_and_study
 from dkm.experiments.sweep import (

@@ -19,7 +19,6 @@ every method at that CR (the metric uses the expected usage of the plan, not a m
 from __future__ import annotations
 
 import dataclasses
-
 import sys
 from pathlib import Path
 

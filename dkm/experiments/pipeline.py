@@ -42,8 +42,8 @@ from dkm.experiments.cache import (
     load_json,
     root_config,
     run_dir,
-    stage,
     side_file,
+    stage,
     verified,
 )
 from dkm.experiments.profiles import Profile

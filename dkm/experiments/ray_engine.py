@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from dkm._checks import check_choice, check_int
 from dkm.experiments import pipeline as pl
-from dkm.experiments.cache import config_key, runs_dir
 from dkm.experiments import platform
+from dkm.experiments.cache import config_key, runs_dir
 from dkm.experiments.planning import plans_of
 from dkm.experiments.profiles import Profile
 from dkm.experiments.sweep import (

@@ -49,9 +49,9 @@ from dkm.experiments.profiles import Profile, get_profile
 from dkm.experiments.sweep import (
     FINETUNED,
     METRICS,
-    ResultsFormatError,
     all_methods,
     finetuned_methods,
+    read_table,
     results_path,
     run_point,
     split_method,
@@ -215,16 +215,7 @@ def study_path(profile: Profile):
 
 def read_study(path) -> list[dict]:
     """Rows of a study table ([] when there is none); another format raises ResultsFormatError."""
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise ResultsFormatError(
-                f"{path} has columns {reader.fieldnames}: this version writes {list(COLUMNS)}; "
-                f"move it away (or delete it) and re-run the study"
-            )
-        return list(reader)
+    return read_table(Path(path), COLUMNS, "study")
 
 
 def write_study(path, rows: list[dict], info: dict | None = None) -> None:

@@ -43,8 +43,8 @@ from tqdm.auto import tqdm
 from dkm._checks import check_choice
 from dkm.experiments import pipeline as pl
 from dkm.experiments import platform
-from dkm.experiments.planning import plans_of
 from dkm.experiments.cache import ROOT, config_key
+from dkm.experiments.planning import plans_of
 from dkm.experiments.profiles import Profile
 from dkm.io import WriteError, locked, write_atomic
 from dkm.plans import Plan
@@ -98,14 +98,20 @@ class ResultsFormatError(ValueError):
 def read_results(path: Path) -> list[dict]:
     """Rows of a results table; an older or foreign format raises ResultsFormatError (nothing is
     overwritten)."""
+    return read_table(path, COLUMNS, "sweep")
+
+
+def read_table(path: Path, columns: tuple, command: str) -> list[dict]:
+    """Rows of a table written with `columns` ([] when there is none); any other header raises
+    ResultsFormatError naming the file and the `command` that rewrites it."""
     if not path.exists():
         return []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
+        if tuple(reader.fieldnames or ()) != columns:
             raise ResultsFormatError(
-                f"{path} has columns {reader.fieldnames}: this version writes {list(COLUMNS)}; "
-                f"move it away (or delete it) and re-run the sweep"
+                f"{path} has columns {reader.fieldnames}: this version writes {list(columns)}; "
+                f"move it away (or delete it) and re-run the {command}"
             )
         return list(reader)
 

@@ -11,7 +11,6 @@ What the sliders compute is in dkm.viz.figdata; `live_retrain` is the live λ sl
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 import html
 import time
