@@ -30,6 +30,7 @@ dkm.experiments (profiles, run cache, pipeline, sweep, study, Ray), dkm.viz (fig
 files), dkm.app (command line, papermill runner, book).
 """
 
+from dkm import _numerics  # noqa: F401  (first: it pins the numeric path before torch runs)
 from dkm.accounting import compression_ratio, compression_table
 from dkm.clustering import kmeans
 from dkm.planner import rd_plan
@@ -38,7 +39,7 @@ from dkm.regularizer import KMeansRegularizer
 from dkm.rows import from_matrix, to_matrix
 from dkm.sharing import share
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "to_matrix", "from_matrix", "KMeansRegularizer", "kmeans", "share", "Plan", "plan_clusters",

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dkm"
-CORE = {"rows", "regularizer", "clustering", "sharing", "plans", "planner", "accounting", "_checks"}
+CORE = {"rows", "regularizer", "clustering", "sharing", "plans", "planner", "accounting", "_checks",
+        "_numerics"}  # fmt: skip
 FLOORS = {  # wing -> floor; a wing may import wings on lower floors
     "core": 0,
     "fast": 1,

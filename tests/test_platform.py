@@ -27,12 +27,26 @@ def test_the_platform_is_read_from_the_first_processor():
     assert info["isa"] == ["sse4_2", "avx", "avx2", "fma"]
     assert (info["threads"], info["memory_format"]) == (2, "channels_last")
     assert set(platform.KEY_FIELDS) <= set(info)
+    info["numerics"] = "native-avx2"
     other = platform.current(threads=2, memory_format="channels_last", cpuinfo_text=ZEN4)
+    other["numerics"] = "native-avx512"
     assert platform.differences(info, other) == [
+        "numerics: native-avx2 ≠ native-avx512",
         "cpu_model: 1 ≠ 17",
         "isa: ['sse4_2', 'avx', 'avx2', 'fma'] ≠ ['sse4_2', 'avx', 'avx2', 'fma', 'avx512f']",
     ]
     assert platform.differences(info, dict(info)) == []
+
+
+def test_two_cpu_types_pinned_to_avx2_are_one_platform():
+    zen3, zen4 = (platform.current(2, "channels_last", text) for text in (ZEN3, ZEN4))
+    zen3["numerics"] = zen4["numerics"] = "avx2"
+    zen4["torch_cpu_capability"] = "AVX2"
+    assert platform.differences(zen3, zen4) == []  # the CPU fields are recorded, not compared
+    assert platform.differences(zen3, zen4 | {"threads": 1}) == ["threads: 2 ≠ 1"]
+    native = zen4 | {"numerics": "native-avx512"}
+    assert platform.differences(zen3, native)[:2] == ["numerics: avx2 ≠ native-avx512",
+                                                      "cpu_model: 1 ≠ 17"]  # fmt: skip
 
 
 def _row(key):
@@ -41,16 +55,17 @@ def _row(key):
 
 def test_the_table_records_its_platform_and_refuses_rows_of_another(tmp_path):
     path = tmp_path / "sweep_x.csv"
-    here = platform.current(2, "contiguous", ZEN3)
+    here = platform.current(2, "contiguous", ZEN3) | {"numerics": "native-avx2"}
     sw.write_results(path, [_row("a")], here)
     assert platform.sidecar(path) == tmp_path / "sweep_x.platform.json"
     assert platform.recorded(path) == here
     sw.add_results(path, [_row("b")], here)  # the same machine: merged
+    zen4 = platform.current(2, "contiguous", ZEN4) | {"numerics": "native-avx512"}
     before = path.read_bytes()
     with pytest.raises(ValueError, match="was computed on AMD EPYC .*cpu_model: 1 ≠ 17"):
-        sw.add_results(path, [_row("c")], platform.current(2, "contiguous", ZEN4))
+        sw.add_results(path, [_row("c")], zen4)
     assert path.read_bytes() == before and platform.recorded(path) == here
-    sw.write_results(path, [_row("c")], platform.current(2, "contiguous", ZEN4))  # a whole run
+    sw.write_results(path, [_row("c")], zen4)  # a whole run
     assert platform.recorded(path)["cpu_model"] == "17"
 
 
@@ -61,11 +76,13 @@ def test_figures_says_once_when_this_machine_is_not_the_tables(tmp_path, monkeyp
     assert cli._platform_notice("cpu") is None  # no table yet: nothing to compare
     sw.write_results(table, [_row("a")], platform.of_profile(profile))
     assert cli._platform_notice("cpu") is None  # this machine's own table
-    elsewhere = platform.of_profile(profile) | {"cpu_model": "elsewhere"}
-    platform.write(table, elsewhere)
+    here = platform.of_profile(profile)
+    platform.write(table, here | {"cpu_model": "elsewhere", "numerics": "avx2"})
+    assert (cli._platform_notice("cpu") is None) == (here["numerics"] == "avx2")  # both pinned
+    platform.write(table, here | {"cpu_model": "elsewhere", "numerics": "native-avx512"})
     notice = cli._platform_notice("cpu")
     assert notice.startswith("note: the committed results were computed on ")
-    assert "cpu_model: elsewhere ≠" in notice and "expect other numbers" in notice
+    assert "numerics: native-avx512 ≠" in notice and "expect other numbers" in notice
 
 
 def test_a_table_of_an_unrecorded_platform_is_announced_without_a_diff(tmp_path, monkeypatch):

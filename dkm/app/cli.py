@@ -422,10 +422,11 @@ def _platform_notice(profile_name: str) -> str | None:
     detail = f" ({'; '.join(platform.differences(before, here))})" if known else ""
     return (
         f"note: the committed results were computed on {platform.describe(before)}; this machine "
-        f"is {platform.describe(here)}{detail}. CPU "
-        f"training is deterministic per CPU type only: expect other numbers (measured between "
-        f"two CPU types: pre-trained top-1 92.45% vs 93.075%, Deep k-Means at the authors' 45x "
-        f"86.6% vs 83.8%; docs/reproducibility.md). Figures and tables will be rewritten."
+        f"is {platform.describe(here)}{detail}. CPU training is deterministic per numeric path: "
+        f"pinned to AVX2 (the default on x86-64, dkm._numerics) two CPU types gave the same "
+        f"pre-trained net; across unpinned CPU types expect other numbers (measured: pre-trained "
+        f"top-1 92.45% vs 93.075%, Deep k-Means at the authors' 45x 86.6% vs 83.8%; "
+        f"docs/reproducibility.md). Figures and tables will be rewritten."
     )
 
 

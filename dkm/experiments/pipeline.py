@@ -61,6 +61,7 @@ from dkm.training.evaluation import evaluate, recalibrate_batchnorm
 from dkm.training.loop import History, train
 from dkm.training.models import build_model
 from dkm.training.threads import torch_threads
+from dkm._numerics import numeric_path
 
 RETRAIN_METHODS = ("plain", "dkm")
 SOURCES = ("pretrained", "plain", "dkm-indicator", "dkm-spectral")
@@ -179,6 +180,7 @@ def pretrain_config(profile: Profile) -> dict:
         "train": dataclasses.asdict(profile.pretrain),
         "threads": profile.threads,
         "memory_format": profile.memory_format,
+        "numerics": numeric_path(),  # ATen, oneDNN and MKL pinned to AVX2 or native: dkm._numerics
     }
     return _world(config)
 

@@ -6,9 +6,11 @@ regeneration on a Zen 4 CPU with AVX-512 gave a pre-trained net of 93.075% inste
 committed 92.45% on the same seed (docs/reproducibility.md). So every results table says where it
 was made, and `dkm figures` says once when this machine differs from the recorded one.
 
-Fields that decide the numbers (`KEY_FIELDS`): CPU vendor, family and model, the ISA flags the
-libraries dispatch on, torch's CPU capability, torch and numpy versions, oneDNN's version, threads
-and memory format. The model name is recorded for people, not compared.
+Fields that decide the numbers (`KEY_FIELDS`): the numeric path (dkm._numerics), CPU vendor,
+family and model, the ISA flags the libraries dispatch on, torch's CPU capability, torch and numpy
+versions, oneDNN's version, threads and memory format. When both platforms ran pinned to AVX2
+the CPU fields (`CPU_FIELDS`) are recorded but not compared: the pin is what makes them not
+matter. The model name is recorded for people, not compared.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dkm._numerics import numeric_path
 from dkm.io import write_atomic
 
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-KEY_FIELDS = ("cpu_vendor", "cpu_family", "cpu_model", "isa", "torch_cpu_capability", "torch",
-              "numpy", "onednn", "threads", "memory_format")  # fmt: skip
+CPU_FIELDS = ("cpu_vendor", "cpu_family", "cpu_model", "isa", "torch_cpu_capability")
+KEY_FIELDS = ("numerics",) + CPU_FIELDS + ("torch", "numpy", "onednn", "threads", "memory_format")
 SUFFIX = ".platform.json"
 
 
@@ -58,6 +61,7 @@ def current(threads=None, memory_format=None, cpuinfo_text: str | None = None) -
         "cpu_family": info.get("cpu family", ""),
         "cpu_model": info.get("model", ""),
         "machine": _platform.machine(),
+        "numerics": numeric_path(),
         "isa": [f for f in ISA_FLAGS if f in flags],
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
@@ -91,8 +95,11 @@ def recorded(table: Path) -> dict | None:
 
 
 def differences(a: dict, b: dict) -> list[str]:
-    """The key fields where two platforms differ, as "field: a ≠ b"."""
-    return [f"{k}: {a.get(k)} ≠ {b.get(k)}" for k in KEY_FIELDS if a.get(k) != b.get(k)]
+    """The key fields where two platforms differ, as "field: a ≠ b" (CPU fields: unless both
+    ran pinned to AVX2)."""
+    pinned = a.get("numerics") == b.get("numerics") == "avx2"
+    fields = [k for k in KEY_FIELDS if not (pinned and k in CPU_FIELDS)]
+    return [f"{k}: {a.get(k)} ≠ {b.get(k)}" for k in fields if a.get(k) != b.get(k)]
 
 
 def unrecorded(note: str) -> dict:
@@ -101,9 +108,10 @@ def unrecorded(note: str) -> dict:
 
 
 def describe(info: dict) -> str:
-    """One line for people: CPU, ISA level, torch, threads."""
+    """One line for people: CPU, ISA level, numeric path, torch, threads."""
     if info.get("cpu_name") == "unrecorded":
         return "an unrecorded platform"
     return (f"{info.get('cpu_name')} (family {info.get('cpu_family')} model "
-            f"{info.get('cpu_model')}, {info.get('torch_cpu_capability')}), torch "
-            f"{info.get('torch')}, {info.get('threads')} threads")  # fmt: skip
+            f"{info.get('cpu_model')}, {info.get('torch_cpu_capability')}; numeric path "
+            f"{info.get('numerics', 'native')}), torch {info.get('torch')}, "
+            f"{info.get('threads')} threads")  # fmt: skip
