@@ -32,9 +32,7 @@ Table: `data/results/study_<profile>.csv` (smoke: build/results/), one row per r
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +53,9 @@ from dkm.experiments.sweep import (
     results_path,
     run_point,
     split_method,
+    write_table,
 )
-from dkm.io import locked, write_atomic
+from dkm.io import locked
 from dkm.training.loop import show_progress
 
 COLUMNS = (
@@ -224,20 +223,14 @@ def write_study(path, rows: list[dict], info: dict | None = None) -> None:
     linger), atomically, sorted, under the lock of its directory; `info` (the platform) beside
     it."""
     with locked(Path(path).parent):
-        _write_study(Path(path), rows)
+        write_table(Path(path), rows, COLUMNS, _order)
         if info is not None:
             platform.write(Path(path), info)
 
 
-def _write_study(path: Path, rows: list[dict]) -> None:
-    rows = list(rows)
-    rows.sort(key=lambda r: (r["method"], r["setting"], float(r["target_cr"]), int(r["epochs"]),
-                             float(r["lam"] or 0), int(r["seed"]), r["metric"]))  # fmt: skip
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({c: r[c] for c in COLUMNS} for r in rows)
-    write_atomic(path, buf.getvalue())
+def _order(r: dict) -> tuple:
+    return (r["method"], r["setting"], float(r["target_cr"]), int(r["epochs"]),
+            float(r["lam"] or 0), int(r["seed"]), r["metric"])  # fmt: skip
 
 
 def study_summary(rows: list[dict], metric: str = "top1_bn") -> list[dict]:

@@ -153,7 +153,7 @@ def _write_locked(path: Path, make_rows, info: dict | None, merge: bool = False)
         with locked(path.parent):
             if merge:
                 _check_same_platform(path, info)
-            _write_table(path, make_rows(read_results(path)))
+            write_table(path, make_rows(read_results(path)))
             if info is not None:
                 platform.write(path, info)
     except WriteError as err:
@@ -163,21 +163,14 @@ def _write_locked(path: Path, make_rows, info: dict | None, merge: bool = False)
         ) from None
 
 
-def _write_table(path: Path, rows: list[dict]) -> None:
-    rows = sorted(
-        rows,
-        key=lambda r: (
-            r["method"],
-            r["setting"],
-            float(r["target_cr"]),
-            int(r["seed"]),
-            r["metric"],
-        ),
-    )
+def write_table(path: Path, rows: list[dict], columns=COLUMNS, order=None) -> None:
+    """`rows` as CSV with `columns`, sorted by `order` (default: the sweep's), atomically."""
+    order = order or (lambda r: (r["method"], r["setting"], float(r["target_cr"]), int(r["seed"]),
+                                 r["metric"]))  # fmt: skip
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({c: r[c] for c in COLUMNS} for r in rows)
+    writer.writerows({c: r[c] for c in columns} for r in sorted(rows, key=order))
     write_atomic(path, buf.getvalue())
 
 
