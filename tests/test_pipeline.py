@@ -362,6 +362,23 @@ def test_compare_runs_pairs_runs_by_key_by_hand():
     assert out["kmeans"]["mean_diff"] == 0.0
 
 
+def test_paired_gaps_pair_by_seed_within_a_table_and_pool_tables_by_hand():
+    def row(method, seed, value, setting="45x"):
+        return {"method": method, "setting": setting, "target_cr": "28.56", "seed": str(seed),
+                "metric": "top1_bn", "value": str(value)}  # fmt: skip
+
+    one = [row("dc", 0, 88.0), row("dkm", 0, 86.0), row("dc", 1, 87.0), row("dkm", 1, 86.5),
+           row("dc", 2, 90.0), row("dkm", 3, 1.0), row("dc", 0, 70.0, "rd")]  # fmt: skip
+    two = [row("dc", 0, 85.0), row("dkm", 0, 84.0)]  # seed 0 of another machine: its own pair
+    (gap,) = sw.paired_gaps({"one": one, "two": two}, "dc", "dkm")
+    d = [2.0, 0.5, 1.0]  # seeds 2 and 3 and the rd plan have no partner
+    assert (gap["setting"], gap["n"], gap["min_gap"], gap["max_gap"]) == ("45x", 3, 0.5, 2.0)
+    assert gap["mean_gap"] == pytest.approx(sum(d) / 3)
+    sd = (sum((x - sum(d) / 3) ** 2 for x in d) / 2) ** 0.5
+    half = 4.302652729911275 * sd / 3**0.5  # t(0.975, 2 degrees of freedom), from a table
+    assert (gap["ci_low"], gap["ci_high"]) == pytest.approx((sum(d) / 3 - half, sum(d) / 3 + half))
+
+
 def test_plan_for_is_the_one_place_commands_and_sliders_get_plans(dirs):
     p = tiny(rd_targets=(8.0,))
     net, _ = pl.pretrain(p, progress=False)

@@ -92,3 +92,40 @@ def test_a_table_of_an_unrecorded_platform_is_announced_without_a_diff(tmp_path,
     notice = cli._platform_notice("cpu")
     assert notice.startswith("note: the committed results were computed on an unrecorded platform;")
     assert "≠" not in notice and platform.recorded(table)["note"] == "before 0.2.0"
+
+
+def _load_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "cross_platform.py"
+    spec = importlib.util.spec_from_file_location("cross_platform", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cross_platform_tool_writes_both_tables_in_points(tmp_path, capsys):
+    tool = _load_tool()
+
+    def rows(values):  # (method, seed) -> top-1 after BN
+        return [_row(f"{m}{s}") | {"method": m, "setting": "45x", "target_cr": "28.56",
+                                   "seed": str(s), "metric": "top1_bn", "value": str(v)}
+                for (m, s), v in values.items()]  # fmt: skip
+
+    a = tmp_path / "a.csv"
+    b = tmp_path / "b.csv"
+    sw.write_results(a, rows({("deep_compression", 0): 0.88, ("dkm-indicator", 0): 0.86}))
+    dc, dkm = "deep_compression", "dkm-indicator"
+    sw.write_results(b, rows({(dc, 0): 0.87, (dkm, 0): 0.86, (dc, 1): 0.90, (dkm, 1): 0.87}))
+    assert tool.main([f"one={a}", f"two={b}", "--out-dir", str(tmp_path)]) == 0
+    compared = (tmp_path / "cross_platform_sweep_cpu.csv").read_text().splitlines()
+    assert "two - one,top1_bn,deep_compression,45x,28.56,1,-1.00,1.00" in compared
+    gaps = (tmp_path / "paired_gaps_sweep_cpu.csv").read_text().splitlines()
+    assert gaps[1].startswith("deep_compression,dkm-indicator,45x,28.56,3,2.00,")  # 2, 1, 3
+    for bad in (["one=" + str(a)], [f"one={a}", "two=/no/such.csv"], [f"one={a}", f"two={b}",
+                "--gaps", "deep_compression-nothing"]):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            tool.main(bad + ["--out-dir", str(tmp_path)])
+        assert exit_.value.code == 2
+    assert "two or more tables" in capsys.readouterr().err

@@ -275,3 +275,33 @@ def compare_runs(rows_a: list[dict], rows_b: list[dict], metric: str = "top1_bn"
          "mean_diff": sum(d) / len(d), "max_abs_diff": max(map(abs, d))}
         for (m, s, t), d in sorted(groups.items())
     ]  # fmt: skip
+
+
+def paired_gaps(tables: dict, a: str, b: str, metric: str = "top1_bn") -> list[dict]:
+    """Method `a` − method `b`, paired by seed within each table, per plan, pooled over tables
+    (e.g. CPU types): n pairs, the mean gap, its 95% t-interval, and the smallest and largest.
+
+    A plan's runs pair within one table only (the planner's plans differ between machines).
+    `tables` maps a label to a table's rows; an interval needs n ≥ 2 (else NaN)."""
+    from scipy import stats
+
+    groups: dict = {}
+    for label, rows in tables.items():
+        values = {
+            (r["method"], r["setting"], float(r["target_cr"]), int(r["seed"])): float(r["value"])
+            for r in rows
+            if r["metric"] == metric
+        }
+        for (method, setting, target, seed), value in values.items():
+            other = values.get((b, setting, target, seed))
+            if method == a and other is not None:
+                groups.setdefault((setting, target), []).append(value - other)
+    out = []
+    for (setting, target), d in sorted(groups.items()):
+        n, mean = len(d), sum(d) / len(d)
+        sd = statistics.stdev(d) if n > 1 else float("nan")
+        half = stats.t.ppf(0.975, n - 1) * sd / n**0.5 if n > 1 else float("nan")
+        out.append({"a": a, "b": b, "setting": setting, "target_cr": target, "n": n,
+                    "mean_gap": mean, "ci_low": mean - half, "ci_high": mean + half,
+                    "min_gap": min(d), "max_gap": max(d)})  # fmt: skip
+    return out
