@@ -129,3 +129,16 @@ def test_the_cross_platform_tool_writes_both_tables_in_points(tmp_path, capsys):
             tool.main(bad + ["--out-dir", str(tmp_path)])
         assert exit_.value.code == 2
     assert "two or more tables" in capsys.readouterr().err
+
+
+def test_a_table_of_another_platform_is_named_once_by_the_notebooks(tmp_path):
+    profile = cli.get_profile("cpu")
+    table = tmp_path / "study_cpu.csv"
+    assert platform.elsewhere(table, profile) is None  # nothing recorded
+    here = platform.of_profile(profile)
+    platform.write(table, here)
+    assert platform.elsewhere(table, profile) is None
+    platform.write(table, here | {"numerics": "native-avx512", "cpu_name": "Other CPU"})
+    note = platform.elsewhere(table, profile)
+    assert note.startswith("note: study_cpu.csv was computed on Other CPU")
+    assert "numeric path native-avx512" in note and "not on this machine" in note

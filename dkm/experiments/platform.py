@@ -115,3 +115,16 @@ def describe(info: dict) -> str:
             f"{info.get('cpu_model')}, {info.get('torch_cpu_capability')}; numeric path "
             f"{info.get('numerics', 'native')}), torch {info.get('torch')}, "
             f"{info.get('threads')} threads")  # fmt: skip
+
+
+def elsewhere(table: Path, profile) -> str | None:
+    """One line when `table` was computed on another platform than this machine with `profile`'s
+    threads and memory format (None when the same, or when no platform is recorded beside it)."""
+    before = recorded(table)
+    if before is None or not differences(before, of_profile(profile)):
+        return None
+    return (
+        f"note: {Path(table).name} was computed on {describe(before)}, not on this machine "
+        f"({describe(of_profile(profile))}): its numbers are that platform's "
+        f"(docs/reproducibility.md, 'Across CPU types')"
+    )
