@@ -77,3 +77,18 @@ def test_every_profile_is_registered_and_accepted_by_the_command_line():
     with pytest.raises(ValueError, match="profile='paper_fmnist' is not allowed"):
         get_profile("paper_fmnist")
     assert dataclasses.replace(get_profile("paper-fmnist"), lam=1.0).lam == 1.0
+
+
+def test_the_summary_line_names_the_net_and_the_authors_45x_on_it():
+    from dkm.experiments.profiles import summary_line
+
+    assert summary_line("cpu") == (
+        "cpu: fashion_mnist, all training images, WRN-16-1, 16 convs; "
+        "the authors' 45x is official CR 28.56 here"
+    )
+    assert summary_line("paper").endswith(
+        "WRN-16-4, 16 convs; the authors' 45x is official CR 43.48 here"
+    )
+    assert (
+        summary_line("smoke") == "smoke: fashion_mnist, 2,000 training images, small_cnn, 4 convs"
+    )

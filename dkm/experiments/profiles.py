@@ -219,3 +219,27 @@ def get_profile(name: str, **overrides) -> Profile:
     """The named profile, optionally with some fields replaced (e.g. lam=5.0)."""
     check_choice("profile", name, PROFILES)
     return dataclasses.replace(PROFILES[name](), **overrides) if overrides else PROFILES[name]()
+
+
+def summary_line(name: str) -> str:
+    """One line for people: the profile's data, net, convs and the official CR of the authors'
+    45x on that net (their settings were made for WRN-16-4: on a narrower net the codebooks weigh
+    more)."""
+    import torch
+
+    from dkm.plans import authors_plan
+    from dkm.rows import conv_layers
+    from dkm.training.models import build_model
+
+    p = get_profile(name)
+    with torch.device("meta"):  # shapes only: no weights allocated
+        net = build_model(p.model, **p.model_kwargs)
+    kw = p.model_kwargs
+    arch = f"WRN-{kw['depth']}-{kw['widen_factor']}" if p.model == "wide_resnet" else p.model
+    images = "all" if p.n_train is None else f"{p.n_train:,}"
+    line = f"{name}: {p.dataset}, {images} training images, {arch}, {len(conv_layers(net))} convs"
+    if set(OFFICIAL_SETTINGS) <= set(p.official_settings):
+        line += (
+            f"; the authors' 45x is official CR {authors_plan(net, '45x').estimated_cr:.2f} here"
+        )
+    return line
