@@ -14,7 +14,9 @@ The names below are the wing's face: `from dkm import energy` then `energy.net_e
 from dkm.energy.accelerators import (
     ACCELERATORS,
     EYERISS,
+    LEVELS,
     Accelerator,
+    accesses,
     get_accelerator,
     rs_accesses,
     rs_mapping,
@@ -39,7 +41,8 @@ from dkm.energy.metric import (
 from dkm.energy.shares import Share, authors_shares, auto_shares, make_shares, plan_shares
 
 __all__ = [
-    "ACCELERATORS", "EYERISS", "Accelerator", "get_accelerator", "rs_accesses", "rs_mapping",
+    "ACCELERATORS", "EYERISS", "LEVELS", "Accelerator", "accesses", "get_accelerator",
+    "rs_accesses", "rs_mapping",
     "LayerInfo", "layer_inventory", "ACCESS_COST", "WORD_BITS", "accumulator_bits", "COMPONENTS",
     "FA_PER_MAC16",
     "UNIT", "compare_energy", "expected_distinct", "layer_energy", "net_energy", "shared_mults",
