@@ -111,7 +111,14 @@ def test_retraining_figure_curves_layers_and_end_points():
         and list(end.y) == [0.9, 0.8]
         and list(end.text) == ["conv1", "conv2"]
     )
-    assert fig.layout.yaxis3.type == "log"
+    assert fig.layout.yaxis3.type == "log" and not fig.layout.shapes
+    runs["dkm-spectral"] = dict(runs["plain"])  # the same numbers as plain: drawn thin, dotted
+    fig = plots.retraining_figure(runs, refresh_every=8)
+    lines = {t.name: t.line for t in fig.data if t.xaxis == "x"}
+    assert (lines["dkm-spectral"].dash, lines["dkm-spectral"].width) == ("dot", 1.5)
+    assert (lines["plain"].dash, lines["plain"].width) == ("solid", 2.5)
+    assert [s.x0 for s in fig.layout.shapes] == [8, 16]  # refreshes up to the last step (20)
+    assert "F refreshed every 8 steps" in fig.layout.annotations[2].text
 
 
 def test_assignments_figure_histograms_hold_every_distance():
@@ -150,20 +157,46 @@ def test_bars_and_cr_accuracy_figures():
         {"method": "dkm-indicator", "setting": "rd", "cr_official": 8.1, "mean": 0.7, "std": 0},
         {"method": "dkm-indicator+ft", "setting": "rd", "cr_official": 8.1, "mean": 0.75, "std": 0},
     ]
-    fig = plots.cr_accuracy_figure({"after sharing": rows}, reference=0.8)
-    dash = {t.name: t.line.dash for t in fig.data}
-    assert dash == {"kmeans": "dash", "kmeans, authors' K/p": "dash", "kmeans, uniform K": "dash",
-                    "dkm-indicator": "solid", "dkm-indicator+ft": "dot"}  # fmt: skip
-    by_name = {t.name: t for t in fig.data}
-    assert by_name["kmeans, uniform K"].opacity == 0.35 and by_name["kmeans"].opacity == 1.0
-    assert by_name["kmeans, authors' K/p"].mode == "markers"
-    assert by_name["kmeans, authors' K/p"].marker.symbol == "star"
-    km = next(t for t in fig.data if t.name == "kmeans")
-    assert list(km.x) == [8.0, 16.0] and list(km.y) == pytest.approx(
-        [60.0, 40.0]
-    )  # sorted by CR, in %
-    assert list(km.error_y.array) == pytest.approx([2.0, 1.0])
-    assert next(t for t in fig.data if t.name == "dkm-indicator").line.width == 3
+    rows.append({"method": "dkm-spectral", "setting": "rd", "cr_official": 8.1, "mean": 0.7,
+                 "std": 0})  # fmt: skip
+    fig = plots.cr_accuracy_figure(rows, reference=0.8)
+    titles = [a.text for a in fig.layout.annotations if a.text != "uncompressed"]
+    assert titles == list(plots.FAMILIES.values())  # one panel per plan family, in order
+    panel = {"x": "authors", "x2": "rd", "x3": "uniform"}
+    traces = [(panel[t.xaxis], t.name) for t in fig.data]
+    assert traces == [("authors", "kmeans"), ("rd", "kmeans"), ("rd", "dkm-indicator"),
+                      ("rd", "dkm-indicator+ft"), ("rd", "dkm-spectral"),
+                      ("uniform", "kmeans")]  # fmt: skip
+    legend = [t.name for t in fig.data if t.showlegend]
+    assert legend == ["kmeans", "dkm-indicator", "dkm-indicator+ft", "dkm-spectral"]  # once each
+    by_panel = {(panel[t.xaxis], t.name): t for t in fig.data}
+    km = by_panel[("rd", "kmeans")]
+    assert list(km.x) == [8.0, 16.0] and list(km.y) == pytest.approx([60.0, 40.0])  # by CR, in %
+    assert list(km.error_y.array) == pytest.approx([2.0, 1.0]) and km.line.dash == "dash"
+    assert by_panel[("rd", "dkm-indicator")].line.width == 3
+    assert by_panel[("rd", "dkm-indicator")].line.dash == "solid"
+    assert by_panel[("rd", "dkm-indicator+ft")].line.dash == "dot"
+    spectral = by_panel[("rd", "dkm-spectral")]  # thin, dotted, x markers: plain shows under it
+    assert (spectral.line.width, spectral.line.dash, spectral.marker.symbol) == (1.5, "dot", "x")
+    assert [s.y0 for s in fig.layout.shapes] == [80.0] * 3
+
+
+def test_the_study_figure_puts_lambda_on_a_colour_ramp():
+    def arm(method, epochs, lam, mean):
+        return {"method": method, "setting": "45x", "epochs": epochs, "lam": lam, "mean": mean,
+                "std": 0.01}  # fmt: skip
+
+    rows = [arm("deep_compression", e, None, 0.8 + e / 100) for e in (1, 3)]
+    rows += [arm("dkm-indicator", e, lam, 0.7 + lam / 1000) for e in (1, 3) for lam in (0.5, 5, 50)]
+    rows.append(arm("kmeans", 0, None, 0.6))
+    fig = plots.study_figure(rows, lam=5.0, reference=0.9)
+    left = {t.name: t for t in fig.data if t.xaxis == "x"}
+    lams = [left[f"dkm-indicator, λ = {lam:g}"] for lam in (0.5, 5, 50)]
+    assert len({t.line.color for t in lams}) == 3  # one colour per λ, not one faded pink
+    assert [t.line.width for t in lams] == [1.5, 3.5, 1.5]  # the profile's λ drawn thickest
+    assert left["deep_compression"].line.color == plots.METHOD_COLORS["deep_compression"]
+    assert list(left["deep_compression"].y) == pytest.approx([81.0, 83.0])
+    assert any(s.y0 == pytest.approx(60.0) for s in fig.layout.shapes)  # kmeans, no training
 
 
 def test_energy_figures():

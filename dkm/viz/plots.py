@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
 
 PALETTE = qualitative.D3
@@ -128,12 +128,16 @@ def clusters_figure(points, assignments, title: str = "", centers=None) -> go.Fi
 
 # ---------------------------------------------------------------- 02: re-training
 def retraining_figure(
-    runs: dict, title: str = "Re-training with and without the k-means regularizer"
+    runs: dict,
+    title: str = "Re-training with and without the k-means regularizer",
+    refresh_every: int | None = None,
 ) -> go.Figure:
     """fig02: task loss, training accuracy and per-layer k-means error of each run over the steps.
 
     runs: {label: {"step", "loss", "accuracy", "layer_errors" {layer: [...]}|None,
-    "final_errors" {layer: x}|None}}.
+    "final_errors" {layer: x}|None}}. `dkm-spectral` is drawn thin and dotted over the others (it
+    is the plain control where its term is zero: both stay visible). refresh_every: T, the steps
+    between refreshes of F, marked in the third panel.
     """
     fig = make_subplots(
         1,
@@ -147,12 +151,19 @@ def retraining_figure(
     )
     for i, (label, run) in enumerate(runs.items()):
         color = _method_color(label, i)
-        kw = dict(name=label, mode="lines", legendgroup=label, line=dict(color=color))
+        thin = label.startswith("dkm-spectral")
+        line = dict(color=color, width=1.5 if thin else 2.5, dash="dot" if thin else "solid")
+        kw = dict(name=label, mode="lines", legendgroup=label, line=line)
         fig.add_trace(go.Scatter(x=run["step"], y=run["loss"], **kw), 1, 1)
         if run.get("accuracy") is not None:
             accuracy = [100 * a for a in run["accuracy"]]
             fig.add_trace(go.Scatter(x=run["step"], y=accuracy, showlegend=False, **kw), 1, 2)
         _layer_traces(fig, label, run, color)
+    last = max((run["step"][-1] for run in runs.values() if run["step"]), default=0)
+    if refresh_every:
+        for step in range(refresh_every, last + 1, refresh_every):
+            fig.add_vline(x=step, line=dict(color="#999", dash="dot", width=1), row=1, col=3)
+        fig.layout.annotations[2].text += f" (dotted: F refreshed every {refresh_every} steps)"
     fig.update_xaxes(title_text="optimizer step")
     fig.update_yaxes(type="log", row=1, col=3)
     return _finish(fig, title, height=440, width=1250)
@@ -315,31 +326,32 @@ def _dash(method: str) -> str:
 
 
 def cr_accuracy_figure(
-    panels: dict, reference: float | None = None, title: str = "Top-1 accuracy vs compression ratio"
+    rows: list[dict],
+    reference: float | None = None,
+    title: str = "Top-1 accuracy vs compression ratio",
 ) -> go.Figure:
-    """fig05: top-1 accuracy over the compression ratio, one line per method, one panel per entry.
+    """fig05: top-1 accuracy over the compression ratio, one panel per plan family (`FAMILIES`:
+    the authors' settings, the planner's per-layer plans, uniform K), one line per method.
 
-    panels: {panel title: summary rows {"method", "setting", "cr_official", "mean", "std"}},
-    accuracies as fractions. Per method: the per-layer plans of the planner ("rd") as a line, the
-    authors' settings ("45x", …) as stars, uniform-K plans as a faded line (the contrast).
-    """
-    fig = make_subplots(
-        1, len(panels), subplot_titles=list(panels), shared_yaxes=True, horizontal_spacing=0.05
-    )
-    for j, rows in enumerate(panels.values(), start=1):
-        _cr_traces(fig, rows, j)
+    rows: summary rows {"method", "setting", "cr_official", "mean", "std"}, accuracies as
+    fractions. The legend names each method once; `dkm-spectral` is drawn thin and dotted over
+    `plain`, so where the two are the same run both stay visible."""
+    families = [f for f in FAMILIES if any(_family(r["setting"]) == f for r in rows)]
+    fig = make_subplots(1, len(families), subplot_titles=[FAMILIES[f] for f in families],
+                        shared_yaxes=True, horizontal_spacing=0.05)  # fmt: skip
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    shown: set = set()
+    for j, family in enumerate(families, start=1):
+        for i, method in enumerate(methods):
+            pts = [r for r in rows if r["method"] == method and _family(r["setting"]) == family]
+            if pts:
+                _cr_trace(fig, method, sorted(pts, key=lambda r: r["cr_official"]), j, i,
+                          legend=method not in shown)  # fmt: skip
+                shown.add(method)
         if reference is not None:
-            fig.add_hline(
-                y=100 * reference,
-                line=dict(color="#444", dash="dot"),
-                row=1,
-                col=j,
-                annotation_text="uncompressed",
-                annotation_position="bottom right",
-            )
-        fig.update_xaxes(
-            title_text="compression ratio (official convention)", type="log", row=1, col=j
-        )
+            fig.add_hline(y=100 * reference, line=dict(color="#444", dash="dot"), row=1, col=j,
+                          annotation_text="uncompressed")  # fmt: skip
+        fig.update_xaxes(title_text="compression ratio (official)", type="log", row=1, col=j)
     fig.update_yaxes(title_text="top-1 accuracy (%)", row=1, col=1)
     return _finish(fig, title, height=480, width=1250)
 
@@ -349,41 +361,31 @@ def _family(setting: str) -> str:
     return setting if setting in ("rd", "uniform") else "authors"
 
 
-# per plan family: (legend suffix, trace mode, opacity, marker symbol)
-FAMILIES = {
-    "rd": ("", "lines+markers", 1.0, "circle"),
-    "authors": (", authors' K/p", "markers", 1.0, "star"),
-    "uniform": (", uniform K", "lines+markers", 0.35, "circle-open"),
+FAMILIES = {  # the panels of fig05, in order
+    "authors": "the authors' settings (45x, 47x, 50x)",
+    "rd": "the planner's per-layer plans (rd)",
+    "uniform": "uniform K, the contrast",
 }
 
 
-def _cr_traces(fig: go.Figure, rows: list[dict], j: int) -> None:
-    """Panel j of fig05: per method (in order of first appearance) and plan family, sorted by CR."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    for i, method in enumerate(methods):
-        for family, (suffix, mode, opacity, symbol) in FAMILIES.items():
-            pts = [r for r in rows if r["method"] == method
-                   and _family(r.get("setting", "uniform")) == family]  # fmt: skip
-            if pts:
-                _cr_trace(fig, method, sorted(pts, key=lambda r: r["cr_official"]), j, i,
-                          dict(name=method + suffix, mode=mode, opacity=opacity),
-                          symbol)  # fmt: skip
-
-
-def _cr_trace(fig, method: str, pts: list, j: int, i: int, style: dict, symbol: str) -> None:
-    """One line (or set of markers) of fig05 with ± one standard deviation over seeds."""
-    dkm = method.startswith("dkm")
+def _cr_trace(fig, method: str, pts: list, j: int, i: int, legend: bool) -> None:
+    """One method's line in panel j of fig05, with ± one standard deviation over seeds."""
     color = _method_color(method, i)
+    spectral = method.startswith("dkm-spectral")
+    width = 1.5 if spectral or not method.startswith("dkm") else 3
     fig.add_trace(
         go.Scatter(
             x=[r["cr_official"] for r in pts],
             y=[100 * r["mean"] for r in pts],
+            name=method,
             legendgroup=method,
-            showlegend=j == 1,
-            line=dict(color=color, width=3 if dkm else 1.5, dash=_dash(method)),
-            marker=dict(symbol=symbol, size=12 if symbol == "star" else 7, color=color),
+            showlegend=legend,
+            mode="lines+markers",
+            line=dict(color=color, width=width, dash="dot" if spectral else _dash(method)),
+            marker=dict(
+                symbol="x" if spectral else "circle", size=9 if spectral else 7, color=color
+            ),  # fmt: skip
             error_y=dict(type="data", array=[100 * r["std"] for r in pts]),
-            **style,
         ),
         1,
         j,
@@ -438,15 +440,21 @@ def _study_axes(fig: go.Figure, rows: list[dict], reference: float | None, i: in
 
 
 def _budget_traces(fig: go.Figure, rows: list[dict], lam: float, i: int) -> None:
-    """Left panel of row i: one line per (method, λ) over the budget, λ ≠ `lam` faded."""
+    """Left panel of row i: one line per (method, λ) over the budget; the λ of one method on a
+    colour ramp (`lam`, the profile's, drawn thickest), the other methods in their colours."""
     arms = list(dict.fromkeys((r["method"], r["lam"]) for r in rows if r["epochs"] > 0))
+    lams = sorted({arm_lam for _, arm_lam in arms if arm_lam is not None})
+    ramp = dict(zip(lams, sample_colorscale("Viridis", [0.85 * k / max(1, len(lams) - 1)
+                                                        for k in range(len(lams))])))  # fmt: skip
     for k, (method, arm_lam) in enumerate(arms):
         pts = sorted((r for r in rows if (r["method"], r["lam"]) == (method, arm_lam)),
                      key=lambda r: r["epochs"])  # fmt: skip
-        main = arm_lam is None or arm_lam == lam
+        several = len({a for m, a in arms if m == method}) > 1
+        color = ramp[arm_lam] if several else _method_color(method, k)
         name = method if arm_lam is None else f"{method}, λ = {arm_lam:g}"
-        fig.add_trace(_line([r["epochs"] for r in pts], pts, name, _method_color(method, k),
-                            _dash(method), 1.0 if main else 0.3, i == 1), i, 1)  # fmt: skip
+        trace = _line([r["epochs"] for r in pts], pts, name, color, _dash(method), 1.0, i == 1)
+        trace.line.width = 3.5 if arm_lam in (None, lam) else 1.5
+        fig.add_trace(trace, i, 1)
     for r in rows:
         if r["epochs"] == 0:
             fig.add_hline(y=100 * r["mean"], line=dict(color=_method_color(r["method"], 0),
