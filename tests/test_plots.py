@@ -118,7 +118,7 @@ def test_retraining_figure_curves_layers_and_end_points():
     assert (lines["dkm-spectral"].dash, lines["dkm-spectral"].width) == ("dot", 1.5)
     assert (lines["plain"].dash, lines["plain"].width) == ("solid", 2.5)
     assert [s.x0 for s in fig.layout.shapes] == [8, 16]  # refreshes up to the last step (20)
-    assert "F refreshed every 8 steps" in fig.layout.annotations[2].text
+    assert "F refreshed, T = 8" in fig.layout.annotations[2].text
 
 
 def test_assignments_figure_histograms_hold_every_distance():

@@ -163,7 +163,8 @@ def retraining_figure(
     if refresh_every:
         for step in range(refresh_every, last + 1, refresh_every):
             fig.add_vline(x=step, line=dict(color="#999", dash="dot", width=1), row=1, col=3)
-        fig.layout.annotations[2].text += f" (dotted: F refreshed every {refresh_every} steps)"
+        refreshed = f"grey: F refreshed, T = {refresh_every}"
+        fig.layout.annotations[2].text = f"k-means error / pre-trained ({refreshed})"
     fig.update_xaxes(title_text="optimizer step")
     fig.update_yaxes(type="log", row=1, col=3)
     return _finish(fig, title, height=440, width=1250)
