@@ -296,3 +296,69 @@ def test_load_shared_metadata_that_is_a_list_or_k0_is_one_clear_error(tmp_path, 
     _rewrite_meta(tmp_path / "n.dkm", edit)
     with pytest.raises(ExportFormatError, match=match):
         load_shared(tmp_path / "n.dkm", small_cnn(width=4))
+
+
+# ---------------------------------------------------------------- issue 37: S1, S2
+def _tiny_executed(directory):
+    import nbformat
+
+    from dkm.app.runner import NOTEBOOKS
+
+    directory.mkdir()
+    for name in NOTEBOOKS:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}")]
+        nbformat.write(nb, directory / f"{name}.ipynb")
+    return directory
+
+
+@pytest.mark.parametrize(
+    "entry", ["index.html", "mathjax/tex-svg.js", "01_spectral_relaxation.html", "mathjax"]
+)
+def test_the_book_never_writes_through_a_link(tmp_path, entry):
+    from dkm.app import book
+
+    executed = _tiny_executed(tmp_path / "executed")
+    out = tmp_path / "site"
+    (out / "mathjax").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.js"
+    victim.write_text("keep me")
+    link = out / entry
+    if entry == "mathjax":
+        (out / "mathjax").rmdir()
+        link.symlink_to(outside, target_is_directory=True)
+    else:
+        link.symlink_to(victim)
+    with pytest.raises(_io.UnsafePathError, match="is a symlink: refusing"):
+        book.build_book("smoke", executed=executed, out_dir=out)
+    assert victim.read_text() == "keep me" and sorted(p.name for p in outside.iterdir()) == [
+        "victim.js"
+    ]
+
+
+def test_an_executed_notebook_is_never_written_through_a_link(tmp_path, monkeypatch):
+    import papermill
+
+    from dkm.app import runner
+
+    written = []
+
+    def fake_execute(source, output, **kwargs):  # papermill writes its output after each cell
+        written.append(output)
+        with open(output, "w") as f:
+            f.write('{"executed": true}')
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.ipynb"
+    victim.write_text("keep me")
+    (out / "01_spectral_relaxation.ipynb").symlink_to(victim)
+    with pytest.raises(_io.UnsafePathError, match="is a symlink: refusing"):
+        runner.run_notebook("01_spectral_relaxation", "smoke", out, tmp_path / "figs")
+    assert victim.read_text() == "keep me" and not written  # refused before any work
+    path = runner.run_notebook("02_retraining", "smoke", out, tmp_path / "figs")
+    assert path.read_text() == '{"executed": true}' and path == out / "02_retraining.ipynb"
+    assert written and not written[0].startswith(str(out))  # papermill wrote elsewhere

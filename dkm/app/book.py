@@ -25,13 +25,12 @@ import copy
 import html
 import os
 import re
-import shutil
 from importlib import resources
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from dkm.app.runner import NOTEBOOKS
-from dkm.io import write_atomic
+from dkm.io import UnsafePathError, write_atomic
 from dkm.viz.files import ROOT, write_plotlyjs
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
@@ -165,8 +164,9 @@ def build_book(profile: str = "cpu", executed=None, out_dir=None, docs_dir=None)
         )
     mathjax = mathjax_file()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "mathjax").mkdir(exist_ok=True)
-    shutil.copyfile(mathjax, out / MATHJAX)
+    if (out / "mathjax").is_symlink():  # its files would land wherever it points
+        raise UnsafePathError(f"{out / 'mathjax'} is a symlink: refusing to write into it")
+    write_atomic(out / MATHJAX, Path(mathjax).read_bytes())  # never through a link or device
     write_plotlyjs(out)
     import nbformat
 

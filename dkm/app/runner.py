@@ -10,6 +10,7 @@ notebooks then read them from the run cache.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from dkm._checks import check_choice, check_float, check_int
 from dkm.energy.accelerators import ACCELERATORS
 from dkm.experiments.profiles import PROFILES
+from dkm.io import check_writable_path, write_atomic
 from dkm.plans import SETTINGS
 from dkm.viz.files import DEFAULT_PROFILE, PROFILE_NAMES, ROOT, fig_dir_for, write_gallery
 
@@ -123,19 +125,24 @@ def run_notebook(name: str, profile: str, out_dir, fig_dir, kernel_name: str = "
     import papermill as pm
 
     check_choice("notebook", name, NOTEBOOKS)
-    output = Path(out_dir) / f"{name}.ipynb"
+    output = check_writable_path(Path(out_dir) / f"{name}.ipynb")  # not a link, fifo or device
     output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        pm.execute_notebook(
-            str(NOTEBOOK_DIR / f"{name}.ipynb"),
-            str(output),
-            kernel_name=kernel_name,
-            parameters={"PROFILE": profile, "FIG_DIR": str(Path(fig_dir).resolve())},
-            cwd=str(NOTEBOOK_DIR),
-            progress_bar=False,
-        )
-    except pm.PapermillExecutionError as err:
-        raise _failure(name, err, output) from None
+    # papermill writes its output after every cell: into a private directory, then published
+    with tempfile.TemporaryDirectory(prefix="dkm-notebook-") as scratch:
+        executed = Path(scratch) / output.name
+        try:
+            pm.execute_notebook(
+                str(NOTEBOOK_DIR / f"{name}.ipynb"),
+                str(executed),
+                kernel_name=kernel_name,
+                parameters={"PROFILE": profile, "FIG_DIR": str(Path(fig_dir).resolve())},
+                cwd=str(NOTEBOOK_DIR),
+                progress_bar=False,
+            )
+        except pm.PapermillExecutionError as err:
+            write_atomic(output, executed.read_bytes())  # the executed copy with the traceback
+            raise _failure(name, err, output) from None
+        write_atomic(output, executed.read_bytes())
     return output
 
 
