@@ -246,16 +246,27 @@ def test_a_damaged_result_json_is_an_error_naming_the_file(dirs, legacy_code, co
         pl.share_and_evaluate(p, net, source, "kmeans", FOUR, 0)
 
 
-def test_side_files_of_other_code_are_recomputed(dirs, legacy_code, monkeypatch):
+def test_side_files_damaged_or_of_other_code_are_recomputed(dirs, monkeypatch):
     p = tiny()
     net, source = pl.pretrain(p)
     pl.share_and_evaluate(p, net, source, "kmeans", FOUR, 0)
     path = runs.run_dir("pretrain", source) / "test_accuracy_200.json"
-    accuracy = json.loads(path.read_text())["accuracy"]
-    path.write_text(json.dumps({"accuracy": 0.0}))  # a legacy file: accepted as it is
-    assert pl._source_accuracy(source, net, pl.datasets(p)[1]) == 0.0
-    monkeypatch.setitem(runs.CODE_VERSIONS, "evaluate", runs.LEGACY_VERSION + 1)
+    written = json.loads(path.read_text())
+    accuracy = written["accuracy"]
+    calls = []
+    evaluate = pl.evaluate
+    monkeypatch.setattr(pl, "evaluate", lambda *a, **k: (calls.append(1), evaluate(*a, **k))[1])
+    assert pl._source_accuracy(source, net, pl.datasets(p)[1]) == accuracy and not calls  # read
+    flipped = path.read_text().replace(f"{accuracy}", f"{accuracy + 0.1}")  # one digit changed
+    for damaged in (flipped, json.dumps({"accuracy": 0.0, "code_version": 2})):  # no checksum
+        path.write_text(damaged)
+        assert pl._source_accuracy(source, net, pl.datasets(p)[1]) == accuracy
+        assert json.loads(path.read_text()) == written  # computed again, written whole
+    monkeypatch.setitem(runs.CODE_VERSIONS, "evaluate", runs.CODE_VERSIONS["evaluate"] + 1)
     assert pl._source_accuracy(source, net, pl.datasets(p)[1]) == accuracy
+    assert (
+        len(calls) == 3 and json.loads(path.read_text())["code_version"] != written["code_version"]
+    )
 
 
 # ---------------------------------------------------------------- item 13: locks

@@ -283,16 +283,23 @@ def _distributed_stage(d: Path, config: dict, adopt, parallel: bool):
 
 
 def side_file(path: Path, keys: tuple, compute: Callable) -> dict:
-    """A JSON file cached beside a finished run: read if this code wrote it, else computed again.
+    """A JSON file cached beside a finished run: read if this code wrote it and it is intact,
+    else computed again (it is a cache).
 
-    Its "code_version" is the evaluate stage's (sharing, evaluation); without one: legacy."""
+    It carries the SHA-256 of its own content ("sha256"; a file without one, or failing it, is
+    recomputed) and its "code_version", the evaluate stage's (sharing, evaluation)."""
     if path.exists():
         data = load_json(path, keys)
-        if data.get("code_version", LEGACY_VERSION) == CODE_VERSIONS["evaluate"]:
+        digest = data.pop("sha256", None)
+        if digest == _digest(data) and data.get("code_version") == CODE_VERSIONS["evaluate"]:
             return data
     data = {**compute(), "code_version": CODE_VERSIONS["evaluate"]}
-    write_atomic(path, json.dumps(data, indent=1))
+    write_atomic(path, json.dumps({**data, "sha256": _digest(data)}, indent=1))
     return data
+
+
+def _digest(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- browsing the cache
