@@ -391,3 +391,18 @@ def test_plan_for_is_the_one_place_commands_and_sliders_get_plans(dirs):
         planning.plan_for(p, net, official="45x", planner="rd")
     with pytest.raises(ValueError, match="planner='best'"):
         planning.plan_for(p, net, 8.0, planner="best")
+
+
+def test_compare_runs_by_plan_pairs_tables_of_other_keys_and_leaves_the_planner_out():
+    def row(key, method, setting, seed, value):
+        return {"run_key": key, "method": method, "setting": setting, "target_cr": "28.56",
+                "seed": str(seed), "metric": "top1_bn", "value": str(value)}  # fmt: skip
+
+    a = [row("a1", "plain", "45x", 0, 0.80), row("a2", "plain", "45x", 1, 0.70),
+         row("a3", "plain", "rd", 0, 0.9)]  # fmt: skip
+    b = [row("b1", "plain", "45x", 0, 0.81), row("b2", "plain", "45x", 1, 0.74),
+         row("b3", "plain", "rd", 0, 0.5)]  # fmt: skip
+    assert sw.compare_runs(a, b) == []  # no key in common
+    (out,) = sw.compare_runs(a, b, by_plan=True)
+    assert (out["setting"], out["n"]) == ("45x", 2)
+    assert out["mean_diff"] == pytest.approx(0.025) and out["max_abs_diff"] == pytest.approx(0.04)

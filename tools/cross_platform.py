@@ -4,9 +4,9 @@
         zen4=data/results/sweep_cpu_zen4.csv zen3=data/results/sweep_cpu_zen3.csv
 
 writes, into --out-dir (default data/results):
-- `cross_platform_sweep_cpu.csv`: every pair of tables run for run (the runs both hold, by key),
-  per metric, method and plan: n, the mean difference and the largest |difference|
-  (`dkm.experiments.sweep.compare_runs`);
+- `cross_platform_sweep_cpu.csv`: every pair of tables run for run (the runs both hold, by key;
+  with --by-plan by method, plan and seed, the planner's plans left out), per metric, method and
+  plan: n, the mean difference and the largest |difference| (`dkm.experiments.sweep.compare_runs`);
 - `paired_gaps_sweep_cpu.csv`: the gaps the README's statements rest on (`--gaps`, default
   Deep Compression − Deep k-Means and Deep k-Means − its plain control), paired by seed within
   each table and pooled over the tables, with a 95% t-interval (`sweep.paired_gaps`).
@@ -63,6 +63,8 @@ def main(argv=None) -> int:
                         help="a sweep table of one machine, by label (two or more)")  # fmt: skip
     parser.add_argument("--gaps", nargs="+", type=_gap, default=[_gap(g) for g in GAPS],
                         metavar="A-B", help=f"gaps (default: {' '.join(GAPS)})")  # fmt: skip
+    by_plan = "pair runs by method, plan and seed, not by key (the planner's plans left out)"
+    parser.add_argument("--by-plan", action="store_true", help=by_plan)
     parser.add_argument("--out-dir", type=Path, default=Path("data/results"),
                         help="where the two tables go (default data/results)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
     compared = []
     for (la, a), (lb, b) in itertools.combinations(tables.items(), 2):
         for metric in ("top1", "top1_bn"):
-            for r in sweep.compare_runs(a, b, metric):
+            for r in sweep.compare_runs(a, b, metric, by_plan=args.by_plan):
                 compared.append({"pair": f"{lb} - {la}", "metric": metric} | r)
     gaps = [g for a, b in args.gaps for g in sweep.paired_gaps(tables, a, b)]
     if not compared or not gaps:

@@ -260,11 +260,24 @@ def summary(rows: list[dict], metric: str = "top1") -> list[dict]:
     return out
 
 
-def compare_runs(rows_a: list[dict], rows_b: list[dict], metric: str = "top1_bn") -> list[dict]:
+def compare_runs(rows_a: list[dict], rows_b: list[dict], metric: str = "top1_bn",
+                 by_plan: bool = False) -> list[dict]:  # fmt: skip
     """Two tables of the same grid (e.g. two CPU types) run for run: per method × plan, the runs
-    both have (same key), the mean difference b − a and the largest |b − a| of `metric`."""
-    a = {r["run_key"]: r for r in rows_a if r["metric"] == metric}
-    b = {r["run_key"]: float(r["value"]) for r in rows_b if r["metric"] == metric}
+    both have, the mean difference b − a and the largest |b − a| of `metric`.
+
+    Runs pair by key (the same configuration); with `by_plan`, by method, plan and seed instead
+    (tables whose keys differ in one field, such as the numeric path), the planner's plans left
+    out (they differ with the pre-trained net)."""
+
+    def ident(r):
+        return (r["method"], r["setting"], r["target_cr"], r["seed"]) if by_plan else r["run_key"]
+
+    def runs(rows, value):
+        skip_rd = by_plan  # "rd" names another plan on each machine
+        return {ident(r): value(r) for r in rows
+                if r["metric"] == metric and not (skip_rd and r["setting"] == "rd")}  # fmt: skip
+
+    a, b = runs(rows_a, lambda r: r), runs(rows_b, lambda r: float(r["value"]))
     groups: dict = {}
     for key in a.keys() & b.keys():
         r = a[key]
