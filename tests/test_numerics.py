@@ -53,11 +53,10 @@ def test_importing_dkm_pins_the_three_libraries_and_the_key_says_so():
     pinned, warned = _probe()
     assert pinned["env"] == PINS and pinned["path"] == pinned["key_path"] == "avx2"
     assert "RuntimeWarning" not in warned
+    assert _probe()[0]["bits"] == pinned["bits"]  # deterministic
     native, warned = _probe(DKM_NUMERICS="native")  # opted out: the libraries' own choice
     assert native["env"] == dict.fromkeys(PINS) and native["path"].startswith("native-")
-    assert "RuntimeWarning" not in warned
-    if native["path"] == "native-avx2":  # an AVX2 CPU: pinned to its own level, the same bits
-        assert native["bits"] == pinned["bits"]
+    assert "RuntimeWarning" not in warned and native["key_path"] == native["path"]
 
 
 @needs_avx2
