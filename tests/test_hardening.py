@@ -362,3 +362,50 @@ def test_an_executed_notebook_is_never_written_through_a_link(tmp_path, monkeypa
     path = runner.run_notebook("02_retraining", "smoke", out, tmp_path / "figs")
     assert path.read_text() == '{"executed": true}' and path == out / "02_retraining.ipynb"
     assert written and not written[0].startswith(str(out))  # papermill wrote elsewhere
+
+
+# ---------------------------------------------------------------- issue 37: H1, fifos never hang
+@pytest.fixture
+def no_hang():
+    """Fail instead of hanging: SIGALRM after 10 s."""
+    import signal
+
+    def fail(*_):
+        raise TimeoutError("a read blocked on a fifo")
+
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_a_fifo_where_a_file_is_read_is_refused_not_waited_on(tmp_path, no_hang):
+    from dkm.app import book
+    from dkm.energy.shares import make_shares
+    from dkm.experiments import cache, platform
+    from dkm.experiments import sweep as sw
+
+    def fifo(name):
+        path = tmp_path / name
+        os.mkfifo(path)
+        return path
+
+    with pytest.raises(_io.UnsafePathError, match="x is a fifo: refusing to read it"):
+        _io.read_bytes(fifo("x"))
+    with pytest.raises(cache.RunError, match="done.json is corrupt .*is a fifo"):
+        cache.load_json(fifo("done.json"))  # config.json, done.json, result.json, side files
+    with pytest.raises(_io.UnsafePathError, match="is a fifo"):
+        sw.read_table(fifo("sweep_x.csv"), sw.COLUMNS, "sweep")
+    fifo("table.platform.json")
+    with pytest.raises(_io.UnsafePathError, match="is a fifo"):
+        platform.recorded(tmp_path / "table.csv")
+    with pytest.raises(_io.UnsafePathError, match="is a fifo"):
+        load_shared(fifo("net.dkm"), small_cnn())
+    with pytest.raises(_io.UnsafePathError, match="is a fifo"):
+        make_shares([], str(fifo("shares.json")))  # `dkm energy --shared FILE`
+    executed = _tiny_executed(tmp_path / "executed")
+    (executed / "03_cluster_assignments.ipynb").unlink()
+    fifo("executed/03_cluster_assignments.ipynb")
+    with pytest.raises(book.BookError, match="no executed notebook"):
+        book.build_book("smoke", executed=executed, out_dir=tmp_path / "site")

@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from dkm.app.runner import NOTEBOOKS
-from dkm.io import UnsafePathError, write_atomic
+from dkm.io import UnsafePathError, read_text, write_atomic
 from dkm.viz.files import ROOT, write_plotlyjs
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
@@ -172,7 +172,7 @@ def build_book(profile: str = "cpu", executed=None, out_dir=None, docs_dir=None)
 
     exporter, names, titles = _exporter(), list(NOTEBOOKS), {}
     for i, name in enumerate(names):
-        nb = nbformat.read(executed / f"{name}.ipynb", as_version=4)
+        nb = nbformat.reads(read_text(executed / f"{name}.ipynb"), as_version=4)
         titles[name] = _title(nb, name)
         _write_page(exporter, static_outputs(nb), out / f"{name}.html", _nav(names, i), profile)
     docs = build_docs(out, docs_dir)

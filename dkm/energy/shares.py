@@ -15,6 +15,7 @@ import torch
 from dkm import plans as authors
 from dkm._checks import check_int
 from dkm.plans import Plan
+from dkm.io import read_text
 from dkm.rows import to_rows
 
 
@@ -107,4 +108,4 @@ def _shares_from_str(layers: list, shared: str, net) -> dict:
         raise ValueError(
             f"shared={shared!r} is not allowed: choose 45x, 47x, 50x, auto or an existing JSON file"
         )
-    return make_shares(layers, json.loads(Path(shared).read_text()))
+    return make_shares(layers, json.loads(read_text(shared)))

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dkm import __version__
-from dkm.io import WriteError, locked, remove_stale_temps, write_atomic
+from dkm.io import WriteError, locked, read_bytes, read_text, remove_stale_temps, write_atomic
 from dkm.training import distributed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def run_dir(stage: str, config: dict) -> Path:
     cfg = path / "config.json"
     if cfg.exists():
         try:
-            saved = json.loads(cfg.read_text())
+            saved = json.loads(read_text(cfg))
         except (OSError, json.JSONDecodeError) as err:
             raise RunError(f"{cfg} is corrupt ({err}): delete {path} to recompute it") from None
         if saved != canonical(config):
@@ -114,7 +114,7 @@ def run_dir(stage: str, config: dict) -> Path:
 def load_json(path: Path, keys=()) -> dict:
     """A JSON object of a run holding `keys`; anything else is a RunError naming the directory."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path))
     except (OSError, ValueError) as err:
         raise RunError(f"{path} is corrupt ({err}): delete {path.parent} to recompute it") from None
     missing = [k for k in keys if k not in data] if isinstance(data, dict) else None
@@ -127,11 +127,7 @@ def load_json(path: Path, keys=()) -> dict:
 # ---------------------------------------------------------------- the commit marker
 def sha256_file(path: Path) -> str:
     """SHA-256 (hex) of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return hashlib.sha256(read_bytes(path)).hexdigest()
 
 
 def chain_versions(config: dict) -> dict:

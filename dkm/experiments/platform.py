@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from dkm._numerics import numeric_path
-from dkm.io import write_atomic
+from dkm.io import read_text, write_atomic
 
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 CPU_FIELDS = ("cpu_vendor", "cpu_family", "cpu_model", "isa", "torch_cpu_capability")
@@ -91,7 +91,7 @@ def write(table: Path, info: dict) -> None:
 def recorded(table: Path) -> dict | None:
     """The platform recorded beside `table`, or None when there is none."""
     path = sidecar(table)
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(read_text(path)) if path.exists() else None
 
 
 def differences(a: dict, b: dict) -> list[str]:

@@ -46,7 +46,7 @@ from dkm.experiments import platform
 from dkm.experiments.cache import ROOT, config_key
 from dkm.experiments.planning import plans_of
 from dkm.experiments.profiles import Profile
-from dkm.io import WriteError, locked, write_atomic
+from dkm.io import WriteError, locked, read_text, write_atomic
 from dkm.plans import Plan
 from dkm.training.loop import show_progress
 
@@ -106,7 +106,7 @@ def read_table(path: Path, columns: tuple, command: str) -> list[dict]:
     ResultsFormatError naming the file and the `command` that rewrites it."""
     if not path.exists():
         return []
-    with open(path, newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != columns:
             raise ResultsFormatError(

@@ -37,7 +37,7 @@ from torch import nn
 from dkm._checks import check_not_meta
 from dkm.accounting import _shared_layers, compression_table
 from dkm.export.coding import CODINGS, CodingError, decode, encode, pack_fixed, unpack_fixed
-from dkm.io import write_atomic
+from dkm.io import read_bytes, write_atomic
 
 MAGIC = b"DKMSHARE"
 VERSION = 2
@@ -245,7 +245,7 @@ def size_report(info: dict) -> str:
 def _read(path: Path) -> tuple[dict, memoryview]:
     """Check magic, version, length and checksum; return the metadata and the payload."""
     try:
-        data = path.read_bytes()
+        data = read_bytes(path)  # a regular file: a fifo is refused, never waited on
     except OSError as err:
         raise ExportFormatError(f"{path}: cannot read it: {_reason(err)}") from None
     version, meta_len = _check_prefix(path, data)

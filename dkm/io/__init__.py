@@ -63,6 +63,26 @@ def check_writable_path(path) -> Path:
     return path
 
 
+def read_bytes(path) -> bytes:
+    """The bytes of `path`, a regular file (or a link to one); UnsafePathError for a fifo, device,
+    socket or directory, decided without blocking (a fifo is opened non-blocking, then refused)."""
+    path = Path(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((k for test, k in _KINDS.items() if test(mode)), "special file")
+            raise UnsafePathError(
+                f"{path} is a {kind}: refusing to read it (allowed: a regular file)"
+            )
+        return f.read()
+
+
+def read_text(path) -> str:
+    """`read_bytes` decoded as UTF-8."""
+    return read_bytes(path).decode("utf-8")
+
+
 def _temp_beside(path: Path) -> tuple[int, str]:
     """A new, uniquely named temp file in the directory of `path` (mkdir'ed), with umask rights."""
     path.parent.mkdir(parents=True, exist_ok=True)
