@@ -431,6 +431,19 @@ def test_corrupted_checkpoint(tmp_path):
     _assert_refused(tmp_path, cfg, path, "cannot be read")
 
 
+@pytest.mark.parametrize("with_digest", [True, False])
+def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, with_digest):
+    from dkm.training.checkpoint import digest
+
+    cfg, path = _one_epoch_checkpoint(tmp_path)
+    state = torch.load(path, weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name] = state["model"][name].clone().fill_(float("nan"))
+    state.pop("digest")
+    torch.save({**state, "digest": digest(state)} if with_digest else state, path)
+    _assert_refused(tmp_path, cfg, path, f"holds non-finite weights \\({name}")
+
+
 def test_foreign_checkpoint(tmp_path):
     cfg, path = _one_epoch_checkpoint(tmp_path)
     torch.save({"state_dict": {"w": torch.zeros(2)}}, path)

@@ -141,6 +141,15 @@ def load_checkpoint(path, config: "TrainConfig | None" = None, map_location="cpu
             f"checkpoint {path} fails its checksum (a damaged file): delete {path.parent} "
             f"(or the checkpoint) to start over"
         )
+    floats = {
+        k: v for k, v in ckpt["model"].items() if torch.is_tensor(v) and v.is_floating_point()
+    }
+    bad = [k for k, v in floats.items() if not torch.isfinite(v).all()]
+    if bad:  # a digest over NaN weights matches them: a training run never saves such a state
+        raise CheckpointError(
+            f"checkpoint {path} holds non-finite weights ({', '.join(bad[:3])}): "
+            f"delete it to start over"
+        )
     if config is not None:
         _check_same_config(path, ckpt["config"], config.to_dict())
     return ckpt
