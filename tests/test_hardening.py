@@ -409,3 +409,21 @@ def test_a_fifo_where_a_file_is_read_is_refused_not_waited_on(tmp_path, no_hang)
     fifo("executed/03_cluster_assignments.ipynb")
     with pytest.raises(book.BookError, match="no executed notebook"):
         book.build_book("smoke", executed=executed, out_dir=tmp_path / "site")
+
+
+def test_a_full_disk_during_a_model_save_is_one_write_error(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    save_atomic({"w": torch.zeros(2)}, path)
+    before = path.read_bytes()
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed "
+                           "writing file data/0: file write failed\nmore lines")  # fmt: skip
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(_io.WriteError, match=r"cannot write .*model.pt: .*file write failed$"):
+        save_atomic({"w": torch.ones(2)}, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.pt"
+    ]  # the old file kept, no temp left

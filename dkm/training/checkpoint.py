@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from dkm import io as _io
-from dkm.io import atomic_open
+from dkm.io import WriteError, atomic_open
 
 if TYPE_CHECKING:
     from dkm.training.loop import TrainConfig
@@ -57,10 +57,14 @@ class CheckpointError(ValueError):
 def save_atomic(obj, path) -> None:
     """torch.save to a temp file in the same directory, fsync, then os.replace.
 
-    `path` is always whole.
+    `path` is always whole. A failed write (a full disk: torch reports it as a RuntimeError) is one
+    WriteError naming the path; the old file is kept.
     """
-    with atomic_open(path) as f:
-        torch.save(obj, f)
+    try:
+        with atomic_open(path) as f:
+            torch.save(obj, f)
+    except RuntimeError as err:
+        raise WriteError(f"cannot write {path}: {_first_line(str(err))}") from None
 
 
 def save_checkpoint(state: dict, path) -> None:
