@@ -1,13 +1,10 @@
 """One numeric path on x86 CPUs: ATen, oneDNN and MKL pinned to AVX2 when dkm is imported.
 
-Each library picks its kernels by the CPU's instruction set, so on another CPU type its sums come
-out in another order and training gives other numbers. Pinned to AVX2 (MKL's conditional bitwise
-reproducibility mode, oneDNN's ISA cap, ATen's capability), the ISA is no longer the CPU's choice;
-it is not the native path either, even on an AVX2 CPU (MKL's own dispatch on an AMD Zen 3 differs:
-docs/reproducibility.md). Each library reads its variable on first use: the pin holds when dkm is
-imported before any torch operation runs. `DKM_NUMERICS=native` leaves the libraries their own
-choice (and other keys).
-"""
+Each picks kernels by the CPU's instruction set: on another CPU type the sums come out in another
+order. Pinned (MKL's bitwise-reproducible AVX2 mode, oneDNN's ISA cap, ATen's capability), the ISA
+is not the CPU's choice, nor the native path (docs/reproducibility.md). Each library reads its
+variable on first use: the pin holds when dkm is imported before any torch operation runs.
+`DKM_NUMERICS=native` leaves the libraries their own choice (and other keys)."""
 
 from __future__ import annotations
 

@@ -297,7 +297,10 @@ def total_row(rows: list[dict]) -> dict:
 
 def compression_ratio(net: nn.Module, shared=None, convention="official") -> float:
     """CR of `net` with the layers of `shared` shared, under `convention`."""
-    return total_row(compression_table(net, shared, convention))["cr"]
+    rows = compression_table(net, shared, convention)
+    if not rows:
+        raise ValueError("net has no Conv2d or Linear layer: a compression ratio needs one")
+    return total_row(rows)["cr"]
 
 
 def analytic_counts(num_rows, num_clusters, p=0.0) -> list[float]:

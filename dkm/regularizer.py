@@ -137,12 +137,12 @@ def _project(W: torch.Tensor, F) -> torch.Tensor:
 
 
 def trace_form(W: torch.Tensor, F) -> torch.Tensor:
-    """Tr(WᵀW) − Tr(FᵀWᵀWF) = ‖W‖² − ‖WF‖² (eq. 2), without forming WᵀW (N×N)."""
+    """Tr(WᵀW) − Tr(FᵀWᵀWF) = ‖W‖² − ‖WF‖² (eq. 2), without WᵀW (N×N); rounding clamped at 0."""
     if isinstance(F, IndicatorF):
         # ‖WF‖² = Σ_k n_k‖μ_k‖² = ‖W F Fᵀ‖² for an indicator F
-        return (W * W).sum() - (F.project(W) ** 2).sum()
+        return ((W * W).sum() - (F.project(W) ** 2).sum()).clamp(min=0)
     F = F.to(dtype=W.dtype, device=W.device)
-    return (W * W).sum() - ((W @ F) ** 2).sum()
+    return ((W * W).sum() - ((W @ F) ** 2).sum()).clamp(min=0)
 
 
 def residual(W: torch.Tensor, F) -> torch.Tensor:

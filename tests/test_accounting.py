@@ -330,3 +330,10 @@ def test_a_float64_net_is_counted_at_64_bits():
             codebook = 6 * 3 * (16 if c == "official_fp16" else bits)
             assert row["compressed_bits"] == pytest.approx(codebook + index + bits * 8)
         assert r64[1]["compressed_bits"] == 64 * r64[1]["params"]  # the linear layer
+
+
+def test_a_net_without_conv_or_linear_has_no_compression_ratio():  # issue 37, D8
+    import dkm
+
+    with pytest.raises(ValueError, match="no Conv2d or Linear layer: a compression ratio needs"):
+        dkm.compression_ratio(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.BatchNorm1d(3)))

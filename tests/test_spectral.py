@@ -522,3 +522,12 @@ def test_load_state_dict_mismatch():
 def test_bad_function_arguments_name_the_parameter(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_the_trace_form_at_k_at_least_the_rank_is_zero_not_rounding_noise():  # issue 37, D11
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(20):
+        W = torch.randn(3, 500, generator=gen) * 10.0 ** (trial % 5)
+        value = float(trace_form(W, spectral_F(W, 3)))  # K = rank: the relaxation is exact, 0
+        assert 0.0 <= value <= 1e-4 * float((W * W).sum())
+        assert float(trace_form(W, spectral_F(W, 3))) >= 0.0
