@@ -127,6 +127,10 @@ def clusters_figure(points, assignments, title: str = "", centers=None) -> go.Fi
 
 
 # ---------------------------------------------------------------- 02: re-training
+RETRAINING_PANELS = ("task loss (cross-entropy)", "training accuracy (%)",
+                     "k-means error of each layer / pre-trained")  # fmt: skip
+
+
 def retraining_figure(
     runs: dict,
     title: str = "Re-training with and without the k-means regularizer",
@@ -139,16 +143,7 @@ def retraining_figure(
     is the plain control where its term is zero: both stay visible). refresh_every: T, the steps
     between refreshes of F, marked in the third panel.
     """
-    fig = make_subplots(
-        1,
-        3,
-        horizontal_spacing=0.08,
-        subplot_titles=(
-            "task loss (cross-entropy)",
-            "training accuracy (%)",
-            "k-means error of each layer / pre-trained",
-        ),
-    )
+    fig = make_subplots(1, 3, horizontal_spacing=0.08, subplot_titles=RETRAINING_PANELS)
     for i, (label, run) in enumerate(runs.items()):
         color = _method_color(label, i)
         thin = label.startswith("dkm-spectral")
