@@ -423,8 +423,8 @@ def _platform_notice(profile_name: str) -> str | None:
     return (
         f"note: the committed results were computed on {platform.describe(before)}; this machine "
         f"is {platform.describe(here)}{detail}. CPU training is deterministic per numeric path: "
-        f"pinned to AVX2 (the default on x86-64, dkm._numerics) two CPU types gave the same "
-        f"pre-trained net; across unpinned CPU types expect other numbers (measured: pre-trained "
+        f"pinned to AVX2 (the default on x86-64, dkm._numerics) whether two CPU types agree is "
+        f"not verified; across unpinned CPU types expect other numbers (measured: pre-trained "
         f"top-1 92.45% vs 93.075%, Deep k-Means at the authors' 45x 86.6% vs 83.8%; "
         f"docs/reproducibility.md). Figures and tables will be rewritten."
     )

@@ -120,11 +120,11 @@ def describe(info: dict) -> str:
 def elsewhere(table: Path, profile) -> str | None:
     """One line when `table` was computed on another platform than this machine with `profile`'s
     threads and memory format (None when the same, or when no platform is recorded beside it)."""
-    before = recorded(table)
-    if before is None or not differences(before, of_profile(profile)):
+    before, here = recorded(table), of_profile(profile)
+    if before is None or not differences(before, here):
         return None
     return (
         f"note: {Path(table).name} was computed on {describe(before)}, not on this machine "
-        f"({describe(of_profile(profile))}): its numbers are that platform's "
+        f"({describe(here)}): its numbers are that platform's "
         f"(docs/reproducibility.md, 'Across CPU types')"
     )
