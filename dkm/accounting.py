@@ -204,11 +204,31 @@ def _shared_row(
     return row
 
 
-def _own_tensors(module: nn.Module) -> list:
-    """weight and bias of a Conv2d / Linear / BatchNorm (also when the weight is parametrized)."""
-    return [
-        t for t in (getattr(module, "weight", None), getattr(module, "bias", None)) if t is not None
-    ]
+def _own_tensors(module: nn.Module, seen: set | None = None) -> list:
+    """weight and bias of a Conv2d / Linear / BatchNorm (also when the weight is parametrized);
+    with `seen`, only the tensors whose parameter is not in it (then added): tied parameters are
+    counted once, by identity."""
+    out = []
+    for attr in ("weight", "bias"):
+        t = getattr(module, attr, None)
+        if t is None:
+            continue
+        if seen is not None:
+            key = id(param_of(module, attr))
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(t)
+    return out
+
+
+def param_of(module: nn.Module, attr: str = "weight"):
+    """The parameter behind `module.<attr>`: its original where it is parametrized (or the
+    parametrization itself where it has several originals, as weight_norm)."""
+    parametrizations = getattr(module, "parametrizations", {})
+    if attr in parametrizations:
+        return getattr(parametrizations[attr], "original", parametrizations[attr])
+    return getattr(module, attr)
 
 
 def _own_params(module: nn.Module) -> int:
@@ -218,6 +238,13 @@ def _own_params(module: nn.Module) -> int:
 def _own_bits(module: nn.Module) -> int:
     """Bits of weight + bias at their own precision (float32: 32 per parameter)."""
     return sum(t.numel() * 8 * t.element_size() for t in _own_tensors(module))
+
+
+def _dense_own(name: str, kind: str, module: nn.Module, conv, seen: set) -> dict:
+    """A dense row of the module's tensors not counted before (`seen`), at their precision."""
+    tensors = _own_tensors(module, seen)
+    bits = sum(t.numel() * 8 * t.element_size() for t in tensors)
+    return _dense_row(name, kind, sum(t.numel() for t in tensors), conv, bits)
 
 
 def _shared_layers(shared) -> dict:
@@ -267,14 +294,17 @@ def compression_table(net: nn.Module, shared=None, convention="official") -> lis
             f"shared names {unknown} are not Conv2d layers of the net: "
             f"allowed names in {sorted(convs)}"
         )
-    rows = []
+    rows, seen = [], set()  # a parameter used by several layers is counted once, at its first
     for name, module in net.named_modules():
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, nn.Conv2d) and id(param_of(module)) not in seen:
             rows.append(_net_conv_row(name, module, layers.get(name), conv))
+            _own_tensors(module, seen)
+        elif isinstance(module, nn.Conv2d):  # its weight is another conv's: its own bias only
+            rows.append(_dense_own(name, "conv", module, conv, seen))
         elif isinstance(module, nn.Linear):
-            rows.append(_dense_row(name, "linear", _own_params(module), conv, _own_bits(module)))
+            rows.append(_dense_own(name, "linear", module, conv, seen))
         elif isinstance(module, nn.modules.batchnorm._BatchNorm) and conv.count_batchnorm:
-            rows.append(_dense_row(name, "batchnorm", _own_params(module), conv, _own_bits(module)))
+            rows.append(_dense_own(name, "batchnorm", module, conv, seen))
     return rows
 
 
@@ -316,13 +346,17 @@ def analytic_counts(num_rows, num_clusters, p=0.0) -> list[float]:
 
 
 def _spec_conv_row(name, spec, num_clusters, p, conv) -> dict:
-    """Row of one conv given as {"in", "out", "k", "groups"=1, "bias"=True}: analytic counts."""
-    c_in, c_out, k = spec["in"], spec["out"], spec["k"]
+    """Row of one conv given as {"in", "out", "k" (or "kh", "kw"), "groups"=1, "bias"=True}:
+    analytic counts; a conv whose weight is another's ("tied_to") costs nothing more."""
+    c_in, c_out = spec["in"], spec["out"]
+    kh, kw = (spec["kh"], spec["kw"]) if "kh" in spec else (spec["k"], spec["k"])
+    if spec.get("tied_to"):
+        return _dense_row(name, "conv", 0, conv)
     c_in_group = c_in // spec.get("groups", 1)
     bias = c_out if spec.get("bias", True) else 0
-    params = c_out * c_in_group * k * k + bias
+    params = c_out * c_in_group * kh * kw + bias
     # kernel rows: N = C_out·C_in/groups·kh rows of length s = kw
-    num_rows, row_length = c_out * c_in_group * k, k
+    num_rows, row_length = c_out * c_in_group * kh, kw
     if stays_dense(num_clusters, num_rows):
         return _dense_row(name, "conv", params, conv, K=num_clusters, p=p, s=row_length, N=num_rows)
     counts = analytic_counts(num_rows, num_clusters, p)

@@ -30,26 +30,28 @@ Nearest means exactly nearest: every path compares distances Σ_j (x_j − c_j)�
 from the values themselves (never the ‖x‖² − 2x·c + ‖c‖² expansion, whose float32 rounding is of
 the order of ‖x‖² and can pick a farther center); ties go to the lowest center index.
 
-Three exact implementations of the same iterations, chosen by where X lives and its row length:
-- s = 1 on the CPU (rows of 1×1 convs): X is sorted once; an iteration sorts the K centers and finds
-  with `searchsorted` where each midpoint between neighbouring centers falls among the sorted rows
-  (O(K log N), not O(N K)); counts and sums of the clusters are differences of one running float64
-  sum over the sorted rows (their error, ≤ N·eps64 relative, is far below float32's rounding of the
-  centers), kept every 64 rows and continued to each cut (dkm.fast.kmeans_numba.block_prefix). A
-  midpoint is computed in float64, then compared as the largest value of X's dtype not above it, so
-  x ≤ midpoint is decided exactly for float32 data (a row on the midpoint goes to the lower index).
-  The iterations run in one compiled call (dkm.fast.kmeans_numba.sorted_lloyd) up to an empty
-  cluster, whose re-seeding the Python loop does. The returned assignments (rows in their own
-  order) count the midpoints below each row, a pass without a branch on the data
-  (dkm.fast.kmeans_numba.label_sorted).
-- s > 1 on the CPU: compiled kernels (dkm.fast.kmeans_numba: why numba, and the first call's cost),
-  with Hamerly's bounds (SDM 2010): a row is re-assigned only when its bounds say another center may
-  now be closer. `threads` > 1 splits the rows of each iteration among Python threads; the result
-  does not depend on it. Without numba installed, the device path below runs instead.
-- X on another device (a CUDA net's weights): plain Lloyd in torch on that device, the distances of
-  every row to every center in float64 each iteration, so a GPU run never waits on the CPU; only
-  the seeding runs on the CPU (it is sequential), so the starting centers are the CPU's. The same
-  code runs on CPU tensors in the tests, against the CPU paths.
+Three exact implementations of the same iterations, chosen by where X lives and its row length (the
+two CPU paths live in dkm.fast.paths, plugged in through one hook; the third is here):
+- s = 1 on the CPU (rows of 1×1 convs, `Sorted`): X is sorted once; an iteration sorts the K centers
+  and finds with `searchsorted` where each midpoint between neighbouring centers falls among the
+  sorted rows (O(K log N), not O(N K)); counts and sums of the clusters are differences of one
+  running float64 sum over the sorted rows (their error, ≤ N·eps64 relative, is far below float32's
+  rounding of the centers), kept every 64 rows and continued to each cut
+  (dkm.fast.kmeans_numba.block_prefix). A midpoint is computed in float64, then compared as the
+  largest value of X's dtype not above it, so x ≤ midpoint is decided exactly for float32 data (a
+  row on the midpoint goes to the lower index). The iterations run in one compiled call
+  (dkm.fast.kmeans_numba.sorted_lloyd) up to an empty cluster, whose re-seeding the Python loop
+  does. The returned assignments (rows in their own order) count the midpoints below each row, a
+  pass without a branch on the data (dkm.fast.kmeans_numba.label_sorted).
+- s > 1 on the CPU (`Compiled`): compiled kernels (dkm.fast.kmeans_numba: why numba, and the first
+  call's cost), with Hamerly's bounds (SDM 2010): a row is re-assigned only when its bounds say
+  another center may now be closer. `threads` > 1 splits the rows of each iteration among Python
+  threads; the result does not depend on it. Without numba installed, the device path below runs
+  instead.
+- X on another device (a CUDA net's weights, `_Blocks`): plain Lloyd in torch on that device, the
+  distances of every row to every center in float64 each iteration, so a GPU run never waits on the
+  CPU; only the seeding runs on the CPU (it is sequential), so the starting centers are the CPU's.
+  The same code runs on CPU tensors in the tests, against the CPU paths.
 None of them changes torch's process-wide thread count, so k-means may run in several Python threads
 at once, beside training.
 
@@ -69,7 +71,6 @@ from __future__ import annotations
 
 import importlib
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,16 +79,19 @@ import torch
 from dkm._checks import check_choice, check_finite, check_float, check_int
 
 
-class _FastKernels:
-    """The one hook through which the fast path plugs in: `dkm.fast.kmeans_numba`'s compiled
-    kernels, imported on first use, so that reading the method never imports numba or a wing."""
+class _Hook:
+    """The one hook through which the fast paths plug in: a module of `dkm.fast` imported on first
+    use, so that reading the method never imports numba or a wing."""
+
+    def __init__(self, module: str):
+        self._module = module
 
     def __getattr__(self, name):
-        module = importlib.import_module("dkm.fast.kmeans_numba")
-        return getattr(module, name)
+        return getattr(importlib.import_module(self._module), name)
 
 
-_nb = _FastKernels()
+_nb = _Hook("dkm.fast.kmeans_numba")  # the compiled kernels
+_fast = _Hook("dkm.fast.paths")  # the CPU paths built on them (s = 1 sorted; s > 1 compiled)
 
 INITS = ("kmeans++", "linear", "density", "random")
 # the device path's distance blocks: rows × K × s float64 values per block (32 MB)
@@ -147,51 +151,9 @@ def _compiled(X: torch.Tensor) -> bool:
 # ---- assignment ----------------------------------------------------------------------------------
 
 
-def _thresholds(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per pair of neighbouring sorted centers, the value t of their dtype such that, for data of
-    that dtype, x goes to the upper one iff x > t: t is the largest value ≤ the midpoint (computed
-    in float64), or the largest value below it when the midpoint itself is such a value and the
-    upper center has the lower index (a row on the midpoint is a tie: it goes to the lowest index,
-    as on every path)."""
-    mid = (values[1:].astype(np.float64) + values[:-1]) / 2
-    t = mid.astype(values.dtype)
-    below = np.nextafter(t, values.dtype.type(-np.inf))
-    t = np.where(t.astype(np.float64) > mid, below, t)
-    return np.where((t == mid) & (labels[1:] < labels[:-1]), below, t)
-
-
-def _sorted_centers(c: np.ndarray):
-    """(thresholds, labels) of the centers sorted (stable): the K − 1 thresholds between
-    neighbours, and per sorted center the index its rows go to — equal centers send all their rows
-    to the first of the run, the lowest index."""
-    order = np.argsort(c, kind="stable")
-    values = c[order]
-    idx = np.arange(len(values))
-    new_run = np.ones(len(values), dtype=bool)
-    new_run[1:] = values[1:] != values[:-1]
-    labels = order[np.maximum.accumulate(np.where(new_run, idx, 0))]
-    return _thresholds(values, labels), labels
-
-
-def _label_sorted(x: np.ndarray, codebook: np.ndarray):
-    """s = 1 on the CPU: (cluster of every value of x, inertia in float64); x goes to sorted
-    center j = #{t_j < x} (exact: see the module docstring)."""
-    thresholds, labels = _sorted_centers(codebook)
-    if _nb.AVAILABLE:
-        return _nb.label_sorted(x, thresholds, labels, codebook.astype(np.float64))
-    out = labels[np.searchsorted(thresholds, x, side="left")]
-    return out, float(((x.astype(np.float64) - codebook.astype(np.float64)[out]) ** 2).sum())
-
-
 def _sq_to(X: torch.Tensor, codebook: torch.Tensor, assignments: torch.Tensor) -> torch.Tensor:
     """‖x_i − c_{a_i}‖² of every row, in float64."""
     return ((X.double() - codebook.double().index_select(0, assignments)) ** 2).sum(1)
-
-
-def _assign_sorted(X: torch.Tensor, codebook: torch.Tensor):
-    """s = 1 on the CPU: the nearest centers and the squared distances (float64)."""
-    assignments = torch.from_numpy(_label_sorted(X[:, 0].numpy(), codebook[:, 0].numpy())[0])
-    return assignments, _sq_to(X, codebook, assignments)
 
 
 def _nearest_blocks(X: torch.Tensor, codebook: torch.Tensor):
@@ -207,20 +169,11 @@ def _nearest_blocks(X: torch.Tensor, codebook: torch.Tensor):
     return assignments, sq_dists
 
 
-def _nearest_compiled(X: torch.Tensor, codebook: torch.Tensor):
-    """s > 1 on the CPU: the compiled kernel (nearest center and its squared distance)."""
-    N = X.shape[0]
-    a, u, second = np.empty(N, np.int64), np.empty(N), np.empty(N)
-    _nb.assign_bounds(X.numpy(), codebook.numpy(), 0, N, a, u, second)
-    assignments = torch.from_numpy(a)
-    return assignments, _sq_to(X, codebook, assignments)
-
-
 def _assign(X: torch.Tensor, codebook: torch.Tensor):
     """Nearest center and squared distance (float64) of every row, by the path X takes."""
     if X.device.type == "cpu" and X.shape[1] == 1:
-        return _assign_sorted(X, codebook)
-    return (_nearest_compiled if _compiled(X) else _nearest_blocks)(X, codebook)
+        return _fast.assign_sorted(X, codebook)
+    return (_fast.nearest_compiled if _compiled(X) else _nearest_blocks)(X, codebook)
 
 
 def assign(X, codebook):
@@ -234,7 +187,9 @@ def assign(X, codebook):
         raise ValueError(
             f"codebook has rows of length {codebook.shape[1]}: allowed s={X.shape[1]} like X"
         )
-    return _assign(X, codebook.to(X.device, X.dtype).contiguous())
+    if codebook.dtype != X.dtype:  # compare in the wider dtype: the nearest of the codebook given
+        X, codebook = X.double(), codebook.double()
+    return _assign(X.contiguous(), codebook.to(X.device).contiguous())
 
 
 def _inertia(X: torch.Tensor, codebook: torch.Tensor, assignments: torch.Tensor) -> float:
@@ -350,6 +305,9 @@ class _State:
         here; the sorted path runs them compiled."""
         return centers, 0, False, False
 
+    def close(self) -> None:
+        """Release what the path holds (the compiled path's threads)."""
+
     def means(self, centers: torch.Tensor) -> torch.Tensor:
         """New centers c_k = (1/n_k) Σ_{a_i = k} x_i; an empty cluster first takes the farthest."""
         if self.counts.device.type == "cpu" and bool(self.counts.numpy().all()):
@@ -367,174 +325,6 @@ class _State:
             self.reseed(far, empty[: len(far)])
         new = (self.sums / self.counts.clamp(min=1)[:, None]).to(centers.dtype)
         return torch.where((self.counts > 0)[:, None], new, centers)  # still empty: keep the center
-
-
-class _Sorted(_State):
-    """s = 1 on the CPU: X sorted once; a cluster is a run of sorted rows between two thresholds."""
-
-    compiled_loop = True  # the tests switch it off to check it against _lloyd's loop
-
-    def __init__(self, X: torch.Tensor, centers: torch.Tensor):
-        self.x = X[:, 0].numpy()
-        self.xs = np.sort(self.x)
-        if _nb.AVAILABLE:
-            self.blocks, self.variance = _nb.block_prefix(self.xs)
-        else:
-            self.prefix = np.zeros(len(self.x) + 1)
-            np.cumsum(self.xs, dtype=np.float64, out=self.prefix[1:])
-        self.perm, self.exceptions = None, None
-        self.runs = None  # the clusters of the centers: iterate() finds those of the start
-
-    def mean_variance(self, X: torch.Tensor) -> float:
-        """Var(x), from the pass that summed the sorted rows when it ran."""
-        return self.variance if _nb.AVAILABLE else super().mean_variance(X)
-
-    def iterate(self, centers: torch.Tensor, max_iter: int, tol_abs: float):
-        """All of _lloyd's iterations in one compiled call (dkm.fast.kmeans_numba.sorted_lloyd, the
-        same numbers), up to an empty cluster, whose re-seeding _lloyd's loop then does."""
-        if not (self.compiled_loop and _nb.AVAILABLE):
-            self.runs = self._nearest(centers)
-            return super().iterate(centers, max_iter, tol_abs)
-        c, n_iter, status, sums, counts, ends, labels = _nb.sorted_lloyd(
-            self.xs, self.blocks, centers[:, 0].numpy(), max_iter, tol_abs
-        )
-        self.sums, self.counts = torch.from_numpy(sums), torch.from_numpy(counts)
-        self.runs = ends, labels
-        return torch.from_numpy(c)[:, None], n_iter, status > 0, status == 2
-
-    def _nearest(self, centers: torch.Tensor):
-        """Clusters of the nearest centers: sets sums and counts; returns the runs of labels."""
-        K = centers.shape[0]
-        thresholds, labels = _sorted_centers(centers[:, 0].numpy())
-        if _nb.AVAILABLE:
-            sums, counts, ends, labels = _nb.sorted_clusters(
-                self.xs, self.blocks, thresholds, labels, K
-            )
-            self.sums, self.counts = torch.from_numpy(sums), torch.from_numpy(counts)
-            return ends, labels
-        edges = np.concatenate(
-            ([0], np.searchsorted(self.xs, thresholds, side="right"), [len(self.xs)])
-        )
-        n = np.diff(edges)
-        sums = self.prefix[edges[1:]] - self.prefix[edges[:-1]]
-        self.counts = torch.from_numpy(np.bincount(labels, weights=n, minlength=K).astype(np.int64))
-        self.sums = torch.from_numpy(np.bincount(labels, weights=sums, minlength=K)[:, None])
-        # canonical runs: empty runs dropped, neighbours with the same label merged
-        ends, labels = edges[1:][n > 0], labels[n > 0]
-        keep = np.append(labels[1:] != labels[:-1], True)
-        return ends[keep], labels[keep]
-
-    def _row_labels(self, runs) -> np.ndarray:
-        """The cluster of every row (original order) under `runs`."""
-        if self.perm is None:
-            self.perm = np.argsort(self.x, kind="stable")  # xs == x[perm]
-        ends, labels = runs
-        out = np.empty(len(self.x), np.int64)
-        out[self.perm] = np.repeat(labels, np.diff(ends, prepend=0))
-        if self.exceptions is not None:
-            rows, new = self.exceptions
-            out[rows] = new
-        return out
-
-    def sq_to_own(self, centers: torch.Tensor) -> torch.Tensor:
-        own = centers[:, 0].double().numpy()[self._row_labels(self.runs)]
-        return torch.from_numpy((self.x.astype(np.float64) - own) ** 2)
-
-    def reseed(self, rows: torch.Tensor, new: torch.Tensor) -> None:
-        rows, new = rows.numpy(), new.numpy()
-        old = self._row_labels(self.runs)[rows]
-        sums, counts = self.sums[:, 0].numpy(), self.counts.numpy()
-        for i, a, b in zip(rows, old, new):  # a few rows, in the order given
-            v = float(self.x[i])
-            sums[a] -= v
-            sums[b] += v
-            counts[a] -= 1
-            counts[b] += 1
-        if self.exceptions is not None:
-            rows, new = (
-                np.concatenate([self.exceptions[0], rows]),
-                np.concatenate([self.exceptions[1], new]),
-            )
-        self.exceptions = (rows, new)
-
-    def step(self, centers: torch.Tensor, move: torch.Tensor) -> int:
-        """Nearest clusters of the moved centers; the number of rows that changed cluster."""
-        runs = self._nearest(centers)
-        if self.exceptions is None:
-            # a row keeps its cluster everywhere iff the runs are the same
-            same = all(np.array_equal(a, b) for a, b in zip(runs, self.runs))
-            moved = 0 if same else -1  # -1: some rows moved (how many is not needed)
-        else:
-            old = self._row_labels(self.runs)
-            self.exceptions = None
-            moved = int((old != self._row_labels(runs)).sum())
-        self.runs = runs
-        return moved
-
-    def final(self, X: torch.Tensor, centers: torch.Tensor, move: torch.Tensor, settled: bool):
-        assignments, inertia = _label_sorted(self.x, centers[:, 0].numpy())
-        return torch.from_numpy(assignments), inertia
-
-
-class _Compiled(_State):
-    """s > 1 on the CPU: the compiled Hamerly kernels, rows split among `threads` Python threads."""
-
-    def __init__(self, X: torch.Tensor, centers: torch.Tensor, threads: int):
-        self.X = np.ascontiguousarray(X.numpy())
-        N, K = self.X.shape[0], centers.shape[0]
-        self.a, self.u, self.l = np.empty(N, np.int64), np.empty(N), np.empty(N)
-        self.rows, self.new = np.empty(N, np.int64), np.empty(N, np.int64)
-        cuts = [N * t // threads for t in range(threads + 1)]
-        self.blocks = [(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
-        self.pool = ThreadPoolExecutor(len(self.blocks) - 1) if len(self.blocks) > 1 else None
-        C = centers.numpy()
-        self._map(lambda lo, hi: _nb.assign_bounds(self.X, C, lo, hi, self.a, self.u, self.l))
-        sums, counts = _nb.sums_counts(self.X, self.a, K)
-        self.sums, self.counts = torch.from_numpy(sums), torch.from_numpy(counts)
-
-    def _map(self, fn) -> list:
-        """fn(lo, hi) over the row blocks, in parallel threads when there are several (the
-        calling thread takes the first block itself: one thread fewer to wake per iteration)."""
-        if self.pool is None:
-            return [fn(lo, hi) for lo, hi in self.blocks]
-        rest = [self.pool.submit(fn, lo, hi) for lo, hi in self.blocks[1:]]
-        return [fn(*self.blocks[0]), *(f.result() for f in rest)]
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-
-    def sq_to_own(self, centers: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(_nb.sq_to_own(self.X, centers.numpy(), self.a))
-
-    def reseed(self, rows: torch.Tensor, new: torch.Tensor) -> None:
-        rows, new = rows.numpy().copy(), new.numpy().copy()
-        _nb.apply_moves(
-            self.X, self.a, rows, new, len(rows), self.sums.numpy(), self.counts.numpy()
-        )
-        self.u[rows], self.l[rows] = math.inf, 0.0  # exact re-assignment next step
-
-    def step(self, centers: torch.Tensor, move: torch.Tensor) -> int:
-        C, delta = centers.numpy(), move.numpy()
-        order, gaps = _nb.neighbours(C)
-        found = self._map(
-            lambda lo, hi: _nb.hamerly_step(
-                self.X, C, delta, order, gaps, lo, hi, self.a, self.u, self.l, self.rows, self.new
-            )
-        )
-        # moves applied after the search, block by block in row order: the same sums for any split
-        for (lo, _), n in zip(self.blocks, found):
-            _nb.apply_moves(
-                self.X, self.a, self.rows[lo : lo + n], self.new[lo : lo + n], n,
-                self.sums.numpy(), self.counts.numpy(),
-            )  # fmt: skip
-        return sum(found)
-
-    def final(self, X: torch.Tensor, centers: torch.Tensor, move: torch.Tensor, settled: bool):
-        if not settled:
-            self.step(centers, move)  # exact: rows the bounds keep are provably nearest
-        inertia = float(_nb.sq_to_own(self.X, centers.numpy(), self.a).sum())
-        return torch.from_numpy(self.a.copy()), inertia
 
 
 def _cluster_sums(X: torch.Tensor, assignments: torch.Tensor, K: int):
@@ -587,8 +377,8 @@ class _Blocks(_State):
 def _state(X: torch.Tensor, centers: torch.Tensor, threads: int) -> _State:
     """The path X takes (see the module docstring)."""
     if X.device.type == "cpu" and X.shape[1] == 1:
-        return _Sorted(X, centers)
-    return _Compiled(X, centers, threads) if _compiled(X) else _Blocks(X, centers)
+        return _fast.Sorted(X, centers)
+    return _fast.Compiled(X, centers, threads) if _compiled(X) else _Blocks(X, centers)
 
 
 def _lloyd(X, centers, max_iter: int, tol: float, threads: int = 1) -> KMeansResult:
@@ -616,8 +406,7 @@ def _lloyd(X, centers, max_iter: int, tol: float, threads: int = 1) -> KMeansRes
                 break
         assignments, inertia = state.final(X, centers, move, settled)
     finally:
-        if isinstance(state, _Compiled):
-            state.close()
+        state.close()
     if inertia is None:
         inertia = _inertia(X, centers, assignments)
     return KMeansResult(centers, assignments, inertia, n_iter)

@@ -34,7 +34,7 @@ from pathlib import Path
 from torch import nn
 
 from dkm._checks import check_choice, check_float, check_int
-from dkm.accounting import get_convention, table_from_specs, total_row
+from dkm.accounting import get_convention, param_of, table_from_specs, total_row
 from dkm.rows import conv_layers, num_rows, stays_dense
 
 
@@ -100,17 +100,15 @@ def per_conv(param: str, value, names: list, default=None) -> list:
 
 def layer_specs(net: nn.Module) -> list[dict]:
     """Conv, linear and batch-norm layers of `net` as accounting specs, in module order."""
-    specs = []
+    specs, owners = [], {}
     for name, m in net.named_modules():
         if isinstance(m, nn.Conv2d):
-            if m.kernel_size[0] != m.kernel_size[1]:
-                raise ValueError(
-                    f"layer {name!r} has a non-square kernel {m.kernel_size}: "
-                    f"allowed square kernels only"
-                )
+            kh, kw = m.kernel_size
+            owner = owners.setdefault(id(param_of(m)), name)  # a tied weight is counted once
             specs.append(
                 {"kind": "conv", "name": name, "in": m.in_channels, "out": m.out_channels,
-                 "k": m.kernel_size[0], "groups": m.groups, "bias": m.bias is not None}
+                 **({"k": kh} if kh == kw else {"kh": kh, "kw": kw}), "groups": m.groups,
+                 "bias": m.bias is not None, **({"tied_to": owner} if owner != name else {})}
             )  # fmt: skip
         elif isinstance(m, nn.Linear):
             specs.append(

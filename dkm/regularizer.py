@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dkm._checks import check_choice, check_finite, check_float, check_int
+from dkm._checks import check_choice, check_finite, check_float, check_int, check_not_meta
+from dkm.accounting import param_of
 from dkm.clustering import dominant_p
 from dkm.plans import Plan, conv_index, per_conv
 from dkm.rows import VIEWS, conv_layers, num_rows, rank_bound, stays_dense, to_matrix
@@ -312,9 +313,10 @@ class KMeansRegularizer:
     layers: None (every Conv2d) or a list of names / conv indices. p (indicator F only; a float or a
     dict like num_clusters): the authors' dominant cluster, the ⌊N·p⌋ vectors nearest the mean
     vector in cluster 0 (dkm.clustering), so F matches the sharing that follows; it is ignored
-    where K < 2 or ⌊N·p⌋ = 0, as in dkm.sharing.share. A spectral F with K ≥ min(s, N) is
-    degenerate (the term is identically zero): a DegenerateRelaxationWarning is issued once per
-    such layer.
+    where K < 2 or ⌊N·p⌋ = 0, as in dkm.sharing.share. A weight used by several selected convs
+    (tied) gets one term, at its first conv (`tied`: name → that conv). A spectral F with
+    K ≥ min(s, N) is degenerate (the term is identically zero): a DegenerateRelaxationWarning is
+    issued once per such layer.
     """
 
     def __init__(
@@ -335,11 +337,20 @@ class KMeansRegularizer:
         self.view = check_choice("view", view, VIEWS)
         self.refresh_every = check_int("refresh_every", refresh_every, lo=1)
         self.randomized, self.seed, self.step = bool(randomized), check_int("seed", seed), 0
+        check_not_meta(net, "KMeansRegularizer")
         names, chosen = _select(net, layers)
         Ks = _per_layer("num_clusters", num_clusters, names, [name for _, name, _ in chosen])
         ps = _per_layer("p", p, names, [name for _, name, _ in chosen])
+        owners = {}  # a weight used by several convs (tied) gets one term, at its first conv
+        self.tied = {
+            name: owner
+            for _, name, m in chosen
+            if (owner := owners.setdefault(id(param_of(m)), name)) != name
+        }
         self._layers = [
-            _Layer(name, i, m, self._check_layer_K(name, m, Ks[name])) for i, name, m in chosen
+            _Layer(name, i, m, self._check_layer_K(name, m, Ks[name]))
+            for i, name, m in chosen
+            if name not in self.tied
         ]
         for layer in self._layers:
             layer.p = self._check_layer_p(layer, ps[layer.name])

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from dkm._checks import check_choice, check_float, check_int, check_not_meta
+from dkm.accounting import param_of
 from dkm.clustering import dominant_p, kmeans
 from dkm.plans import Plan, conv_index, per_conv
 from dkm.rows import conv_layers, stays_dense, to_rows
@@ -66,6 +67,12 @@ def sharing_seed(seed: int = 0) -> int:
 
 def _skip_reason(name: str, conv: nn.Conv2d, k, n_rows: int, explicit: bool) -> str | None:
     """Why this conv is not shared (None: share it); an explicit K > N is left to the K check."""
+    if parametrize.is_parametrized(conv, "weight"):
+        raise ValueError(
+            f"conv {name!r} has a parametrized weight: share writes the weight itself; remove "
+            f"the parametrization first (torch.nn.utils.parametrize.remove_parametrizations, "
+            f"or untie_centers for tied centers)"
+        )
     if k is None:
         return "no K given for this layer"
     if not torch.isfinite(conv.weight).all():
@@ -107,7 +114,7 @@ def share(
     result, owners = ShareResult(), {}
     for i, ((name, conv), k, p_i) in enumerate(zip(convs, ks, ps)):
         rows = to_rows(conv.weight.detach())
-        owner = owners.setdefault(id(conv.weight), name)
+        owner = owners.setdefault(id(param_of(conv)), name)
         reason = _why_not(name, conv, k, rows.shape[0], explicit, owner, i in excluded)
         if reason:
             result.skipped[name] = reason

@@ -27,7 +27,7 @@ def test_round_trip_and_size(name, k, p, n):
     a = _rows(k, p, n)
     counts = np.bincount(a, minlength=k).tolist()
     data, params = coding.encode(a, k, name)
-    assert np.array_equal(coding.decode(data, n, name, params), a)
+    assert np.array_equal(coding.decode(data, n, name, params, k), a)
     if name == "fixed":
         assert len(data) == math.ceil(index_bits(counts, "fixed") / 8)
     elif name == "huffman":  # exactly Σ n_k·len_k bits, padded to a byte
@@ -58,16 +58,33 @@ def test_corrupt_or_truncated_data_is_refused(name):
     a = _rows(7, 0.9, 5000)
     data, params = coding.encode(a, 7, name)
     with pytest.raises(coding.CodingError):
-        coding.decode(data[: len(data) // 2], 5000, name, params)
+        coding.decode(data[: len(data) // 2], 5000, name, params, 7)
     with pytest.raises(coding.CodingError):
-        coding.decode(data + b"\x00\x00", 5000, name, params)
+        coding.decode(data + b"\x00\x00", 5000, name, params, 7)
+
+
+@pytest.mark.parametrize(
+    "name,params,match",
+    [
+        ("huffman", {"lengths": [1, 2]}, "K=3"),  # not K numbers
+        ("huffman", {"lengths": [1, 1, 1]}, "Kraft"),
+        ("huffman", {"lengths": [1, 2, 10**6]}, r"0\.\.2"),  # a crafted length: never built
+        ("huffman", {"lengths": [1, 2, "2"]}, "integers"),
+        ("rans", {"freqs": [2**16, 0], "scale_bits": 16}, "K=3"),
+        ("rans", {"freqs": [2**17, -(2**16), 0], "scale_bits": 16}, "integers"),
+        ("fixed", {"bits": 40}, "K=3 needs 2"),
+    ],
+)
+def test_coding_parameters_are_checked_against_k_before_they_size_anything(name, params, match):
+    with pytest.raises(coding.CodingError, match=match):
+        coding.decode(b"\x00" * 8, 4, name, params, 3)
 
 
 def test_unknown_coding():
     with pytest.raises(ValueError, match="allowed fixed, huffman, rans"):
         coding.encode(np.zeros(3, dtype=np.int64), 2, "zip")
     with pytest.raises(coding.CodingError, match="unknown index coding"):
-        coding.decode(b"", 3, "zip", {})
+        coding.decode(b"", 3, "zip", {}, 2)
 
 
 @pytest.fixture(scope="module")

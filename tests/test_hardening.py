@@ -287,7 +287,7 @@ def _rewrite_meta(path, edit):
     "edit, match",
     [
         (lambda m: [m], "a JSON list, allowed a JSON object"),
-        (lambda m: {**m, "layers": [{**m["layers"][0], "K": 0}]}, "has K=0: allowed K ≥ 1"),
+        (lambda m: {**m, "layers": [{**m["layers"][0], "K": 0}]}, "has K=0: allowed 1 ≤ K ≤ N="),
     ],
 )
 def test_load_shared_metadata_that_is_a_list_or_k0_is_one_clear_error(tmp_path, edit, match):

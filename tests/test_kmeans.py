@@ -9,6 +9,7 @@ import torch
 from sklearn.cluster import KMeans
 
 from dkm import clustering as km
+from dkm.fast import paths
 from dkm.clustering import INITS, KMeansResult, assign, init_centers, kmeans
 
 
@@ -104,7 +105,7 @@ def test_sorted_labelling_is_the_brute_force_nearest_center_for_every_K(K):
     centers = torch.round(normal(K, 1, seed=K) * 8) / 8  # duplicates among them for larger K
     mids = (centers[:-1] + centers[1:]) / 2  # exactly representable: rows on the midpoints
     X = torch.cat([normal(3000, 1, seed=K + 1), mids, centers]).contiguous()
-    assignments, inertia = km._label_sorted(X[:, 0].numpy(), centers[:, 0].numpy())
+    assignments, inertia = paths.label_sorted(X[:, 0].numpy(), centers[:, 0].numpy())
     d = brute_sq_dists(X, centers)
     nearest = (d == d.min(1, keepdim=True).values).float().argmax(1)  # lowest index of the ties
     assert np.array_equal(assignments, nearest.numpy())
@@ -141,7 +142,7 @@ def test_compiled_sorted_centers_are_the_numpy_ones_bit_for_bit(dtype):
         c = c.astype(torch.empty(0, dtype=dtype).numpy().dtype)
         if dtype == torch.float32:  # neighbours one float32 ulp apart
             c = np.append(c, np.nextafter(c[:1], np.float32(np.inf)))
-        t_np, l_np = km._sorted_centers(c)
+        t_np, l_np = paths.sorted_centers(c)
         t_nb, l_nb = km._nb.sorted_centers(c)
         assert t_nb.dtype == t_np.dtype and np.array_equal(t_nb, t_np)
         assert np.array_equal(l_nb, l_np)
@@ -160,7 +161,7 @@ def test_compiled_sorted_iterations_equal_lloyds_loop(monkeypatch, dtype):
     ]
     runs = []
     for compiled in (True, False):
-        monkeypatch.setattr(km._Sorted, "compiled_loop", compiled)
+        monkeypatch.setattr(paths.Sorted, "compiled_loop", compiled)
         runs.append(
             [
                 kmeans(X, K, init=init, tol=tol, max_iter=max_iter, seed=1)
@@ -181,7 +182,7 @@ def test_compiled_sorted_iterations_equal_lloyds_loop(monkeypatch, dtype):
 def test_sorted_path_equals_the_device_path_with_duplicate_centers():
     X = normal(2000, 1, seed=3)
     codebook = torch.tensor([[0.5], [-1.0], [0.5], [2.0], [-1.0], [0.0]])  # 0.5 and -1.0 twice
-    a_sorted, d_sorted = km._assign_sorted(X, codebook)
+    a_sorted, d_sorted = paths.assign_sorted(X, codebook)
     a_blocks, d_blocks = km._nearest_blocks(X, codebook)
     assert torch.equal(a_sorted, a_blocks)  # ties go to the lowest index in both
     assert torch.equal(d_sorted, d_blocks)
@@ -271,7 +272,7 @@ def test_dominant_cluster_with_explicit_centers_for_the_rest():
 
 
 STATES = {
-    "compiled": lambda X, C: km._Compiled(X, C, 1),
+    "compiled": lambda X, C: paths.Compiled(X, C, 1),
     "blocks": km._Blocks,
 }
 
@@ -292,7 +293,7 @@ def test_empty_cluster_takes_the_farthest_row_by_hand(path):
 def test_empty_cluster_by_hand_on_the_sorted_path():
     X = torch.tensor([[0.0], [1.0], [5.0], [20.0]])
     centers = torch.tensor([[0.5], [5.0], [100.0]])  # cluster 2 gets no row
-    state = km._Sorted(X, centers)
+    state = paths.Sorted(X, centers)
     # the compiled iterations stop before the first one: a cluster is empty
     assert state.iterate(centers, 100, 0.0)[1:] == (0, False, False)
     assert state.counts.tolist() == [2, 2, 0]
@@ -460,7 +461,7 @@ def test_far_from_the_origin_the_nearest_center_is_exact():
     expansion = (codebook * codebook).sum(1) - 2.0 * X @ codebook.T  # what a matmul path compares
     exact = brute_sq_dists(X, codebook).argmin(1)
     assert (expansion.argmin(1) != exact).sum() > 100  # the case is a real one
-    for path in (km._nearest_compiled, km._nearest_blocks):
+    for path in (paths.nearest_compiled, km._nearest_blocks):
         assert torch.equal(path(X, codebook)[0], exact)
     assert torch.equal(assign(X, codebook)[0], exact)
     result = kmeans(X, 16, init_centers=codebook, max_iter=20)

@@ -2,7 +2,8 @@
 
 The core (`dkm/*.py`) is the paper and imports only itself; each wing imports the core and the
 wings on lower floors (or its own modules); nothing imports in a circle. The compiled k-means
-plugs into the core through one hook (`dkm.clustering._nb`), loaded on first use."""
+plugs into the core through one hook (`dkm.clustering._Hook`: `_fast` and `_nb`), loaded on first
+use."""
 
 import ast
 import subprocess

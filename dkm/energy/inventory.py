@@ -9,16 +9,20 @@ parameters but are neither (batch norm, Conv1d, …) are listed in `Inventory.sk
 reason.
 Only shapes matter: a net built on the meta device (`with torch.device("meta"): net = …`) is
 inventoried without allocating or initializing its weights.
+A module called twice is listed per call ("name", "name#2"); a conv that uses another's weight
+(tied) is listed under its own name, with `owner` naming the module whose weight (and sharing) it
+uses; the net's parameter count counts each weight once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from dkm._checks import check_int
+from dkm.accounting import param_of
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,20 @@ class LayerInfo:
     in_size: tuple  # (H, W) of the input
     out_size: tuple  # (E, F) of the output
     bias: bool
+    weights_of: str = ""  # the module whose weight the call uses, where not `name` (see `owner`)
+
+    @property
+    def owner(self) -> str:
+        """The module whose weight (and sharing) this call uses: the module itself, for a 2nd
+        call too; for a conv tied to another's weight, the first module holding that weight."""
+        return self.weights_of or self.name.split("#")[0]
+
+    @property
+    def new_params(self) -> int:
+        """Parameters this call adds to the net: none for a 2nd call, a tied conv's own bias."""
+        if "#" in self.name:
+            return 0
+        return self.params if self.owner == self.name else (self.c_out if self.bias else 0)
 
     @property
     def weights(self) -> int:
@@ -87,7 +105,7 @@ class Inventory:
         return {
             "layers": len(self.layers),
             "macs": sum(layer.macs for layer in self.layers),
-            "params": sum(layer.params for layer in self.layers),
+            "params": sum(layer.new_params for layer in self.layers),  # a tied weight once
             "activations": sum(layer.outputs for layer in self.layers),
             "skipped": len(self.skipped),
         }
@@ -165,14 +183,13 @@ def _skip_reason(m: nn.Module):
     return f"{type(m).__name__}: unsupported layer type with parameters (not counted)"
 
 
-def _hook(records: list, counts: dict, name: str):
+def _hook(records: list, counts: dict, name: str, owner: str):
     def hook(m, args, out):
         counts[name] = counts.get(name, 0) + 1
         tag = name if counts[name] == 1 else f"{name}#{counts[name]}"
         x = args[0]
-        records.append(
-            _conv_info(tag, m, x, out) if isinstance(m, nn.Conv2d) else _linear_info(tag, m, x)
-        )
+        info = _conv_info(tag, m, x, out) if isinstance(m, nn.Conv2d) else _linear_info(tag, m, x)
+        records.append(replace(info, weights_of=owner if owner != name else ""))
 
     return hook
 
@@ -183,10 +200,12 @@ def layer_inventory(net: nn.Module, input_shape) -> Inventory:
     input_shape: (C,H,W) or (B,C,H,W).
     """
     shape = check_input_shape(input_shape)
-    inv, counts, handles = Inventory(shape), {}, []
+    inv, counts, handles, owners = Inventory(shape), {}, [], {}
     for name, m in net.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            handles.append(m.register_forward_hook(_hook(inv.layers, counts, name or "<net>")))
+            name = name or "<net>"
+            owner = owners.setdefault(id(param_of(m)), name)  # tied: the first module's weight
+            handles.append(m.register_forward_hook(_hook(inv.layers, counts, name, owner)))
         elif (reason := _skip_reason(m)) is not None:
             inv.skipped[name or "<net>"] = reason
     _run(net, shape, handles)

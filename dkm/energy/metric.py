@@ -186,11 +186,15 @@ def net_energy(
 ) -> list:
     """Per-layer energy rows of LayerInfos (an Inventory's `.layers`); `shares`: name → Share."""
     shares = shares or {}
-    unknown = set(shares) - {layer.name for layer in layers}
+    unknown = set(shares) - {n for layer in layers for n in (layer.name, layer.owner)}
     if unknown:
         raise ValueError(f"shares name layers not in the net: {sorted(unknown)}")
     hw = get_accelerator(accelerator)
-    return [layer_energy(layer, bits, act_bits, shares.get(layer.name), hw) for layer in layers]
+    # every call is costed with the sharing of the weight it uses (a 2nd call, a tied conv)
+    return [
+        layer_energy(layer, bits, act_bits, shares.get(layer.owner, shares.get(layer.name)), hw)
+        for layer in layers
+    ]
 
 
 def totals(rows: list) -> dict:

@@ -30,8 +30,9 @@ class Share:
 
 
 def plan_shares(layers: list, plan) -> dict:
-    """name → Share of a `dkm.plans.Plan` (K, p in conv order) for the convs of `layers`."""
-    convs = [layer for layer in layers if layer.kind == "conv"]
+    """name → Share of a `dkm.plans.Plan` (K, p in conv order) for the convs of `layers` (each
+    module once: its 2nd call uses the same sharing)."""
+    convs = [layer for layer in layers if layer.kind == "conv" and "#" not in layer.name]
     if len(convs) != len(plan.K):
         raise ValueError(f"the plan has {len(plan.K)} K for the {len(convs)} convs of the net")
     return {c.name: Share(int(k), float(q)) for c, k, q in zip(convs, plan.K, plan.p)}
@@ -43,7 +44,7 @@ def authors_shares(layers: list, setting: str) -> dict:
         raise ValueError(
             f"shared={setting!r} is not allowed: choose one of {', '.join(authors.SETTINGS)}"
         )
-    convs = [layer.name for layer in layers if layer.kind == "conv"]
+    convs = [layer.name for layer in layers if layer.kind == "conv" and "#" not in layer.name]
     return {
         name: Share(k, q) for name, (k, q) in zip(convs, authors.per_role(convs, setting, "shared"))
     }

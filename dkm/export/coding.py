@@ -185,16 +185,37 @@ def encode(a: np.ndarray, num_clusters: int, coding: str) -> tuple[bytes, dict]:
     raise ValueError(f"coding={coding!r} is not allowed: allowed {', '.join(CODINGS)}")
 
 
-def decode(data: bytes, num_rows: int, coding: str, params: dict) -> np.ndarray:
-    """Inverse of `encode`."""
+def _numbers(params: dict, field: str, num_clusters: int, lo: int, hi: int) -> list[int]:
+    """The K integers of `field` (code lengths, frequencies), each in [lo, hi], checked before
+    anything is built from them."""
+    values = params[field]
+    if not isinstance(values, list) or len(values) != num_clusters:
+        raise CodingError(f"{field}: allowed a list of K={num_clusters} numbers")
+    if not all(type(v) is int and lo <= v <= hi for v in values):
+        raise CodingError(f"{field}: allowed integers in {lo}..{hi}")
+    return values
+
+
+def decode(data: bytes, num_rows: int, coding: str, params: dict, num_clusters: int) -> np.ndarray:
+    """Inverse of `encode` for a layer of `num_clusters` clusters; every parameter is checked
+    against K before it sizes anything (a crafted file costs no more than a real one)."""
     if coding == "fixed":
-        return unpack_fixed(data, num_rows, int(params["bits"]))
+        bits = int(params["bits"])
+        if bits != fixed_index_width(num_clusters):
+            raise CodingError(f"{bits} bits per index: K={num_clusters} needs "
+                              f"{fixed_index_width(num_clusters)}")  # fmt: skip
+        return unpack_fixed(data, num_rows, bits)
     if coding == "huffman":
+        # code words of a Huffman code of K symbols have at most K − 1 bits, and at most 64 for
+        # any N below Fib(64) ≈ 1e13 rows (the encoder's words are 64-bit)
+        lengths = _numbers(params, "lengths", num_clusters, 0, min(max(num_clusters - 1, 0), 64))
+        if sum(2.0**-n for n in lengths if n) > 1:
+            raise CodingError("Huffman code lengths break the Kraft inequality: not a prefix code")
         only = params.get("only")
-        return huffman_decode(data, [int(n) for n in params["lengths"]], num_rows,
-                              None if only is None else int(only))  # fmt: skip
+        return huffman_decode(data, lengths, num_rows, None if only is None else int(only))
     if coding == "rans":
         if int(params.get("scale_bits", -1)) != RANS_SCALE_BITS:
             raise CodingError(f"rANS scale bits {params.get('scale_bits')}: this dkm uses 16")
-        return rans_decode(data, [int(f) for f in params["freqs"]], num_rows)
+        freqs = _numbers(params, "freqs", num_clusters, 0, 1 << RANS_SCALE_BITS)
+        return rans_decode(data, freqs, num_rows)
     raise CodingError(f"unknown index coding {coding!r}: this dkm reads {', '.join(CODINGS)}")

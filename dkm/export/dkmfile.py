@@ -14,12 +14,20 @@ File layout (little-endian), format version 2:
              canonical Huffman code (its K code lengths in the meta);
              `rans` a static rANS coder (its 2^16-scaled frequencies in the meta);
              then every other state_dict entry of the net as raw bytes (conv biases, linear
-             layers, non-shared convs, batch-norm parameters and running statistics, ...)
+             layers, non-shared convs, batch-norm parameters and running statistics, ...); a
+             tensor under several keys (tied weights) is stored once: its other keys are
+             entries {"key", "same_as": the first key} (format version 3)
 
 So the file holds what the coding's convention counts — `fixed` → `fixed`, `huffman` → `huffman`,
 `rans` → `official` (the entropy N·H, within a few bytes per layer) — plus the state the
 conventions leave out (batch norm, buffers), plus the prefix and the JSON metadata. Version 1
 (fixed coding only, no `coding`/`index_bytes` fields) still loads.
+
+Loading bounds every size it reads before allocating: the metadata decompresses to at most
+`meta_cap(net)` bytes (a few hundred bytes per tensor of the net and per kernel row, what a real
+file needs), a layer's K is at most its number of rows, its code lengths or frequencies are K
+numbers in range, and every slice lies inside the payload. A file never loads into a net whose
+tensors have another dtype.
 """
 
 from __future__ import annotations
@@ -40,8 +48,8 @@ from dkm.export.coding import CODINGS, CodingError, decode, encode, pack_fixed, 
 from dkm.io import read_bytes, write_atomic
 
 MAGIC = b"DKMSHARE"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 2  # 3 when the file holds tied state entries ("same_as"), which version 2 readers lack
+READABLE_VERSIONS = (1, 2, 3)
 # the CR convention whose count of index bits each coding's file reaches
 CONVENTION_OF = {"fixed": "fixed", "huffman": "huffman", "rans": "official"}
 _PREFIX = struct.Struct("<8sHIQI")  # magic, version, meta_len, payload_len, crc32
@@ -126,6 +134,15 @@ def _check_for_save(net: nn.Module, layers: dict) -> None:
                 f"shared layer {name!r} has assignments outside "
                 f"0..K−1 = 0..{layer.num_clusters - 1}"
             )
+        if not torch.isfinite(layer.codebook).all():
+            raise ValueError(f"shared layer {name!r} has non-finite codebook values: not saved")
+        weight = conv.weight.detach()
+        if not torch.equal(layer.weight().to(weight.device, weight.dtype), weight):
+            raise ValueError(
+                f"shared layer {name!r}: the net's weight is not codebook[assignments] of the "
+                f"shared layer (changed after share?): the file would reload another net; share "
+                f"the net again, or save the net that was shared"
+            )
 
 
 def _encode(net: nn.Module, layers: dict, skipped: dict, coding: str) -> tuple[dict, bytearray]:
@@ -133,7 +150,10 @@ def _encode(net: nn.Module, layers: dict, skipped: dict, coding: str) -> tuple[d
     payload = bytearray()
     meta = {"byteorder": sys.byteorder, "layers": [], "state": [], "skipped": dict(skipped)}
     for name, layer in layers.items():
-        indexes, params = encode(layer.assignments.cpu().numpy(), layer.num_clusters, coding)
+        try:
+            indexes, params = encode(layer.assignments.cpu().numpy(), layer.num_clusters, coding)
+        except ValueError as e:
+            raise ValueError(f"shared layer {name!r}, coding={coding!r}: {e}") from None
         meta["layers"].append(
             {
                 "name": name,
@@ -153,9 +173,16 @@ def _encode(net: nn.Module, layers: dict, skipped: dict, coding: str) -> tuple[d
         payload += _tensor_bytes(layer.codebook.to(_DTYPES[dtype]))
         payload += indexes
     skip = _shared_weight_keys(layers)
-    for key, t in net.state_dict().items():
+    state = net.state_dict(keep_vars=True)
+    first = {}  # one tensor under several keys (tied weights) is stored once, under its first key
+    for key, t in state.items():
+        owner = first.setdefault(id(t), key)
+        if owner != key:
+            meta["state"].append({"key": key, "same_as": owner})
+            continue
         if key in skip:
             continue
+        t = t.detach()
         dtype = str(t.dtype).removeprefix("torch.")
         if dtype not in _DTYPES:
             raise ValueError(f"state entry {key!r} has dtype {dtype}: allowed {', '.join(_DTYPES)}")
@@ -195,7 +222,8 @@ def save_shared(net: nn.Module, shared, path, verbose: bool = False, coding: str
     meta, payload = _encode(net, layers, getattr(shared, "skipped", {}), coding)
     meta_bytes = zlib.compress(json.dumps(meta, separators=(",", ":")).encode(), 9)
     crc = zlib.crc32(payload, zlib.crc32(meta_bytes))
-    prefix = _PREFIX.pack(MAGIC, VERSION, len(meta_bytes), len(payload), crc)
+    version = VERSION + any("same_as" in e for e in meta["state"])
+    prefix = _PREFIX.pack(MAGIC, version, len(meta_bytes), len(payload), crc)
     write_atomic(path, prefix + meta_bytes + bytes(payload))
     convention = CONVENTION_OF[coding]
     info = {
@@ -242,7 +270,27 @@ def size_report(info: dict) -> str:
 
 
 # ---------------------------------------------------------------- load
-def _read(path: Path) -> tuple[dict, memoryview]:
+def meta_cap(net: nn.Module) -> int:
+    """The most bytes a file's metadata may decompress to for `net`: the header allowance per
+    state entry and conv, plus 12 bytes per kernel row (a code length or frequency per cluster,
+    K ≤ N)."""
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    rows = sum(m.weight.numel() // m.weight.shape[-1] for m in convs)
+    return header_allowance(len(net.state_dict()) + len(convs)) + 12 * rows
+
+
+def _inflate(path: Path, raw: bytes, cap: int) -> bytes:
+    """zlib-decompressed metadata, refused as soon as it grows past `cap` bytes."""
+    out = zlib.decompressobj().decompress(raw, cap + 1)
+    if len(out) > cap:
+        raise ExportFormatError(
+            f"{path}: the metadata decompresses to more than {cap:,} bytes, more than any file of "
+            f"this net needs: refused"
+        )
+    return out
+
+
+def _read(path: Path, cap: int) -> tuple[dict, memoryview]:
     """Check magic, version, length and checksum; return the metadata and the payload."""
     try:
         data = read_bytes(path)  # a regular file: a fifo is refused, never waited on
@@ -252,7 +300,11 @@ def _read(path: Path) -> tuple[dict, memoryview]:
     body = memoryview(data)[_PREFIX.size :]
     try:
         raw = bytes(body[:meta_len])
-        meta = json.loads(raw if version == 1 else zlib.decompress(raw))
+        if version == 1 and meta_len > cap:
+            raise ExportFormatError(f"{path}: {meta_len:,} bytes of metadata: allowed {cap:,}")
+        meta = json.loads(raw if version == 1 else _inflate(path, raw, cap))
+    except ExportFormatError:
+        raise
     except (ValueError, zlib.error) as e:
         raise ExportFormatError(f"{path}: unreadable metadata: {e}") from None
     if not isinstance(meta, dict):
@@ -316,22 +368,36 @@ def _check_layer_entry(path: Path, name: str, shape: tuple, k: int, convs: dict)
             f"{path}: architecture mismatch: layer {name!r} has shape {shape} in the file, "
             f"{tuple(convs[name].weight.shape)} in the net"
         )
-    if k < 1:
-        raise ExportFormatError(f"{path}: layer {name!r} has K={k}: allowed K ≥ 1")
+    rows = math.prod(shape[:3])
+    if not 1 <= k <= rows:
+        raise ExportFormatError(f"{path}: layer {name!r} has K={k}: allowed 1 ≤ K ≤ N={rows}")
 
 
 def _decode_layer(path: Path, entry: dict, payload: memoryview, convs: dict):
     """One SharedLayer from its metadata; its shape must match the net's conv of the same name."""
     from dkm.sharing import SharedLayer
 
-    name, shape, k = entry["name"], tuple(entry["shape"]), int(entry["K"])
+    name, shape, k = entry["name"], tuple(int(n) for n in entry["shape"]), int(entry["K"])
     _check_layer_entry(path, name, shape, k, convs)
     num_rows, s = math.prod(shape[:3]), shape[3]
+    conv = convs[name]
     dtype = _DTYPES.get(entry.get("codebook_dtype", "float32"))
-    if dtype is None or not dtype.is_floating_point:
+    if dtype != conv.weight.dtype:
         raise ExportFormatError(
-            f"{path}: layer {name!r} has codebook dtype {entry.get('codebook_dtype')!r}: "
-            f"allowed a float dtype"
+            f"{path}: layer {name!r} has {entry.get('codebook_dtype', 'float32')} weights in the "
+            f"file, {str(conv.weight.dtype).removeprefix('torch.')} in the net: allowed the same "
+            f"dtype (convert the net first, e.g. net.double())"
+        )
+    index, p, bias = int(entry["index"]), float(entry["p"]), int(entry["bias_numel"])
+    consistent = (
+        index == list(convs).index(name)
+        and 0.0 <= p < 1.0
+        and bias == (0 if conv.bias is None else conv.bias.numel())
+    )
+    if not consistent:
+        raise ExportFormatError(
+            f"{path}: layer {name!r} has index={index}, p={p}, bias_numel={bias}: inconsistent "
+            f"with the net's conv (its conv index, 0 ≤ p < 1, its bias size)"
         )
     size = torch.empty((), dtype=dtype).element_size()
     cb = _slice(path, payload, entry["offset"], size * k * s, f"codebook of {name!r}")
@@ -340,28 +406,29 @@ def _decode_layer(path: Path, entry: dict, payload: memoryview, convs: dict):
     idx = _slice(path, payload, entry["offset"] + len(cb), int(nbytes), f"indexes of {name!r}")
     codebook = torch.frombuffer(bytearray(cb), dtype=dtype).reshape(k, s)
     try:
-        assignments = torch.from_numpy(decode(idx, num_rows, coding, entry))
+        assignments = torch.from_numpy(decode(idx, num_rows, coding, entry, k))
     except CodingError as e:
         raise ExportFormatError(f"{path}: layer {name!r}: {e}") from None
     if num_rows and int(assignments.max()) >= k:
         raise ExportFormatError(f"{path}: layer {name!r} has an index ≥ K={k}")
-    return SharedLayer(
-        name,
-        int(entry["index"]),
-        shape,
-        codebook,
-        assignments,
-        float(entry["p"]),
-        int(entry["bias_numel"]),
-    )
+    return SharedLayer(name, index, shape, codebook, assignments, p, bias)
 
 
-def _decode_tensor(path: Path, entry: dict, payload: memoryview) -> torch.Tensor:
+def _decode_tensor(path: Path, entry: dict, payload: memoryview, expected: dict):
+    """One state tensor; the net's entry of that key fixes its dtype and shape."""
+    key = entry["key"]
+    if key not in expected:
+        raise ExportFormatError(f"{path}: architecture mismatch: {key!r} is unknown to the net")
     if entry["dtype"] not in _DTYPES:
+        raise ExportFormatError(f"{path}: state entry {key!r} has unknown dtype {entry['dtype']!r}")
+    dtype, shape = _DTYPES[entry["dtype"]], tuple(int(n) for n in entry["shape"])
+    want = expected[key]
+    if dtype != want.dtype or shape != tuple(want.shape):
         raise ExportFormatError(
-            f"{path}: state entry {entry['key']!r} has unknown dtype {entry['dtype']!r}"
+            f"{path}: {key!r} is {entry['dtype']} {shape} in the file, "
+            f"{str(want.dtype).removeprefix('torch.')} {tuple(want.shape)} in the net: allowed "
+            f"the same dtype and shape"
         )
-    dtype, shape = _DTYPES[entry["dtype"]], tuple(entry["shape"])
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     blob = _slice(path, payload, entry["offset"], nbytes, f"state entry {entry['key']!r}")
     if nbytes == 0:
@@ -369,12 +436,9 @@ def _decode_tensor(path: Path, entry: dict, payload: memoryview) -> torch.Tensor
     return torch.frombuffer(bytearray(blob), dtype=dtype).reshape(shape)
 
 
-def _check_state(path: Path, net: nn.Module, state: dict, skip: set) -> None:
-    """The file's remaining state has exactly the net's keys, with the same shapes.
-
-    The shared weights (`skip`) are left aside.
-    """
-    expected = {k: v for k, v in net.state_dict().items() if k not in skip}
+def _check_state(path: Path, net: nn.Module, state: dict) -> None:
+    """The file's state has exactly the net's keys, each tensor the net's dtype and shape."""
+    expected = net.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ExportFormatError(
@@ -382,10 +446,10 @@ def _check_state(path: Path, net: nn.Module, state: dict, skip: set) -> None:
             f"unknown to the net {unexpected[:5]}"
         )
     for key, t in state.items():
-        if t.shape != expected[key].shape:
+        if t.dtype != expected[key].dtype or t.shape != expected[key].shape:
             raise ExportFormatError(
-                f"{path}: architecture mismatch: {key!r} has shape {tuple(t.shape)} in the file, "
-                f"{tuple(expected[key].shape)} in the net"
+                f"{path}: {key!r} is {t.dtype} {tuple(t.shape)} in the file, "
+                f"{expected[key].dtype} {tuple(expected[key].shape)} in the net"
             )
 
 
@@ -398,15 +462,24 @@ def load_shared(path, net: nn.Module):
 
     path = Path(path)
     check_not_meta(net, "load_shared")
-    meta, payload = _read(path)
+    meta, payload = _read(path, meta_cap(net))
     convs = {n: m for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    expected = net.state_dict()
     try:
         layers = {e["name"]: _decode_layer(path, e, payload, convs) for e in meta["layers"]}
-        state = {e["key"]: _decode_tensor(path, e, payload) for e in meta["state"]}
-        skipped = dict(meta["skipped"])
-    except (KeyError, TypeError, AttributeError) as e:
+        if len(layers) != len(meta["layers"]):
+            raise ExportFormatError(f"{path}: malformed metadata: a layer listed twice")
+        entries = [e for e in meta["state"] if "same_as" not in e]
+        state = {e["key"]: _decode_tensor(path, e, payload, expected) for e in entries}
+        state.update({f"{name}.weight": layer.weight() for name, layer in layers.items()})
+        for e in meta["state"]:
+            if "same_as" in e:  # a tied entry: the same tensor as an earlier key
+                state[str(e["key"])] = state[e["same_as"]]
+        skipped = {str(k): str(v) for k, v in dict(meta["skipped"]).items()}
+    except ExportFormatError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError, IndexError) as e:
         raise ExportFormatError(f"{path}: malformed metadata: {e!r}") from None
-    _check_state(path, net, state, _shared_weight_keys(layers))
-    state.update({f"{name}.weight": layer.weight() for name, layer in layers.items()})
+    _check_state(path, net, state)
     net.load_state_dict(state, strict=True)
     return ShareResult(layers=layers, skipped=skipped)

@@ -1,7 +1,8 @@
-"""Compiled kernels that the core's k-means plugs in (dkm.clustering's one hook, `_nb`): numba.
+"""The fast k-means that the core plugs in (dkm.clustering's hooks `_fast` and `_nb`).
 
-Holds `kmeans_numba`: Hamerly's Lloyd iterations for rows of length s > 1, the sorted path's
-labelling and running sums for s = 1. Same results as the core's reference path; only faster.
+Holds `paths` (the two CPU paths of the core's Lloyd loop: `Sorted` for rows of length s = 1,
+`Compiled` for s > 1) and `kmeans_numba` (their numba kernels: Hamerly's iterations, the sorted
+path's labelling and running sums). Same results as the core's reference path; only faster.
 
-May import: numpy, numba. Imported by: dkm.clustering, lazily, on first use.
+May import: numpy, numba, torch, dkm.clustering. Imported by: dkm.clustering, lazily, on first use.
 """

@@ -344,7 +344,7 @@ if AVAILABLE:
 
     @_jit
     def sorted_centers(c):
-        """dkm.clustering._sorted_centers compiled (the same thresholds and labels, bit for bit):
+        """dkm.fast.paths.sorted_centers compiled (the same thresholds and labels, bit for bit):
         the K − 1 thresholds between neighbouring sorted centers and the index each sorted center's
         rows go to."""
         order = np.argsort(c, kind="mergesort")  # stable
