@@ -49,9 +49,7 @@ def test_d1_a_tied_weight_is_counted_once_from_specs():
     assert specs[1]["tied_to"] == "0"
     rows = acc.table_from_specs(specs, {"K": [4, 4], "p": [0.0, 0.0]})
     assert rows[1]["original_bits"] == rows[1]["compressed_bits"] == 0
-    assert uniform_plan(_tied(), 4).estimated_cr == pytest.approx(
-        acc.total_row(rows)["cr"]
-    )
+    assert uniform_plan(_tied(), 4).estimated_cr == pytest.approx(acc.total_row(rows)["cr"])
 
 
 def test_d1_a_tied_weight_is_stored_once_and_reloads_tied(tmp_path):
