@@ -23,14 +23,3 @@ def smoke_cache(tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("smoke-cache")
     return {"DKM_RUNS_DIR": str(root / "runs"), "DKM_RESULTS_DIR": str(root / "results")}
-
-
-@pytest.fixture
-def legacy_code(monkeypatch):
-    """Every stage's code version as the code that wrote runs without done.json: runs written
-    "before markers" by a test are then this code's own (once a stage's version goes up, such a
-    run is another version's, and refused)."""
-    from dkm.experiments import cache as runs
-
-    for stage in runs.CODE_VERSIONS:
-        monkeypatch.setitem(runs.CODE_VERSIONS, stage, runs.LEGACY_VERSION)

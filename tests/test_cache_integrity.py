@@ -176,30 +176,63 @@ def test_an_unfinished_run_is_not_listed_by_the_browser(dirs):
 
 
 # ---------------------------------------------------------------- item 6: code versions
-def test_a_legacy_run_is_adopted_and_a_run_of_other_code_is_refused(dirs, monkeypatch):
+def test_outputs_without_a_marker_are_recomputed_never_adopted(dirs):
+    """Issue 37, S5: with done.json and pending.json gone, a flipped but finite model.pt was
+    adopted as a run written before markers. A run without its marker is computed again."""
     net, config, d = _pretrained(tiny())
-    (d / runs.DONE_NAME).unlink()  # as written before markers existed
+    state = torch.load(d / "model.pt", weights_only=True)
+    next(v for v in state.values() if v.is_floating_point()).view(-1)[0] += 0.5  # finite
+    torch.save(state, d / "model.pt")
+    (d / runs.DONE_NAME).unlink()
+    (d / runs.PENDING_NAME).unlink(missing_ok=True)
     again, _ = pl.pretrain(tiny())
-    assert _same_weights(net, again)
-    assert json.loads((d / runs.DONE_NAME).read_text())["versions"] == {"pretrain": 1}
-    monkeypatch.setitem(runs.CODE_VERSIONS, "pretrain", 2)
-    with pytest.raises(runs.StaleRunError, match=f"{d} was computed by another version.*v1"):
+    assert _same_weights(net, again)  # recomputed: the flipped weight is gone
+    assert _same_weights(net, pl.load_run(d)[0])
+    assert json.loads((d / runs.DONE_NAME).read_text())["versions"] == runs.chain_versions(config)
+
+
+def test_a_run_of_other_code_is_refused(dirs, monkeypatch):
+    _, _, d = _pretrained(tiny())
+    monkeypatch.setitem(runs.CODE_VERSIONS, "pretrain", runs.CODE_VERSIONS["pretrain"] + 1)
+    with pytest.raises(runs.StaleRunError, match=f"{d} was computed by another version"):
         pl.pretrain(tiny())
     with pytest.raises(runs.StaleRunError):
         pl.load_run(d)
 
 
-def test_legacy_runs_are_browsed_as_they_are(dirs, legacy_code):
-    """The cached-run browser (notebook 02's λ slider) reads runs written before commit markers
-    without adopting them: their histories and k-means sharings, nothing written."""
+def test_runs_without_a_marker_are_not_browsed(dirs):
+    """The cached-run browser (notebook 02's λ slider) lists finished runs only, and reads only
+    files their marker lists."""
     profile = tiny()
     net, config = pl.retrain(profile, "dkm", 0, FOUR)
     pl.share_and_evaluate(profile, net, config, "kmeans", FOUR, 0)
-    for marker in (dirs / "runs").glob(f"*/{runs.DONE_NAME}"):
-        marker.unlink()  # as written by the code before markers
     [run] = runs.cached_retrains(pl.pretrain_config(profile))
-    assert run["lam"] == profile.lam and len(run["results"]) == 1 and run["history"]["steps"]
-    assert not list((dirs / "runs").glob(f"*/{runs.DONE_NAME}"))
+    assert len(run["results"]) == 1 and run["history"]["steps"]
+    for marker in (dirs / "runs").glob(f"evaluate-*/{runs.DONE_NAME}"):
+        marker.unlink()
+    [run] = runs.cached_retrains(pl.pretrain_config(profile))
+    assert run["results"] == []
+    (runs.run_dir("retrain", config) / runs.DONE_NAME).unlink()
+    assert runs.cached_retrains(pl.pretrain_config(profile)) == []
+    with pytest.raises(runs.RunError, match="not a finished run"):
+        runs.verified(runs.run_dir("retrain", config), "history.json")
+
+
+def test_a_finished_run_reads_where_pending_json_cannot_be_removed(dirs, monkeypatch):
+    """A finished cache on a read-only disk: removing a left-over pending.json fails (EROFS);
+    the run is read as it is."""
+    net, config, d = _pretrained(tiny())
+    (d / runs.PENDING_NAME).write_text(json.dumps({"versions": runs.chain_versions(config)}))
+    real_unlink = type(d).unlink
+
+    def read_only(self, missing_ok=False):
+        if self.name == runs.PENDING_NAME:
+            raise OSError(30, "Read-only file system", str(self))
+        return real_unlink(self, missing_ok)
+
+    monkeypatch.setattr(type(d), "unlink", read_only)
+    again, _ = pl.pretrain(tiny())
+    assert _same_weights(net, again)
 
 
 def test_the_keys_do_not_change():
@@ -236,13 +269,14 @@ def test_a_bad_plan_is_refused_by_evaluation_config():
 
 
 @pytest.mark.parametrize("content", ["{}", "[]", '{"top1": 0.5}'])
-def test_a_damaged_result_json_is_an_error_naming_the_file(dirs, legacy_code, content):
+def test_a_damaged_result_json_is_an_error_naming_the_file(dirs, content):
     p = tiny()
     net, source = pl.pretrain(p)
     pl.share_and_evaluate(p, net, source, "kmeans", FOUR, 0)
-    d = runs.run_dir("evaluate", pl.evaluation_config(p, source, "kmeans", FOUR, 0))
+    config = pl.evaluation_config(p, source, "kmeans", FOUR, 0)
+    d = runs.run_dir("evaluate", config)
     (d / "result.json").write_text(content)
-    (d / runs.DONE_NAME).unlink()  # no checksum to catch it: the keys are checked
+    runs.commit(d, config)  # a checksum that holds it: the keys are checked
     with pytest.raises(runs.RunError, match=f"{d / 'result.json'}.*delete {d}"):
         pl.share_and_evaluate(p, net, source, "kmeans", FOUR, 0)
 

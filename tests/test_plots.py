@@ -458,7 +458,7 @@ def test_layer_clusters_distances_by_hand():
     assert c["inertia"] == pytest.approx(1 + 1 + 4 + 4) and c["rows"].shape == (4, 3)
 
 
-def test_cached_runs_finds_finished_children_only(tmp_path, monkeypatch, legacy_code):
+def test_cached_runs_finds_finished_children_only(tmp_path, monkeypatch):
     monkeypatch.setenv("DKM_RUNS_DIR", str(tmp_path))
     parent = {"stage": "pretrain", "x": 1}
     for name, cfg, done in (
@@ -468,9 +468,10 @@ def test_cached_runs_finds_finished_children_only(tmp_path, monkeypatch, legacy_
     ):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps({"stage": "retrain", **cfg}))
-        (tmp_path / name / "model.pt").write_bytes(b"")  # the model alone: not finished
-        if done:
-            (tmp_path / name / "history.json").write_text("{}")
+        (tmp_path / name / "model.pt").write_bytes(b"")
+        (tmp_path / name / "history.json").write_text("{}")
+        if done:  # its commit marker: finished (without one, outputs are not a finished run)
+            runs.commit(tmp_path / name, {"stage": "retrain", **cfg})
     found = runs.cached_runs(parent, "retrain")
     assert [(c["lam"], d.name) for c, d in found] == [(0.5, "retrain-a")]
 

@@ -16,10 +16,10 @@ evaluate, retrain and pretrain). So:
 - a run of other code fails the version check: `StaleRunError` naming the run and how to rebuild.
   A change to training, sharing or evaluation code that can change a number bumps the version of
   every stage it touches (the code version is not in the key, so the results tables keep theirs).
-- A computation first writes `pending.json` (its code versions). A run with every output but
-  neither marker was written before markers existed, by the code of version 1 (`LEGACY_VERSION`):
-  it is adopted (its model checked for finite values, a marker written with version 1), so
-  today's cache is accepted as it is, and refused after a bump.
+- A computation first writes `pending.json` (its code versions). A run is finished only with its
+  `done.json`: every file a run's readers read is in the marker's checksums. Outputs without a
+  marker (a kill between the last output and the marker, or files put there by hand) are never
+  adopted: the stage computes them again (bit-identical where they were the stage's own).
 
 Under torchrun (dkm.training.distributed) rank 0 alone writes in the cache, holds its locks and
 decides
@@ -49,7 +49,6 @@ PENDING_NAME = "pending.json"  # written when a computation starts: its code ver
 # float64 D² (re-training's indicator F, sharing, the planner's errors); the spectral term for
 # K ≥ rank is exactly zero (re-training's spectral F)
 CODE_VERSIONS = {"pretrain": 1, "retrain": 2, "evaluate": 2, "plan": 2}
-LEGACY_VERSION = 1  # the code that wrote runs without done.json
 OUTPUTS = {
     "pretrain": ("model.pt", "history.json"),
     "retrain": ("model.pt", "history.json"),
@@ -156,30 +155,13 @@ def commit(d: Path, config: dict, versions: dict | None = None) -> None:
     (d / PENDING_NAME).unlink(missing_ok=True)
 
 
-def _unmarked_versions(d: Path, config: dict) -> dict:
-    """The versions of a run with every output and no marker: its pending.json's, else legacy."""
-    if (d / PENDING_NAME).exists():
-        return load_json(d / PENDING_NAME, ("versions",))["versions"]
-    return {stage: LEGACY_VERSION for stage in chain_versions(config)}
-
-
-def finished(d: Path, config: dict, adopt=None) -> bool:
-    """Is the run in `d` finished and of this code? (False: compute or resume it.)
-
-    A run with every output but no marker (legacy, or killed just before it) is judged by its
-    versions; with `adopt` (a check of `d`, called under the run's lock) it gets its marker."""
-    if (d / DONE_NAME).exists():
-        marker = load_json(d / DONE_NAME, ("format", "versions", "files"))
-        return _check_versions(d, marker["versions"], config)
-    if not all((d / name).is_file() for name in OUTPUTS[config["stage"]]):
+def finished(d: Path, config: dict) -> bool:
+    """Is the run in `d` finished and of this code? (False: compute or resume it.) Only a run
+    with its `done.json` is; one of other code is a StaleRunError."""
+    if not (d / DONE_NAME).exists():
         return False
-    versions = _unmarked_versions(d, config)
-    _check_versions(d, versions, config)
-    if adopt is not None:
-        adopt(d)
-        with contextlib.suppress(WriteError):  # a read-only cache: accepted, not recorded
-            commit(d, config, versions)
-    return True
+    marker = load_json(d / DONE_NAME, ("format", "versions", "files"))
+    return _check_versions(d, marker["versions"], config)
 
 
 def _check_versions(d: Path, versions: dict, config: dict) -> bool:
@@ -195,13 +177,13 @@ def _check_versions(d: Path, versions: dict, config: dict) -> bool:
 
 
 def verified(d: Path, name: str) -> Path:
-    """`d/name` after checking it against the checksum its done.json recorded (a run written
-    before commit markers, which `finished` accepted, has none to check)."""
+    """`d/name` after checking it against the checksum its done.json recorded (a file the marker
+    does not list is not the run's output: refused too)."""
     path = d / name
     if not (d / DONE_NAME).exists():
-        return path
+        raise RunError(f"{d} is not a finished run (no {DONE_NAME}): run its stage (it resumes)")
     files = load_json(d / DONE_NAME, ("files",))["files"]
-    if name in files and (not path.is_file() or sha256_file(path) != files[name]):
+    if name not in files or not path.is_file() or sha256_file(path) != files[name]:
         raise RunError(
             f"{path} is damaged or missing (it fails the checksum in {DONE_NAME}): "
             f"delete {d} to recompute it"
@@ -223,24 +205,26 @@ class Stage:
 
 
 @contextlib.contextmanager
-def stage(d: Path, config: dict, adopt: Callable, parallel: bool = False):
+def stage(d: Path, config: dict, parallel: bool = False):
     """The run of `config` in `d`: under its lock; committed when the with-block ends normally.
 
-        with stage(d, config, adopt) as run:
+        with stage(d, config) as run:
             if run.todo:
                 ...  # compute and write the outputs
 
-    `adopt(d)` checks the outputs of a run written before commit markers (see `finished`).
     Under torchrun, `parallel` (a training stage) has every rank compute, else rank 0 alone."""
     if distributed.world_size() > 1:
-        with _distributed_stage(d, config, adopt, parallel) as run:
+        with _distributed_stage(d, config, parallel) as run:
             yield run
         return
     run = Stage()
     with locked(d):
-        if finished(d, config, adopt=adopt):
+        if finished(d, config):
             # a writer killed between done.json and removing pending.json left it: finish that
-            (d / PENDING_NAME).unlink(missing_ok=True)
+            # (where the cache is writable: a finished run on a read-only disk is read as it is)
+            if (d / PENDING_NAME).exists():
+                with contextlib.suppress(OSError):
+                    (d / PENDING_NAME).unlink()
             yield run
             return
         remove_stale_temps(d)  # of a killed writer: under the lock, no one else writes here
@@ -251,13 +235,13 @@ def stage(d: Path, config: dict, adopt: Callable, parallel: bool = False):
 
 
 @contextlib.contextmanager
-def _distributed_stage(d: Path, config: dict, adopt, parallel: bool):
+def _distributed_stage(d: Path, config: dict, parallel: bool):
     """`stage` under torchrun: rank 0 locks, decides, writes and commits (module docstring).
 
     Every rank leaves after rank 0 has committed; a rank that does not compute has todo False."""
     if not parallel:
         if distributed.is_main():
-            with distributed.alone(), stage(d, config, adopt) as run:
+            with distributed.alone(), stage(d, config) as run:
                 yield run
         else:
             yield Stage()
@@ -265,7 +249,7 @@ def _distributed_stage(d: Path, config: dict, adopt, parallel: bool):
         return
     run = Stage()
     with distributed.locked_by_main(d):
-        if distributed.broadcast(distributed.is_main() and finished(d, config, adopt=adopt)):
+        if distributed.broadcast(distributed.is_main() and finished(d, config)):
             yield run
             return
         if distributed.is_main():

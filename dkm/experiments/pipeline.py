@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import json
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -119,19 +118,6 @@ def _load_model(d: Path, config: dict) -> torch.nn.Module:
     return _read_model(verified(d, "model.pt"), root_config(config))
 
 
-def _check_outputs(config: dict) -> Callable:
-    """The check of a run written before commit markers: its outputs load
-    (dkm.experiments.cache.finished)."""
-    if config["stage"] == "evaluate":
-        return lambda d: load_json(d / "result.json", RESULT_KEYS)
-    if config["stage"] == "plan":
-        return lambda d: load_json(d / "options.json", ("options",))
-    return lambda d: (
-        _read_model(d / "model.pt", root_config(config)),
-        load_json(d / "history.json", ("format_version", "steps", "epochs")),
-    )
-
-
 def load_run(path) -> tuple[torch.nn.Module, dict]:
     """(net, config) of a finished pretrain/retrain run directory (`data/runs/<stage>-<key>/`)."""
     path = Path(path)
@@ -190,7 +176,7 @@ def pretrain(profile: Profile, progress=None) -> tuple[torch.nn.Module, dict]:
     config = pretrain_config(profile)
     d = run_dir("pretrain", config)
     net = None
-    with stage(d, config, _check_outputs(config), parallel=True) as run:
+    with stage(d, config, parallel=True) as run:
         if run.todo:
             net = _pretrain(profile, config, d, progress)
     return (_load_model(d, config) if net is None else net), config
@@ -280,7 +266,7 @@ def retrain(
     pretrain(profile, progress)
     d = run_dir("retrain", config)
     net = None
-    with stage(d, config, _check_outputs(config), parallel=True) as run:
+    with stage(d, config, parallel=True) as run:
         if run.todo:
             net = _retrain(profile, config, d, progress)
     return (_load_model(d, config) if net is None else net), config
@@ -333,7 +319,7 @@ def planner_options(profile: Profile, net: torch.nn.Module) -> list:
               "convention": "official"}  # fmt: skip
     d = run_dir("plan", config)
     options = None
-    with stage(d, config, _check_outputs(config)) as run:
+    with stage(d, config) as run:
         if run.todo:
             with _compute(profile):
                 options = layer_options(net, config["seed"], config["convention"])
@@ -374,7 +360,7 @@ def share_and_evaluate(
     config = evaluation_config(profile, source, method, plan, seed)
     d = run_dir("evaluate", config)
     result = None
-    with stage(d, config, _check_outputs(config)) as run:
+    with stage(d, config) as run:
         if run.todo:
             result = _share_and_evaluate(profile, net, config, d, progress)
     return load_json(verified(d, "result.json"), RESULT_KEYS) if result is None else result
