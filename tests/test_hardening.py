@@ -427,3 +427,61 @@ def test_a_full_disk_during_a_model_save_is_one_write_error(tmp_path, monkeypatc
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
         "model.pt"
     ]  # the old file kept, no temp left
+
+
+# ---------------------------------------------------------------- issue 37: the low items
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("run_key,profile\n1,cpu\n", "has columns"),
+        (None, "line 2: a damaged row"),  # a value that is not a number
+        (None, "line 3: a damaged row"),  # a field missing
+        (b"\xff\xfe not text", "not a readable CSV table"),
+    ],
+)
+def test_a_damaged_results_table_is_named_with_its_line(tmp_path, text, match):
+    from dkm.experiments import sweep as sw
+
+    path = tmp_path / "sweep_x.csv"
+    header = ",".join(sw.COLUMNS)
+    row = "k,cpu,plain,45x,28.56,0,,top1,0.9"
+    if text is None:
+        bad = row.replace("0.9", "zz") if "line 2" in match else "k,cpu,plain"
+        text = f"{header}\n{bad}\n" if "line 2" in match else f"{header}\n{row}\n{bad}\n"
+    (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    with pytest.raises(sw.ResultsFormatError, match=match) as err:
+        sw.read_results(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("var", ["DKM_RUNS_DIR", "DKM_RESULTS_DIR"])
+def test_an_empty_directory_variable_is_an_error_not_the_current_directory(
+    tmp_path, monkeypatch, capsys, var
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(var, "")
+    assert main(["sweep", "--profile", "smoke"]) == 2
+    _one_line_error(capsys, f"${var} is set but empty")
+    assert not list(tmp_path.iterdir())  # nothing written in the current directory
+
+
+def test_cli_energy_empty_csv_is_refused(capsys):
+    assert main(["energy", "--model", "alexnet", "--csv", ""]) == 2
+    _one_line_error(capsys, "--csv", "give a file path")
+
+
+def test_stale_temps_of_a_killed_writer_beside_tables_and_side_files_are_removed(tmp_path):
+    from dkm.experiments import cache as runs
+    from dkm.experiments import sweep as sw
+
+    table = tmp_path / "sweep_x.csv"
+    stray = [tmp_path / ".sweep_x.csv.k1ll3d.tmp", tmp_path / ".sweep_x.platform.json.k1.tmp"]
+    for path in stray:
+        path.write_text("half")
+    sw.write_results(table, [], {"cpu": "x"})
+    assert not any(p.exists() for p in stray) and table.exists()
+    side = tmp_path / "run" / "test_accuracy_5.json"
+    side.parent.mkdir()
+    (side.parent / ".test_accuracy_5.json.abc.tmp").write_text("half")
+    assert runs.side_file(side, ("accuracy",), lambda: {"accuracy": 0.5})["accuracy"] == 0.5
+    assert sorted(p.name for p in side.parent.iterdir()) == ["test_accuracy_5.json"]

@@ -30,13 +30,13 @@ def _status(port: int, token: str | None) -> int:
         return err.code
 
 
-def test_lab_command_binds_localhost_with_a_token_and_allows_root_only_as_root():
-    cmd = lab_command(8899, "abc123", as_root=False)
+def test_lab_command_binds_localhost_and_allows_root_only_as_root():
+    cmd = lab_command(8899, as_root=False)
     assert cmd[:3] == [sys.executable, "-m", "jupyterlab"]
-    assert "--ip=127.0.0.1" in cmd and "--IdentityProvider.token=abc123" in cmd
+    assert "--ip=127.0.0.1" in cmd and not any("token" in c.lower() for c in cmd)
     assert "--port=8899" in cmd and "--no-browser" in cmd and "--allow-root" not in cmd
     assert f"--ServerApp.root_dir={ROOT / 'notebooks'}" in cmd
-    assert lab_command(8899, "abc123", as_root=True)[-1] == "--allow-root"
+    assert lab_command(8899, as_root=True)[-1] == "--allow-root"
 
 
 def test_lab_bad_input_is_one_error(capsys):
@@ -46,11 +46,38 @@ def test_lab_bad_input_is_one_error(capsys):
     assert "token='a b' is not allowed" in capsys.readouterr().err
 
 
+def test_lab_on_a_busy_port_is_one_line(capsys):
+    """Issue 37 (low): JupyterLab printed 13 log lines for a port in use."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["lab", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"127.0.0.1:{port} is not free" in err
+
+
+def _cmdlines_below(pid: int) -> list[str]:
+    """The command lines of every process descended from `pid` (Linux /proc)."""
+    children, out = {pid}, []
+    for _ in range(3):  # dkm -> jupyterlab (-> its own helpers)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                if ppid in children and int(stat.parent.name) not in children:
+                    children.add(int(stat.parent.name))
+                    out.append((stat.parent / "cmdline").read_bytes().decode(errors="replace"))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
 def test_lab_answers_with_the_token_and_refuses_without(tmp_path):
     port, token = _free_port(), "dkmtest0123456789"
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path), JUPYTER_CONFIG_DIR=str(tmp_path))
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path), JUPYTER_CONFIG_DIR=str(tmp_path),
+               DKM_LAB_TOKEN=token)  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dkm", "lab", "--port", str(port), "--token", token],
+        [sys.executable, "-m", "dkm", "lab", "--port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
@@ -61,6 +88,9 @@ def test_lab_answers_with_the_token_and_refuses_without(tmp_path):
             assert time.monotonic() < deadline, "JupyterLab did not answer within 90 s"
             time.sleep(0.5)
         assert _status(port, None) == 403 and _status(port, "wrong") == 403
+        if Path("/proc/self/stat").exists():  # the token is in no command line `ps` shows
+            lines = _cmdlines_below(proc.pid)
+            assert lines and not any(token in line for line in lines), lines
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         out = proc.communicate(timeout=30)[0]

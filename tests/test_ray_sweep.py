@@ -4,9 +4,11 @@ smoke profile writes the same table, and a second run trains nothing."""
 
 import importlib.util
 import sys
+import time
 
 import pytest
 
+from dkm.app.cli import main
 from dkm.experiments import ray_engine as ray_sweep
 from dkm.experiments.profiles import get_profile
 from dkm.experiments.sweep import results_path, sweep, write_results
@@ -49,6 +51,27 @@ def test_ray_sweep_writes_the_serial_table_and_a_second_run_trains_nothing(tmp_p
     before = _files(runs)
     assert ray_sweep.sweep_ray(profile, num_cpus=2, progress=False) == serial
     assert _files(runs) == before  # nothing trained, nothing written
+
+
+@needs_ray
+@pytest.mark.parametrize(
+    "address, match",
+    [("127.0.0.1:1", "no Ray cluster answers there"), ("no-such-host.invalid:6379", "no Ray"),
+     ("ray://127.0.0.1:1", "no Ray cluster"), ("nonsense", "allowed auto, host:port")],
+)  # fmt: skip
+def test_an_address_that_does_not_answer_fails_within_seconds(address, match):
+    """Issue 37, H4: `--address 127.0.0.1:1` hung for more than 180 s."""
+    start = time.monotonic()
+    with pytest.raises(ValueError if address == "nonsense" else ConnectionError, match=match):
+        ray_sweep.sweep_ray(get_profile("smoke"), address=address, write=False, progress=False)
+    assert time.monotonic() - start < 2 * ray_sweep.CONNECT_TIMEOUT_S
+
+
+@needs_ray
+def test_cli_unanswered_address_is_one_line_exit_2(capsys):
+    rc = main(["sweep", "--profile", "smoke", "--engine", "ray", "--address", "127.0.0.1:1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "no Ray cluster answers" in err
 
 
 def test_without_ray_the_error_names_the_extra(monkeypatch):

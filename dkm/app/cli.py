@@ -19,6 +19,7 @@ import copy
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -561,8 +562,7 @@ def run_energy(args) -> int:
     bits = _ints("bits", args.bits, 1, 32)
     act = _act_bits(args.act_bits, bits)
     accelerator = check_choice("accelerator", args.accelerator, tuple(ACCELERATORS))
-    if args.csv:
-        _check_output("--csv", args.csv)
+    _check_output("--csv", args.csv)
     net, shape = energy_model(args.model, _input_shape(args.input_shape))
     inv = layer_inventory(net, shape)
     shares = _energy_shares(inv.layers, args.shared, net)
@@ -590,7 +590,7 @@ def run_energy(args) -> int:
     for reason, names in skipped.items():
         more = ", …" if len(names) > 4 else ""
         print(f"skipped {len(names)} module(s), {reason}: {', '.join(names[:4])}{more}")
-    if args.csv:
+    if args.csv is not None:
         with _writing("--csv"):
             write_csv(rows, Path(args.csv))
         print(f"wrote {args.csv}")
@@ -632,17 +632,31 @@ def add_lab(parser):
     """Options of `dkm lab`."""
     parser.add_argument("--port", type=int, default=8888, help="port on 127.0.0.1 (default 8888)")
     parser.add_argument(
-        "--token", default=None, help="access token (default: $DKM_LAB_TOKEN, else a random one)"
-    )
+        "--token", default=None,
+        help="access token (default: $DKM_LAB_TOKEN, else a random one; a --token is visible to "
+             "other users in `ps`, $DKM_LAB_TOKEN is not)",
+    )  # fmt: skip
 
 
-def lab_command(port: int, token: str, as_root: bool) -> list[str]:
-    """The JupyterLab command: on the notebooks, bound to 127.0.0.1, with a token; as root (a
-    container) with --allow-root, which JupyterLab otherwise demands."""
+def lab_command(port: int, as_root: bool) -> list[str]:
+    """The JupyterLab command: on the notebooks, bound to 127.0.0.1; as root (a container) with
+    --allow-root, which JupyterLab otherwise demands. The token goes in its environment
+    ($JUPYTER_TOKEN), never on its command line, which `ps` shows to every user."""
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={ROOT / 'notebooks'}"]  # fmt: skip
+           "--ServerApp.port_retries=0", f"--ServerApp.root_dir={ROOT / 'notebooks'}"]  # fmt: skip
     return cmd + ["--allow-root"] if as_root else cmd
+
+
+def _check_port_free(port: int) -> None:
+    """A port where something already listens is one line (JupyterLab prints a dozen)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise ValueError(
+                f"--port {port}: 127.0.0.1:{port} is not free ({err.strerror}): choose another "
+                f"with --port"
+            ) from None
 
 
 def run_lab(args) -> int:
@@ -651,13 +665,14 @@ def run_lab(args) -> int:
     token = args.token or os.environ.get("DKM_LAB_TOKEN") or secrets.token_hex(24)
     if not token.isalnum():
         raise ValueError(f"token={token!r} is not allowed: letters and digits only")
+    _check_port_free(port)
     as_root = hasattr(os, "geteuid") and os.geteuid() == 0
     if as_root:
         print("running as root (as in a container): JupyterLab starts with --allow-root")
     print(
         f"JupyterLab on 127.0.0.1 only; open http://127.0.0.1:{port}/lab?token={token}", flush=True
     )
-    return subprocess.call(lab_command(port, token, as_root))
+    return subprocess.call(lab_command(port, as_root), env={**os.environ, "JUPYTER_TOKEN": token})
 
 
 # ---------------------------------------------------------------- the parser

@@ -32,12 +32,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from dkm import __version__
-from dkm.io import WriteError, locked, read_bytes, read_text, remove_stale_temps, write_atomic
+from dkm.io import (
+    WriteError,
+    env_path,
+    locked,
+    read_bytes,
+    read_text,
+    remove_stale_temps,
+    write_atomic,
+)
 from dkm.training import distributed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +78,7 @@ class StaleRunError(RunError):
 
 def runs_dir() -> Path:
     """Where stage outputs are cached: $DKM_RUNS_DIR or data/runs/."""
-    return Path(os.environ.get("DKM_RUNS_DIR", ROOT / "data" / "runs"))
+    return env_path("DKM_RUNS_DIR", ROOT / "data" / "runs")
 
 
 def canonical(config: dict) -> dict:
@@ -268,13 +275,15 @@ def side_file(path: Path, keys: tuple, compute: Callable) -> dict:
 
     It carries the SHA-256 of its own content ("sha256"; a file without one, or failing it, is
     recomputed) and its "code_version", the evaluate stage's (sharing, evaluation)."""
-    if path.exists():
-        data = load_json(path, keys)
-        digest = data.pop("sha256", None)
-        if digest == _digest(data) and data.get("code_version") == CODE_VERSIONS["evaluate"]:
-            return data
-    data = {**compute(), "code_version": CODE_VERSIONS["evaluate"]}
-    write_atomic(path, json.dumps({**data, "sha256": _digest(data)}, indent=1))
+    with locked(path.parent):  # one writer; the temp files of a killed one are removed
+        remove_stale_temps(path.parent, path.name)
+        if path.exists():
+            data = load_json(path, keys)
+            digest = data.pop("sha256", None)
+            if digest == _digest(data) and data.get("code_version") == CODE_VERSIONS["evaluate"]:
+                return data
+        data = {**compute(), "code_version": CODE_VERSIONS["evaluate"]}
+        write_atomic(path, json.dumps({**data, "sha256": _digest(data)}, indent=1))
     return data
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from tqdm.auto import tqdm
 
@@ -167,11 +168,34 @@ def _run(ray, profile: Profile, methods: list, report, show: bool) -> list:
     return [row for rows in results for row in rows]
 
 
+CONNECT_TIMEOUT_S = 5.0  # a cluster address that does not answer within this is an error
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """A "host:port" or "ray://host:port" address answers a TCP connection within `timeout`
+    seconds; else one ConnectionError naming it ("auto" is Ray's own lookup, left to Ray).
+    Ray itself waits minutes on an address where nothing listens."""
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--address {address!r}: allowed auto, host:port or ray://host:port")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        reason = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise ConnectionError(
+            f"--address {address!r}: no Ray cluster answers there ({reason}, within "
+            f"{timeout:g} s): start one (ray start --head) or leave --address out for a local Ray"
+        ) from None
+
+
 def _connect(ray, address, num_cpus) -> bool:
     """Connect to the cluster at `address`, or start a local Ray; True if this call started it."""
     if ray.is_initialized():
         return False
     if address is not None:
+        check_address(address)
         ray.init(address=address, logging_level=logging.WARNING)
     else:
         num_cpus = None if num_cpus is None else check_int("num_cpus", num_cpus, 1)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import statistics
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from dkm.experiments import platform
 from dkm.experiments.cache import ROOT, config_key
 from dkm.experiments.planning import plans_of
 from dkm.experiments.profiles import Profile
-from dkm.io import WriteError, locked, read_text, write_atomic
+from dkm.io import WriteError, env_path, locked, read_text, remove_stale_temps, write_atomic
 from dkm.plans import Plan
 from dkm.training.loop import show_progress
 
@@ -88,7 +87,7 @@ def results_path(profile: Profile) -> Path:
     """data/results/sweep_<name>.csv for the cpu and paper profiles; build/results/ for smoke (or
     $DKM_RESULTS_DIR)."""
     default = ROOT / ("build/results" if profile.name == "smoke" else "data/results")
-    return Path(os.environ.get("DKM_RESULTS_DIR", default)) / f"sweep_{profile.name}.csv"
+    return env_path("DKM_RESULTS_DIR", default) / f"sweep_{profile.name}.csv"
 
 
 class ResultsFormatError(ValueError):
@@ -106,14 +105,35 @@ def read_table(path: Path, columns: tuple, command: str) -> list[dict]:
     ResultsFormatError naming the file and the `command` that rewrites it."""
     if not path.exists():
         return []
-    with io.StringIO(read_text(path), newline="") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != columns:
+    fix = f"move it away (or delete it) and re-run the {command}"
+    try:
+        with io.StringIO(read_text(path), newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != columns:
+                raise ResultsFormatError(
+                    f"{path} has columns {reader.fieldnames}: this version writes "
+                    f"{list(columns)}; {fix}"
+                )
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ResultsFormatError(f"{path} is not a readable CSV table ({err}): {fix}") from None
+    for line, row in enumerate(rows, start=2):
+        bad = None in row or None in row.values() or not _number(row.get("value"))
+        if bad:
             raise ResultsFormatError(
-                f"{path} has columns {reader.fieldnames}: this version writes {list(columns)}; "
-                f"move it away (or delete it) and re-run the {command}"
+                f"{path}, line {line}: a damaged row (fields missing or extra, or a value that is "
+                f"not a number): {fix}"
             )
-        return list(reader)
+    return rows
+
+
+def _number(text) -> bool:
+    """Is `text` a number (a table's value column)?"""
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def write_results(path: Path, rows: list[dict], info: dict | None = None) -> None:
@@ -151,6 +171,8 @@ def _write_locked(path: Path, make_rows, info: dict | None, merge: bool = False)
     path = Path(path)
     try:
         with locked(path.parent):
+            for name in (path.name, platform.sidecar(path).name):  # of a killed writer
+                remove_stale_temps(path.parent, name)
             if merge:
                 _check_same_platform(path, info)
             write_table(path, make_rows(read_results(path)))

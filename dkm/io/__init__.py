@@ -45,6 +45,18 @@ class WriteError(OSError, ValueError):
     """An OSError while writing a file (read-only directory, name too long, ...): names the path."""
 
 
+def env_path(name: str, default) -> Path:
+    """The directory $`name` names, else `default`; set but empty is an error (it would silently
+    mean the current directory)."""
+    value = os.environ.get(name)
+    if value is None:
+        return Path(default)
+    if not value.strip():
+        raise ValueError(f"${name} is set but empty: set it to a directory, or unset it for the "
+                         f"default ({default})")  # fmt: skip
+    return Path(value)
+
+
 def check_writable_path(path) -> Path:
     """`path` if it is a new path or a regular file; else UnsafePathError naming what it is."""
     path = Path(path)
