@@ -485,3 +485,31 @@ def test_stale_temps_of_a_killed_writer_beside_tables_and_side_files_are_removed
     (side.parent / ".test_accuracy_5.json.abc.tmp").write_text("half")
     assert runs.side_file(side, ("accuracy",), lambda: {"accuracy": 0.5})["accuracy"] == 0.5
     assert sorted(p.name for p in side.parent.iterdir()) == ["test_accuracy_5.json"]
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink", "fifo", "device"])
+def test_cli_energy_csv_to_what_is_not_a_file_is_refused_before_any_work(tmp_path, capsys, kind):
+    """The audit's family "special files in every output option": --csv of `dkm energy` (--export
+    of `dkm share`, --out-dir of `dkm figures` and `dkm book` and the results tables above)."""
+    path = tmp_path / "out.csv"
+    _make(kind, path)
+    before = _snapshot(path)
+    assert main(["energy", "--model", "alexnet", "--csv", str(path)]) == 2
+    _one_line_error(capsys, "--csv", str(path), kind)
+    assert _snapshot(path) == before
+    if kind == "symlink":
+        assert (tmp_path / "target.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink", "fifo", "device"])
+def test_a_results_table_that_is_not_a_file_is_refused_and_left(tmp_path, kind):
+    from dkm.experiments import sweep as sw
+
+    path = tmp_path / "sweep_x.csv"
+    _make(kind, path)
+    before = _snapshot(path)
+    with pytest.raises((_io.WriteError, _io.UnsafePathError, sw.ResultsFormatError, OSError)):
+        sw.write_results(path, [])
+    assert _snapshot(path) == before
+    if kind == "symlink":
+        assert (tmp_path / "target.txt").read_text() == "keep me"
