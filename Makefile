@@ -13,7 +13,7 @@ PROFILE ?= cpu
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
-setup: $(STAMP) system-deps  ## venv + pip install -e .[dev,energy,distributed]; Debian packages when root (idempotent)
+setup: $(STAMP) system-deps  ## venv + pip install -e .[dev,energy,distributed,onnx]; Debian packages when root (idempotent)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@# the distribution was called `dkm` before 0.1.1 (a name PyPI gives to another project)
 	@$(BIN)/python -m pip uninstall --quiet --yes dkm >/dev/null 2>&1 || true; rm -rf dkm.egg-info
 	@echo "Installing deep-kmeans (editable) and its dependencies into $(VENV) …"
-	$(BIN)/python -m pip install -qq -e '.[dev,energy,distributed]'
+	$(BIN)/python -m pip install -qq -e '.[dev,energy,distributed,onnx]'
 	@touch $(STAMP)
 
 system-deps:  ## Debian's dataset-fashion-mnist (offline data) and chromium (PNG export, browser tests)

@@ -56,6 +56,7 @@ from dkm.experiments.sweep import (
     summary,
     sweep,
 )
+from dkm.export import onnx as onnx_export
 from dkm.export.dkmfile import CODINGS, save_shared, size_report
 from dkm.io import UnsafePathError, check_writable_path
 from dkm.plans import Plan, describe
@@ -195,6 +196,9 @@ def add_share(parser):
                         help="index coding of --export: fixed (⌈log2 K⌉ bits, the fixed CR; "
                              "default), huffman (the huffman CR) or rans (the entropy: the "
                              "official CR)")  # fmt: skip
+    parser.add_argument("--onnx", metavar="PATH",
+                        help="also write the shared net as an ONNX graph (codebook + indexes per "
+                             "shared conv; needs the onnx extra)")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -222,6 +226,9 @@ def run_share(args) -> int:
     if args.coding != "fixed" and args.export is None:
         raise ValueError(f"--coding {args.coding} codes the --export file: give --export PATH")
     _check_output("--export", args.export)
+    _check_output("--onnx", args.onnx)
+    if args.onnx is not None:
+        onnx_export.check_available()
     profile = _profile(args)
     plan = _plan(args, profile)
     net = copy.deepcopy(pl.source_net(profile, args.source, plan, args.seed, args.progress)[0])
@@ -242,6 +249,11 @@ def run_share(args) -> int:
             f"{info['coding']} coding: the file stores what the {info['convention']} CR "
             f"{cr:.2f} counts (+ {info['bytes'] - info['convention_bytes']:,.0f} bytes)"
         )
+    if args.onnx is not None:
+        shape = (1, *INPUT_SHAPES[profile.dataset])
+        with _writing("--onnx"):
+            info = onnx_export.save_onnx(net, shared, args.onnx, shape)
+        print(onnx_export.onnx_report(info))
 
     return 0
 
