@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +49,20 @@ from dkm.io import (
 from dkm.training import distributed
 
 ROOT = Path(__file__).resolve().parents[2]
+# a checkout of the repository (make figures, the tests): its data/ directory; an installed wheel
+# writes under the user's XDG directories instead, never into site-packages
+IN_CHECKOUT = (ROOT / "pyproject.toml").is_file() and (ROOT / "notebooks").is_dir()
+
+
+def user_dir(kind: str) -> Path:
+    """An installed package's directory for `kind` ("runs": $XDG_CACHE_HOME/dkm/runs, a cache;
+    "results": $XDG_DATA_HOME/dkm/results), with the XDG defaults ~/.cache and ~/.local/share."""
+    xdg = {"runs": ("XDG_CACHE_HOME", ".cache"), "results": ("XDG_DATA_HOME", ".local/share")}
+    var, default = xdg[kind]
+    base = os.environ.get(var) or str(Path.home() / default)
+    return Path(base) / "dkm" / kind
+
+
 DONE_NAME = "done.json"
 DONE_FORMAT = "dkm.runs.done"  # the marker format's name, written in every done.json: kept
 PENDING_NAME = "pending.json"  # written when a computation starts: its code versions
@@ -77,8 +92,9 @@ class StaleRunError(RunError):
 
 
 def runs_dir() -> Path:
-    """Where stage outputs are cached: $DKM_RUNS_DIR or data/runs/."""
-    return env_path("DKM_RUNS_DIR", ROOT / "data" / "runs")
+    """Where stage outputs are cached: $DKM_RUNS_DIR, else data/runs/ in a checkout (else
+    `user_dir("runs")`)."""
+    return env_path("DKM_RUNS_DIR", ROOT / "data" / "runs" if IN_CHECKOUT else user_dir("runs"))
 
 
 def canonical(config: dict) -> dict:

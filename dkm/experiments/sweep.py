@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from dkm._checks import check_choice
 from dkm.experiments import pipeline as pl
 from dkm.experiments import platform
-from dkm.experiments.cache import ROOT, config_key
+from dkm.experiments.cache import IN_CHECKOUT, ROOT, config_key, user_dir
 from dkm.experiments.planning import plans_of
 from dkm.experiments.profiles import Profile
 from dkm.io import WriteError, env_path, locked, read_text, remove_stale_temps, write_atomic
@@ -87,6 +87,8 @@ def results_path(profile: Profile) -> Path:
     """data/results/sweep_<name>.csv for the cpu and paper profiles; build/results/ for smoke (or
     $DKM_RESULTS_DIR)."""
     default = ROOT / ("build/results" if profile.name == "smoke" else "data/results")
+    if not IN_CHECKOUT:  # an installed wheel: the user's data directory
+        default = user_dir("results")
     return env_path("DKM_RESULTS_DIR", default) / f"sweep_{profile.name}.csv"
 
 
