@@ -426,13 +426,11 @@ def run_figures(args) -> int:
 
 def _platform_notice(profile_name: str) -> str | None:
     """One plain line when this machine is not the one that computed the profile's table."""
-    profile = get_profile(profile_name)
-    before = platform.recorded(results_path(profile))
-    here = platform.of_profile(profile)
-    if before is None or not platform.differences(before, here):
+    found = platform.mismatch(results_path(get_profile(profile_name)), get_profile(profile_name))
+    if found is None:
         return None
-    known = before.get("cpu_name") != "unrecorded"
-    detail = f" ({'; '.join(platform.differences(before, here))})" if known else ""
+    before, here, diffs = found
+    detail = f" ({'; '.join(diffs)})" if before.get("cpu_name") != "unrecorded" else ""
     return (
         f"note: the committed results were computed on {platform.describe(before)}; this machine "
         f"is {platform.describe(here)}{detail}. CPU training is deterministic per numeric path: "

@@ -117,12 +117,22 @@ def describe(info: dict) -> str:
             f"{info.get('threads')} threads")  # fmt: skip
 
 
-def elsewhere(table: Path, profile) -> str | None:
-    """One line when `table` was computed on another platform than this machine with `profile`'s
-    threads and memory format (None when the same, or when no platform is recorded beside it)."""
+def mismatch(table: Path, profile) -> tuple[dict, dict, list] | None:
+    """(the platform recorded beside `table`, this machine's with `profile`'s threads and memory
+    format, their differences), or None when they agree or nothing is recorded."""
     before, here = recorded(table), of_profile(profile)
-    if before is None or not differences(before, here):
+    if before is None:
         return None
+    diffs = differences(before, here)
+    return (before, here, diffs) if diffs else None
+
+
+def elsewhere(table: Path, profile) -> str | None:
+    """One line when `table` was computed on another platform than this machine (`mismatch`)."""
+    found = mismatch(table, profile)
+    if found is None:
+        return None
+    before, here, _ = found
     return (
         f"note: {Path(table).name} was computed on {describe(before)}, not on this machine "
         f"({describe(here)}): its numbers are that platform's "
