@@ -253,6 +253,13 @@ def tie_centers(net: nn.Module, result: ShareResult, gradient: str = "sum") -> l
     divides it by the cluster size, so that one learning rate suits the codebooks and the rest of
     the net."""
     modules = dict(net.named_modules())
+    owners = {id(modules[name].weight): name for name in result.layers}
+    for other, m in modules.items():  # a conv that uses a shared conv's weight (tied weights)
+        if isinstance(m, nn.Conv2d) and other not in result.layers and id(m.weight) in owners:
+            raise ValueError(
+                f"conv {other!r} uses the weight of shared conv {owners[id(m.weight)]!r}: "
+                f"fine-tuning tied centers of a weight several convs use is not supported"
+            )
     params = []
     for name, layer in result.layers.items():
         conv = modules[name]

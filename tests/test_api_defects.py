@@ -82,6 +82,16 @@ def test_d1_a_tied_conv_is_costed_with_its_sharing():
     assert layer_inventory(net, (4, 12, 12)).totals()["params"] == 152
 
 
+def test_d1_fine_tuning_the_centers_of_a_tied_weight_is_one_clear_error():
+    from dkm.sharing import tie_centers
+
+    net = _tied()
+    result = share(net, 4, kmeans_seed=0)
+    with pytest.raises(ValueError, match="conv '2' uses the weight of shared conv '0'"):
+        tie_centers(net, result)
+    assert not nn.utils.parametrize.is_parametrized(net[0])
+
+
 def test_d1_a_tied_weight_gets_one_regularizer_term():
     net = _tied()
     reg = KMeansRegularizer(net, 2.0, 4)
