@@ -107,8 +107,10 @@ def _shared_weight_keys(layers: dict) -> set:
     return {f"{name}.weight" for name in layers}
 
 
-def _check_for_save(net: nn.Module, layers: dict) -> None:
-    """Every shared layer is a plain Conv2d of `net` with the same shape and valid indexes."""
+def check_shared(net: nn.Module, layers: dict) -> None:
+    """Before an export (this file, ONNX): every shared layer is a plain Conv2d of `net` with the
+    same shape, valid indexes and a finite codebook, and the net's weight is its
+    codebook[assignments] (else the export would hold another net than the one given)."""
     modules = dict(net.named_modules())
     for name, layer in layers.items():
         conv = modules.get(name)
@@ -135,13 +137,13 @@ def _check_for_save(net: nn.Module, layers: dict) -> None:
                 f"0..K−1 = 0..{layer.num_clusters - 1}"
             )
         if not torch.isfinite(layer.codebook).all():
-            raise ValueError(f"shared layer {name!r} has non-finite codebook values: not saved")
+            raise ValueError(f"shared layer {name!r} has non-finite codebook values: not exported")
         weight = conv.weight.detach()
         if not torch.equal(layer.weight().to(weight.device, weight.dtype), weight):
             raise ValueError(
                 f"shared layer {name!r}: the net's weight is not codebook[assignments] of the "
-                f"shared layer (changed after share?): the file would reload another net; share "
-                f"the net again, or save the net that was shared"
+                f"shared layer (changed after share?): the export would hold another net; share "
+                f"the net again, or export the net that was shared"
             )
 
 
@@ -154,31 +156,27 @@ def _encode(net: nn.Module, layers: dict, skipped: dict, coding: str) -> tuple[d
             indexes, params = encode(layer.assignments.cpu().numpy(), layer.num_clusters, coding)
         except ValueError as e:
             raise ValueError(f"shared layer {name!r}, coding={coding!r}: {e}") from None
+        dtype = _codebook_dtype(net, name)
         meta["layers"].append(
-            {
-                "name": name,
-                "index": int(layer.index),
-                "shape": list(layer.shape),
-                "K": layer.num_clusters,
-                "p": float(layer.p),
-                "bias_numel": int(layer.bias_numel),
-                "coding": coding,
-                **_codebook_dtype(net, name),
-                **params,
-                "offset": len(payload),
-                "index_bytes": len(indexes),
-            }
-        )
-        dtype = meta["layers"][-1].get("codebook_dtype", "float32")
-        payload += _tensor_bytes(layer.codebook.to(_DTYPES[dtype]))
+            {"name": name, "index": int(layer.index), "shape": list(layer.shape),
+             "K": layer.num_clusters, "p": float(layer.p), "bias_numel": int(layer.bias_numel),
+             "coding": coding, **dtype, **params, "offset": len(payload),
+             "index_bytes": len(indexes)}
+        )  # fmt: skip
+        payload += _tensor_bytes(layer.codebook.to(_DTYPES[dtype.get("codebook_dtype", "float32")]))
         payload += indexes
-    skip = _shared_weight_keys(layers)
-    state = net.state_dict(keep_vars=True)
-    first = {}  # one tensor under several keys (tied weights) is stored once, under its first key
-    for key, t in state.items():
+    meta["state"] = _encode_state(net, _shared_weight_keys(layers), payload)
+    return meta, payload
+
+
+def _encode_state(net: nn.Module, skip: set, payload: bytearray) -> list[dict]:
+    """The entries of every state tensor but the shared weights (`skip`), appended to `payload`;
+    one tensor under several keys (tied weights) is stored once, under its first key."""
+    entries, first = [], {}
+    for key, t in net.state_dict(keep_vars=True).items():
         owner = first.setdefault(id(t), key)
         if owner != key:
-            meta["state"].append({"key": key, "same_as": owner})
+            entries.append({"key": key, "same_as": owner})
             continue
         if key in skip:
             continue
@@ -186,11 +184,9 @@ def _encode(net: nn.Module, layers: dict, skipped: dict, coding: str) -> tuple[d
         dtype = str(t.dtype).removeprefix("torch.")
         if dtype not in _DTYPES:
             raise ValueError(f"state entry {key!r} has dtype {dtype}: allowed {', '.join(_DTYPES)}")
-        meta["state"].append(
-            {"key": key, "dtype": dtype, "shape": list(t.shape), "offset": len(payload)}
-        )
+        entries.append({"key": key, "dtype": dtype, "shape": list(t.shape), "offset": len(payload)})
         payload += _tensor_bytes(t)
-    return meta, payload
+    return entries
 
 
 def _uncounted_state_bytes(net: nn.Module) -> int:
@@ -218,7 +214,7 @@ def save_shared(net: nn.Module, shared, path, verbose: bool = False, coding: str
     path = Path(path)
     check_not_meta(net, "save_shared")
     layers = _shared_layers(shared)
-    _check_for_save(net, layers)
+    check_shared(net, layers)
     meta, payload = _encode(net, layers, getattr(shared, "skipped", {}), coding)
     meta_bytes = zlib.compress(json.dumps(meta, separators=(",", ":")).encode(), 9)
     crc = zlib.crc32(payload, zlib.crc32(meta_bytes))

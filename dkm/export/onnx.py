@@ -44,6 +44,7 @@ from dkm.accounting import (
     total_row,
 )
 from dkm.export.coding import pack_fixed
+from dkm.export.dkmfile import check_shared
 from dkm.io import write_atomic
 
 EXTRA = "pip install 'deep-kmeans[onnx]'"
@@ -112,18 +113,11 @@ def graph_net(net: nn.Module, shared) -> nn.Module:
     that the net's weights are the ShareResult's codebook[indexes] (what the graph will hold)."""
     check_not_meta(net, "save_onnx")
     layers = _shared_layers(shared)
+    check_shared(net, layers)
     modules = dict(net.named_modules())
     out = copy.deepcopy(net).eval()
     for name, layer in layers.items():
-        conv = modules.get(name)
-        if not isinstance(conv, nn.Conv2d):
-            raise ValueError(f"shared layer {name!r} is not a Conv2d of the net")
-        weight = conv.weight.detach()
-        if not torch.equal(layer.weight().to(weight.device, weight.dtype), weight):
-            raise ValueError(
-                f"shared layer {name!r}: the net's weight is not codebook[assignments] of the "
-                f"shared layer (changed after share?): share the net again"
-            )
+        conv = modules[name]
         parent, _, child = name.rpartition(".")
         holder = out.get_submodule(parent) if parent else out
         setattr(holder, child, SharedConv2d(conv, layer.codebook, layer.assignments))
